@@ -1,0 +1,51 @@
+package builder
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExitError is what Run returns when the command did not succeed.
+type ExitError struct {
+	Name     string // Command.Name
+	Code     int    // exit status; -1 if killed by a signal
+	Signal   string // e.g. "killed" / "terminated", when ended by a signal
+	TimedOut bool   // ended because Command.Timeout expired (Timeout is set)
+	Timeout  time.Duration
+	Canceled bool  // ended because ctx was cancelled (e.g. the pusher disconnected)
+	Err      error // underlying cause (ctx.Err() when Canceled); Unwrap returns it
+}
+
+// Error is short and safe to show the pusher: "build 1/2: exit status 2",
+// "test 1/1: timed out after 30s", "build 1/1: cancelled", "build 1/1: killed by signal KILL".
+func (e *ExitError) Error() string {
+	switch {
+	case e.TimedOut:
+		return fmt.Sprintf("%s: timed out after %s", e.Name, e.Timeout)
+	case e.Canceled:
+		return e.Name + ": cancelled"
+	case e.Signal != "":
+		return fmt.Sprintf("%s: killed by signal %s", e.Name, signalName(e.Signal))
+	default:
+		return fmt.Sprintf("%s: exit status %d", e.Name, e.Code)
+	}
+}
+
+// Unwrap returns the underlying cause.
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// signalName turns a signal's description ("killed") into its short name ("KILL").
+func signalName(desc string) string {
+	for s := syscall.Signal(1); s < 65; s++ {
+		if s.String() == desc {
+			if name := unix.SignalName(s); name != "" {
+				return strings.TrimPrefix(name, "SIG")
+			}
+		}
+	}
+	return desc
+}

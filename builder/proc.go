@@ -1,0 +1,312 @@
+package builder
+
+// Finding and ending a command's processes.
+//
+// Every process a command starts inherits SLIPWAY_RUN_ID=<id> from the shell, through any
+// number of forks, setsid, nohup and daemonizing, so scanning /proc/*/environ for that exact
+// entry finds the processes that left the process group too.
+//
+// Limit: /proc/<pid>/environ shows the environment a process was exec'd with. A process
+// that execs with a scrubbed environment (env -i, execve with a new env), or overwrites
+// that memory (setproctitle-style), is no longer found and survives, and so do its children.
+// A cgroup per command (cgroup.kill) would close that; it is not used because this host runs
+// a cgroup v1 hybrid and the server may not own a cgroup to delegate from.
+//
+// Processes whose environ cannot be read (another user's, without privilege) are skipped:
+// a command runs as the server's user, so its own processes are readable.
+//
+// A process is held by a pidfd from before its environ is read until it is signalled, so
+// a pid reused in between can never make us signal a stranger.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	killBudget = 5 * time.Second // how long the SIGKILL phase may wait for processes to go
+	maxSweeps  = 100             // scans in the SIGKILL phase; a fork bomb converges well before
+)
+
+// KillLeftovers ends (SIGKILL) every process, other than the caller, whose environment
+// contains the entry kv exactly (e.g. "SLIPWAY_DEPLOY_PATH=/var/www/app"), and returns how
+// many it killed. The server calls it at start, so that a build left running by a crash
+// (kill -9 of the server) is ended.
+func KillLeftovers(kv string) (int, error) {
+	if !strings.Contains(kv, "=") {
+		return 0, fmt.Errorf("kill leftovers: %q is not a K=V entry", kv)
+	}
+	t := newTracked(kv)
+	err := t.kill(newScanner(kv), 0)
+	return t.count(), err
+}
+
+// tracked is the set of processes of one command: every process whose environment carries
+// the entry kv and, given to each method, its process group (0 for none).
+type tracked struct {
+	kv string
+
+	mu          sync.Mutex   // guards signalled and groupTermed
+	signalled   map[int]bool // pids signalled so far
+	groupTermed bool         // the process group got its SIGTERM
+}
+
+func newTracked(kv string) *tracked {
+	return &tracked{kv: kv, signalled: map[int]bool{}}
+}
+
+// count returns how many tagged processes have been signalled.
+func (t *tracked) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.signalled)
+}
+
+// terminate sends SIGTERM to the group pgid and to each of procs, each process only once:
+// a second SIGTERM makes many programs skip their clean shutdown. A process in the group is
+// taken as signalled by the group's SIGTERM (one forked just after it will get SIGKILL
+// without a SIGTERM first).
+func (t *tracked) terminate(pgid int, procs []proc) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pgid > 0 && !t.groupTermed {
+		_ = unix.Kill(-pgid, unix.SIGTERM)
+		t.groupTermed = true
+	}
+	for _, p := range procs {
+		if t.signalled[p.pid] {
+			continue
+		}
+		if pgid > 0 && p.pgid == pgid {
+			t.signalled[p.pid] = true
+			continue
+		}
+		if unix.PidfdSendSignal(p.fd, unix.SIGTERM, nil, 0) == nil {
+			t.signalled[p.pid] = true
+		}
+	}
+}
+
+// killAll sends SIGKILL to the group pgid and to each of procs.
+func (t *tracked) killAll(pgid int, procs []proc) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pgid > 0 {
+		_ = unix.Kill(-pgid, unix.SIGKILL)
+	}
+	for _, p := range procs {
+		if unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0) == nil {
+			t.signalled[p.pid] = true
+		}
+	}
+}
+
+// term sends SIGTERM to the group and, in one scan, to every tagged process.
+func (t *tracked) term(pgid int) error {
+	procs, err := newScanner(t.kv).find()
+	if err != nil {
+		t.terminate(pgid, nil)
+		return err
+	}
+	t.terminate(pgid, procs)
+	closeAll(procs)
+	return nil
+}
+
+// end ends the group and every tagged process: SIGTERM, a wait until they are gone or
+// deadline passes, then SIGKILL to whatever is left. The group leader must not have been
+// reaped yet, so that the group id cannot have been reused by a stranger.
+func (t *tracked) end(pgid int, deadline time.Time) error {
+	s := newScanner(t.kv)
+	for time.Now().Before(deadline) {
+		// Scan before signalling the group, so that its members are counted.
+		procs, err := s.find()
+		if err != nil {
+			break // kill scans again, and kills the group whatever happens
+		}
+		t.terminate(pgid, procs)
+		if len(procs) == 0 {
+			break
+		}
+		// A process may fork between the scan and its death: loop and scan again.
+		waitGone(procs, deadline)
+		closeAll(procs)
+	}
+	return t.kill(s, pgid)
+}
+
+// kill sends SIGKILL to the group and, scan after scan, to every tagged process until a
+// scan finds none.
+func (t *tracked) kill(s *scanner, pgid int) error {
+	end := time.Now().Add(killBudget)
+	for range maxSweeps {
+		procs, err := s.find()
+		t.killAll(pgid, procs)
+		if err != nil {
+			return err
+		}
+		if len(procs) == 0 {
+			return nil
+		}
+		waitGone(procs, end)
+		closeAll(procs)
+		if time.Now().After(end) {
+			break
+		}
+	}
+	procs, err := s.find()
+	if err != nil {
+		return err
+	}
+	closeAll(procs)
+	if len(procs) > 0 {
+		return fmt.Errorf("%d processes still running after SIGKILL", len(procs))
+	}
+	return nil
+}
+
+// waitGone waits until every process in procs has exited or deadline passes. A pidfd
+// becomes readable when its process exits, so this waits on the event, not a timer.
+func waitGone(procs []proc, deadline time.Time) {
+	fds := make([]unix.PollFd, len(procs))
+	for i, p := range procs {
+		fds[i] = unix.PollFd{Fd: int32(p.fd), Events: unix.POLLIN}
+	}
+	for left := len(fds); left > 0; {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return
+		}
+		n, err := unix.Poll(fds, int((wait+time.Millisecond-1)/time.Millisecond))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return
+		}
+		for i := range fds {
+			if fds[i].Fd >= 0 && fds[i].Revents != 0 {
+				fds[i].Fd = -1 // poll ignores negative fds
+				left--
+			}
+		}
+	}
+}
+
+// proc is a process found by a scan, held by a pidfd.
+type proc struct {
+	pid  int
+	pgid int
+	fd   int
+}
+
+func closeAll(procs []proc) {
+	for _, p := range procs {
+		_ = unix.Close(p.fd)
+	}
+}
+
+// scanner finds the processes whose environment holds one exact entry.
+type scanner struct {
+	kv   string
+	self int
+	buf  []byte // reused for each environ read
+}
+
+func newScanner(kv string) *scanner {
+	return &scanner{kv: kv, self: os.Getpid()}
+}
+
+// find returns every process other than the caller whose environment holds s.kv, each held
+// by a pidfd the caller must close.
+func (s *scanner) find() ([]proc, error) {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("scan processes: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, fmt.Errorf("scan processes: %w", err)
+	}
+	var procs []proc
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == s.self {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ENOSYS) {
+			closeAll(procs)
+			return nil, fmt.Errorf("scan processes: pidfd_open: %w", err)
+		}
+		if err != nil {
+			continue // gone already
+		}
+		// Environ and pgid are read after the pidfd was opened: if that process is still
+		// alive afterwards, the pid still named it when they were read.
+		env, err := s.environ(pid)
+		if err != nil || !hasEntry(env, s.kv) {
+			_ = unix.Close(fd)
+			continue
+		}
+		pgid, err := unix.Getpgid(pid)
+		if err != nil || unix.PidfdSendSignal(fd, 0, nil, 0) != nil {
+			_ = unix.Close(fd)
+			continue
+		}
+		procs = append(procs, proc{pid: pid, pgid: pgid, fd: fd})
+	}
+	return procs, nil
+}
+
+// environ reads /proc/<pid>/environ into s.buf.
+func (s *scanner) environ(pid int) ([]byte, error) {
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/environ", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	s.buf = s.buf[:0]
+	for {
+		if len(s.buf) == cap(s.buf) {
+			s.buf = slices.Grow(s.buf, 4096)
+		}
+		n, err := unix.Read(fd, s.buf[len(s.buf):cap(s.buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return s.buf, nil
+		}
+		s.buf = s.buf[:len(s.buf)+n]
+	}
+}
+
+// hasEntry reports whether the NUL-separated environment env holds the entry kv exactly.
+func hasEntry(env []byte, kv string) bool {
+	for len(env) > 0 {
+		e := env
+		if i := bytes.IndexByte(env, 0); i >= 0 {
+			e, env = env[:i], env[i+1:]
+		} else {
+			env = nil
+		}
+		if string(e) == kv {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,135 @@
+package gitserver
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxRepoLen bounds an environment name, so that a name is also a sane path.
+const maxRepoLen = 100
+
+// maxCommandLen bounds the SSH exec command. git sends `git-receive-pack '/APP/ENV.git'`.
+const maxCommandLen = 1024
+
+// ValidateRepo checks an environment name: "APP/ENV", each part starting with a letter or
+// digit and holding only letters, digits, '.', '_' and '-', neither part ending in ".git",
+// at most 100 bytes in all. A valid name is safe to use as a relative path.
+func ValidateRepo(name string) error {
+	if problem := repoProblem(name); problem != "" {
+		return fmt.Errorf("invalid repo name %q: %s", clip(name, 120), problem)
+	}
+	return nil
+}
+
+// repoProblem says what is wrong with an environment name, or "" if nothing is.
+func repoProblem(name string) string {
+	if len(name) > maxRepoLen {
+		return fmt.Sprintf("longer than %d bytes", maxRepoLen)
+	}
+	app, env, ok := strings.Cut(name, "/")
+	if !ok || app == "" || env == "" || strings.Contains(env, "/") {
+		return "must be APP/ENV"
+	}
+	for _, p := range []string{app, env} {
+		if !isAlnum(p[0]) {
+			return fmt.Sprintf("%q must start with a letter or digit", clip(p, 40))
+		}
+		for i := 1; i < len(p); i++ {
+			if c := p[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
+				return fmt.Sprintf("%q may hold only letters, digits, '.', '_' and '-'", clip(p, 40))
+			}
+		}
+		if strings.HasSuffix(p, ".git") {
+			return fmt.Sprintf("%q must not end in .git", p)
+		}
+	}
+	return ""
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// Services a client may ask for in its exec request.
+const (
+	serviceReceivePack = "git-receive-pack"
+	serviceUploadPack  = "git-upload-pack"
+)
+
+// parseCommand splits an SSH exec command of the form `git-receive-pack '<path>'` (or
+// `git receive-pack '<path>'`, or upload-pack) into the service and the raw path argument.
+// Anything else is an error whose text is meant for the client. No shell is involved: the
+// path is one argument, single-quoted or free of quotes, spaces and backslashes.
+func parseCommand(raw string) (service, path string, err error) {
+	if raw == "" {
+		return "", "", errors.New("no shell here: this server only receives git pushes (git push ssh://git@HOST:PORT/APP/ENV BRANCH)")
+	}
+	if len(raw) > maxCommandLen {
+		return "", "", fmt.Errorf("command is longer than %d bytes", maxCommandLen)
+	}
+	name, rest, _ := strings.Cut(raw, " ")
+	if name == "git" {
+		var sub string
+		sub, rest, _ = strings.Cut(rest, " ")
+		name = "git-" + sub
+	}
+	switch name {
+	case serviceReceivePack, serviceUploadPack:
+	default:
+		return "", "", fmt.Errorf("unknown command %q: only git-receive-pack is served", clip(name, 40))
+	}
+	if rest == "" {
+		return "", "", fmt.Errorf("%s: missing repository argument", name)
+	}
+	arg := rest
+	if arg[0] == '\'' {
+		if len(arg) < 2 || arg[len(arg)-1] != '\'' || strings.Contains(arg[1:len(arg)-1], "'") {
+			return "", "", fmt.Errorf("%s: expected exactly one argument, the repository", name)
+		}
+		arg = arg[1 : len(arg)-1]
+	} else if strings.ContainsAny(arg, " \t'\"\\") {
+		return "", "", fmt.Errorf("%s: expected exactly one argument, the repository", name)
+	}
+	return name, arg, nil
+}
+
+// repoFromPath turns the path argument of a git command into an environment name:
+// "/APP/ENV.git", "APP/ENV.git", "/APP/ENV" and "APP/ENV" all name APP/ENV.
+func repoFromPath(path string) (string, error) {
+	name := strings.TrimPrefix(path, "/")
+	name = strings.TrimSuffix(name, ".git")
+	if problem := repoProblem(name); problem != "" {
+		return "", fmt.Errorf("invalid repository %q: %s", clip(path, 120), problem)
+	}
+	return name, nil
+}
+
+// clip shortens s to at most n bytes without splitting a UTF-8 sequence.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// oneLine makes text from outside (a deployer's error, a wire error) safe for a single
+// protocol line: the first line only, control characters dropped, invalid UTF-8 replaced,
+// at most n bytes.
+func oneLine(s string, n int) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "?") {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return strings.TrimSpace(clip(b.String(), n))
+}

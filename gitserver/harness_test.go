@@ -1,0 +1,292 @@
+package gitserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// fakeDeployer is a Deployer whose behaviour each test sets; it records what it was given.
+type fakeDeployer struct {
+	branch     string // default "main"
+	reserveErr error
+	deploy     func(ctx context.Context, p Push, out io.Writer) error
+
+	mu       sync.Mutex
+	live     string // what Reserve reports as the live commit
+	reserves int
+	releases int
+	pushes   []Push
+}
+
+func (d *fakeDeployer) Reserve(repo, pusher string) (Target, func(), error) {
+	d.mu.Lock()
+	d.reserves++
+	live := d.live
+	d.mu.Unlock()
+	if d.reserveErr != nil {
+		return Target{}, nil, d.reserveErr
+	}
+	branch := d.branch
+	if branch == "" {
+		branch = "main"
+	}
+	return Target{Branch: branch, Live: live}, func() {
+		d.mu.Lock()
+		d.releases++
+		d.mu.Unlock()
+	}, nil
+}
+
+func (d *fakeDeployer) Deploy(ctx context.Context, p Push, out io.Writer) error {
+	d.mu.Lock()
+	d.pushes = append(d.pushes, p)
+	d.mu.Unlock()
+	if d.deploy != nil {
+		return d.deploy(ctx, p, out)
+	}
+	fmt.Fprintf(out, "deploying %s\n", p.NewSHA)
+	return nil
+}
+
+func (d *fakeDeployer) got() []Push {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]Push(nil), d.pushes...)
+}
+
+func (d *fakeDeployer) counts() (reserves, releases int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reserves, d.releases
+}
+
+// harness is a Server on 127.0.0.1:0 with one authorized key (alice), driven by the real
+// git and ssh in a hermetic HOME.
+type harness struct {
+	t        *testing.T
+	srv      *Server
+	d        *fakeDeployer
+	addr     string
+	port     string
+	dir      string
+	reposDir string
+	home     string
+	alice    string // private key path
+	aliceKey Key
+
+	stopOnce sync.Once
+	served   chan error
+}
+
+func start(t *testing.T, d *fakeDeployer, tweak func(*Config)) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &harness{t: t, d: d, dir: dir, reposDir: filepath.Join(dir, "repos"), home: filepath.Join(dir, "home")}
+	if err := os.MkdirAll(h.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	h.alice, h.aliceKey = newKey(t, h.home, "alice")
+	cfg := Config{
+		HostKeyPath: filepath.Join(dir, "data", "ssh_host_ed25519_key"),
+		Keys:        []Key{h.aliceKey},
+		ReposDir:    h.reposDir,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	srv, err := New(cfg, d, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv, h.addr = srv, l.Addr().String()
+	_, h.port, _ = net.SplitHostPort(h.addr)
+	h.served = make(chan error, 1)
+	go func() { h.served <- srv.Serve(l) }()
+	t.Cleanup(func() { h.stop(5 * time.Second) })
+	return h
+}
+
+// stop shuts the server down (once) and checks that Serve returned ErrServerClosed.
+func (h *harness) stop(grace time.Duration) (err error) {
+	h.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		err = h.srv.Shutdown(ctx)
+		if serr := <-h.served; !errors.Is(serr, ErrServerClosed) {
+			h.t.Errorf("Serve returned %v, want ErrServerClosed", serr)
+		}
+	})
+	return err
+}
+
+// newKey makes an ed25519 key pair with ssh-keygen, commented name.
+func newKey(t *testing.T, dir, name string) (path string, key Key) {
+	t.Helper()
+	path = filepath.Join(dir, "id_"+name)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pub, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, comment, _, _, err := gossh.ParseAuthorizedKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, Key{Name: comment, Key: pk}
+}
+
+func (h *harness) env(key string) []string {
+	return []string{
+		"HOME=" + h.home,
+		"PATH=" + os.Getenv("PATH"),
+		"LANG=C",
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_TERMINAL_PROMPT=0",
+		"GIT_AUTHOR_NAME=Test", "GIT_AUTHOR_EMAIL=test@example.com",
+		"GIT_COMMITTER_NAME=Test", "GIT_COMMITTER_EMAIL=test@example.com",
+		"GIT_SSH_COMMAND=" + h.sshCommand(key),
+	}
+}
+
+func (h *harness) sshCommand(key string) string {
+	return "ssh -F /dev/null -i " + key + " -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes" +
+		" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+}
+
+// exec runs a command in dir with the hermetic environment and key; it never hangs a test.
+func (h *harness) exec(dir, key string, name string, args ...string) (stdout, stderr string, err error) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Env = h.env(key)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		h.t.Fatalf("%s %s: timed out\nstderr: %s", name, strings.Join(args, " "), e.String())
+	}
+	return o.String(), e.String(), err
+}
+
+// git runs a local git command that must succeed and returns its trimmed stdout.
+func (h *harness) git(dir string, args ...string) string {
+	h.t.Helper()
+	out, errOut, err := h.exec(dir, h.alice, "git", args...)
+	if err != nil {
+		h.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, errOut)
+	}
+	return strings.TrimSpace(out)
+}
+
+// push runs git push in dir as alice and returns its stderr.
+func (h *harness) push(dir string, args ...string) (string, error) {
+	h.t.Helper()
+	_, errOut, err := h.exec(dir, h.alice, "git", append([]string{"push"}, args...)...)
+	return errOut, err
+}
+
+func (h *harness) url(repo string) string {
+	return "ssh://git@127.0.0.1:" + h.port + "/" + repo
+}
+
+// work makes a local repository on branch main with one commit, whose remote "production"
+// is myapp/production on the server.
+func (h *harness) work() string {
+	h.t.Helper()
+	dir := filepath.Join(h.dir, fmt.Sprintf("work%d", time.Now().UnixNano()))
+	h.git(h.dir, "init", "-q", "-b", "main", dir)
+	h.commit(dir, "a.txt", "hello\n")
+	h.git(dir, "remote", "add", "production", h.url("myapp/production"))
+	return dir
+}
+
+// commit writes file and commits it; it returns the new commit's id.
+func (h *harness) commit(dir, file, content string) string {
+	h.t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(content), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	h.git(dir, "add", file)
+	h.git(dir, "commit", "-q", "-m", "edit "+file)
+	return h.git(dir, "rev-parse", "HEAD")
+}
+
+// serverRef returns the value of ref in the server's myapp/production repo, "" if none.
+func (h *harness) serverRef(ref string) string {
+	h.t.Helper()
+	out, _, err := h.exec(h.dir, h.alice, "git", "--git-dir", filepath.Join(h.reposDir, "myapp", "production.git"),
+		"rev-parse", "--verify", "-q", ref)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(out)
+}
+
+// ssh runs the real ssh client against the server with a remote command.
+func (h *harness) ssh(key string, args ...string) (stdout, stderr string, err error) {
+	h.t.Helper()
+	argv := append(strings.Fields(h.sshCommand(key))[1:], "-p", h.port, "git@127.0.0.1")
+	return h.exec(h.dir, key, "ssh", append(argv, args...)...)
+}
+
+// client dials the server in-process with x/crypto/ssh as alice.
+func (h *harness) client() *gossh.Client {
+	h.t.Helper()
+	pem, err := os.ReadFile(h.alice)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	signer, err := gossh.ParsePrivateKey(pem)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c, err := gossh.Dial("tcp", h.addr, &gossh.ClientConfig{
+		User:            "git",
+		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	var se *gossh.ExitError
+	if errors.As(err, &se) {
+		return se.ExitStatus()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}

@@ -1,0 +1,272 @@
+package gitserver
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/format/pktline"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
+)
+
+func TestRefusedCommandsRealSSH(t *testing.T) {
+	t.Parallel()
+	d := &fakeDeployer{}
+	h := start(t, d, nil)
+	for _, tc := range []struct {
+		args []string // remote command; none = shell
+		want string
+	}{
+		{nil, "slipway: no shell here"},
+		{[]string{"git-upload-pack 'myapp/production.git'"}, "slipway: fetching is not offered yet"},
+		{[]string{"scp", "-t", "/"}, `slipway: unknown command "scp"`},
+		{[]string{"sh -c id"}, `slipway: unknown command "sh"`},
+		{[]string{"git-receive-pack '../x'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack '-x'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack '--upload-pack=touch /tmp/x'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack 'a/b/c'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack '/myapp/production.git.git'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack 'myapp/../production'"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack 'a' 'b'"}, "expected exactly one argument"},
+		{[]string{"git-receive-pack"}, "missing repository argument"},
+		{[]string{"git-receive-pack ''"}, "slipway: invalid repository"},
+		{[]string{"git-receive-pack 'myapp/" + strings.Repeat("a", 200) + "'"}, "slipway: invalid repository"},
+		{[]string{strings.Repeat("x", 64*1024)}, "slipway: command is longer than"},
+	} {
+		args := append([]string{"-T"}, tc.args...)
+		_, stderr, err := h.ssh(h.alice, args...)
+		if exitCode(err) != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("ssh %q: exit %d, stderr %q; want exit 1 and %q", tc.args, exitCode(err), stderr, tc.want)
+		}
+		if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("ssh %q: more than one line on stderr: %q", tc.args, stderr)
+		}
+	}
+	if r, _ := d.counts(); r != 0 {
+		t.Errorf("Reserve called %d times for refused commands", r)
+	}
+}
+
+func TestRefusedCommandsInProcess(t *testing.T) {
+	t.Parallel()
+	h := start(t, &fakeDeployer{}, nil)
+	c := h.client()
+	for _, cmd := range []string{
+		"git-receive-pack 'myapp/prod\x00uction'",
+		"git-receive-pack 'myapp/prod\nuction'",
+		"git-receive-pack 'myapp/production'; id",
+		"git-receive-pack 'myapp/$(id)'",
+		"git-receive-pack 'myapp/`id`'",
+		"git-receive-pack 'myapp/prоduction'", // Cyrillic о
+		"env",
+	} {
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		sess.Stderr = &stderr
+		err = sess.Run(cmd)
+		if exitCode(err) != 1 || !strings.HasPrefix(stderr.String(), "slipway: ") {
+			t.Errorf("%q: exit %d, stderr %q", cmd, exitCode(err), stderr.String())
+		}
+	}
+
+	// No PTY, no port forwarding, no subsystems.
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.RequestPty("xterm", 40, 80, nil); err == nil {
+		t.Error("PTY granted")
+	}
+	if err := sess.RequestSubsystem("sftp"); err == nil {
+		t.Error("sftp subsystem granted")
+	}
+	sess.Close()
+	if conn, err := c.Dial("tcp", h.addr); err == nil {
+		conn.Close()
+		t.Error("port forwarding granted")
+	}
+	if _, err := c.Listen("tcp", "127.0.0.1:0"); err == nil {
+		t.Error("remote port forwarding granted")
+	}
+}
+
+// TestPackWithStdinKeptOpen drives receive-pack like libgit2 does: the client sends the pack
+// and then keeps its side open while it waits for the report.
+func TestPackWithStdinKeptOpen(t *testing.T) {
+	t.Parallel()
+	for _, sideBand := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sideband=%v", sideBand), func(t *testing.T) {
+			t.Parallel()
+			d := &fakeDeployer{}
+			h := start(t, d, nil)
+			work := h.work()
+			head := h.git(work, "rev-parse", "HEAD")
+			pack := gitPack(t, h, work, head)
+
+			sess, err := h.client().NewSession()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdin, _ := sess.StdinPipe()
+			stdout, _ := sess.StdoutPipe()
+			var stderr bytes.Buffer
+			sess.Stderr = &stderr
+			if err := sess.Start("git-receive-pack '/myapp/production.git'"); err != nil {
+				t.Fatal(err)
+			}
+			out := bufio.NewReader(stdout)
+			ar := packp.NewAdvRefs()
+			if err := ar.Decode(out); err != nil {
+				t.Fatalf("advertisement: %v", err)
+			}
+			for _, c := range []string{"report-status", "delete-refs", "ofs-delta", "side-band-64k", "no-thin", "push-options", "quiet", "agent"} {
+				if !ar.Capabilities.Supports(capability.Capability(c)) {
+					t.Errorf("capability %s not advertised: %s", c, ar.Capabilities)
+				}
+			}
+			caps := "report-status push-options"
+			if sideBand {
+				caps += " side-band-64k"
+			}
+			e := pktline.NewEncoder(stdin)
+			e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00%s", plumbing.ZeroHash, head, caps))
+			e.Flush()
+			e.EncodeString("message=from libgit2")
+			e.Flush()
+			stdin.Write(pack) // and stdin stays open
+
+			done := make(chan struct{})
+			var (
+				report string
+				rerr   error
+			)
+			go func() {
+				defer close(done)
+				report, rerr = readReport(out, sideBand)
+			}()
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				t.Fatal("no report while stdin stays open")
+			}
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			if !strings.Contains(report, "unpack ok\n") || !strings.Contains(report, "ok refs/heads/main\n") {
+				t.Errorf("report = %q", report)
+			}
+			if err := sess.Wait(); err != nil {
+				t.Errorf("session: %v", err)
+			}
+			if !sideBand && !strings.Contains(stderr.String(), "deploying "+head) {
+				t.Errorf("deploy output without sideband not on stderr: %q", stderr.String())
+			}
+			if p := d.got(); len(p) != 1 || p[0].Options[0] != "message=from libgit2" {
+				t.Errorf("pushes = %+v", p)
+			}
+			if got := h.serverRef("refs/heads/main"); got != head {
+				t.Errorf("main = %q, want %q", got, head)
+			}
+		})
+	}
+}
+
+func TestCorruptPackReportsUnpackError(t *testing.T) {
+	t.Parallel()
+	d := &fakeDeployer{}
+	h := start(t, d, nil)
+	work := h.work()
+	head := h.git(work, "rev-parse", "HEAD")
+	pack := gitPack(t, h, work, head)
+	pack[len(pack)-30] ^= 0xff
+
+	sess, err := h.client().NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, _ := sess.StdinPipe()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("git receive-pack 'myapp/production'"); err != nil {
+		t.Fatal(err)
+	}
+	out := bufio.NewReader(stdout)
+	if err := packp.NewAdvRefs().Decode(out); err != nil {
+		t.Fatal(err)
+	}
+	e := pktline.NewEncoder(stdin)
+	e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status side-band-64k", plumbing.ZeroHash, head))
+	e.Flush()
+	stdin.Write(pack)
+	report, err := readReport(out, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(report, "unpack ") || strings.HasPrefix(report, "unpack ok") ||
+		!strings.Contains(report, "ng refs/heads/main unpacker error\n") {
+		t.Errorf("report = %q", report)
+	}
+	if len(d.got()) != 0 {
+		t.Error("Deploy called for a corrupt pack")
+	}
+	sess.Wait()
+}
+
+// gitPack returns a pack of everything reachable from rev, made by git pack-objects.
+func gitPack(t *testing.T, h *harness, dir, rev string) []byte {
+	t.Helper()
+	cmd := exec.Command("git", "pack-objects", "--stdout", "--revs", "-q")
+	cmd.Dir, cmd.Env = dir, h.env(h.alice)
+	cmd.Stdin = strings.NewReader(rev + "\n")
+	pack, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pack-objects: %v", err)
+	}
+	return pack
+}
+
+// readReport reads the server's answer after the pack up to the final flush and returns the
+// report-status text. With sideband it demultiplexes by hand: band 1 holds the report (and
+// keepalives), band 2 progress, and the stream must end with a flush.
+func readReport(r io.Reader, sideBand bool) (string, error) {
+	var band1 bytes.Buffer
+	src := r
+	if sideBand {
+		sc := pktline.NewScanner(r)
+		for {
+			if !sc.Scan() {
+				return "", fmt.Errorf("sideband stream ended without a flush: %v", sc.Err())
+			}
+			b := sc.Bytes()
+			if len(b) == 0 {
+				break
+			}
+			switch b[0] {
+			case 1:
+				band1.Write(b[1:])
+			case 2:
+			default:
+				return "", fmt.Errorf("band %d: %q", b[0], b[1:])
+			}
+		}
+		src = &band1
+	}
+	var report strings.Builder
+	sc := pktline.NewScanner(src)
+	for sc.Scan() {
+		if len(sc.Bytes()) == 0 {
+			return report.String(), nil
+		}
+		report.Write(sc.Bytes())
+	}
+	return "", fmt.Errorf("report without its flush (%v): %q", sc.Err(), report.String())
+}

@@ -1,0 +1,450 @@
+package gitserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gliderlabs/ssh"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/format/pktline"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
+	"github.com/go-git/go-git/v5/storage/filesystem"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// Limits on what a client may send before the pack.
+const (
+	maxRequestBytes = 4 << 20 // commands and push options together
+	maxPushOptions  = 100
+	maxReasonLen    = 200 // an ng reason or ERR line, as shown to the pusher
+)
+
+// receivePack serves one git-receive-pack session for repo, pre-receive style: the pack is
+// stored, the deploy branch's update is checked and handed to the Deployer, and the branch
+// moves only if Deploy succeeds. It returns the session's exit status.
+func (s *Server) receivePack(sess ssh.Session, repo string, who identity, rec *record) int {
+	target, release, err := s.deployer.Reserve(repo, who.name)
+	if err != nil {
+		rec.refused(zerolog.InfoLevel, err)
+		sendERR(sess, err.Error())
+		return 1
+	}
+	if release != nil {
+		defer release()
+	}
+	branchRef := plumbing.NewBranchReferenceName(target.Branch)
+	if err := validateRef(branchRef); err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("deployer returned branch %q: %w", target.Branch, err)
+		sendERR(sess, "this environment's deploy branch is misconfigured on the server")
+		return 1
+	}
+
+	ctx, cancel := context.WithCancel(sess.Context())
+	defer cancel()
+	unlock, err := s.locks.lock(ctx, repo)
+	if err != nil {
+		rec.outcome, rec.err = "disconnected", err
+		return 1
+	}
+	defer unlock()
+
+	st, dir, err := s.openRepo(repo, branchRef)
+	if err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
+		sendERR(sess, "cannot open the repository (see the server log)")
+		return 1
+	}
+	defer st.Close()
+	if err := s.alignBranch(st, repo, branchRef, target.Live); err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
+		sendERR(sess, "the deploy branch does not name the live release and cannot be moved (see the server log)")
+		return 1
+	}
+	ar, err := advertisement(st)
+	if err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err)
+		sendERR(sess, "cannot read the repository's refs (see the server log)")
+		return 1
+	}
+	bw := bufio.NewWriter(sess)
+	if err := ar.Encode(bw); err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		rec.outcome, rec.err = "disconnected", err
+		return 1
+	}
+
+	// A bare flush answers the advertisement when there is nothing to push; a client that
+	// only wanted the refs (push --dry-run) just leaves.
+	br := bufio.NewReaderSize(sess, 64*1024)
+	first, err := br.Peek(4)
+	if err != nil {
+		rec.outcome = "no-request"
+		return 0
+	}
+	if string(first) == "0000" {
+		rec.outcome = "up-to-date"
+		return 0
+	}
+	lim := &limitedReader{r: br, n: maxRequestBytes}
+	req := packp.NewReferenceUpdateRequest()
+	if err := req.Decode(lim); err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", fmt.Errorf("decode update request: %w", err)
+		fmt.Fprintf(sess.Stderr(), "slipway: bad push request: %s\n", oneLine(err.Error(), maxReasonLen))
+		return 1
+	}
+	var options []string
+	if req.Capabilities.Supports(capability.PushOptions) {
+		if options, err = readPushOptions(lim); err != nil {
+			rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", fmt.Errorf("read push options: %w", err)
+			fmt.Fprintf(sess.Stderr(), "slipway: bad push options: %s\n", oneLine(err.Error(), maxReasonLen))
+			return 1
+		}
+	}
+
+	ping := func() {
+		if c, ok := sess.Context().Value(ssh.ContextKeyConn).(gossh.Conn); ok {
+			c.SendRequest("keepalive@openssh.com", false, nil)
+		}
+	}
+	w := newWire(sess, sess.Stderr(), req.Capabilities.Supports(capability.Sideband64k), ping, cancel)
+	// Keepalives run from the end of the pack (indexing can take a while) to the report.
+	var (
+		kaStarted bool
+		kaStop    = make(chan struct{})
+		kaDone    = make(chan struct{})
+	)
+	startKeepalive := func() {
+		if kaStarted {
+			return
+		}
+		kaStarted = true
+		go func() {
+			defer close(kaDone)
+			w.keepalive(s.cfg.Keepalive, kaStop)
+		}()
+	}
+	stopKeepalive := func() {
+		if kaStarted {
+			kaStarted = false
+			close(kaStop)
+			<-kaDone
+		}
+	}
+	defer stopKeepalive()
+
+	// The pack. A push of deletions only has none, and the client does not close its side.
+	unpackStatus := "ok"
+	if needsPack(req.Commands) {
+		_, err := storePack(dir, br, startKeepalive)
+		switch {
+		case errors.Is(err, errPack):
+			unpackStatus = oneLine(strings.Replace(err.Error(), errPack.Error()+": ", "", 1), maxReasonLen)
+			rec.err = err
+		case err != nil:
+			unpackStatus = "cannot store the pack (see the server log)"
+			rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("store pack: %w", err)
+		}
+		// The storage may have looked at objects before; make it see the new pack.
+		st.Reindex()
+	}
+	startKeepalive()
+
+	statuses := s.runCommands(ctx, st, req.Commands, unpackStatus == "ok", branchRef, repo, who, options, w, rec)
+	if unpackStatus != "ok" {
+		rec.outcome = "unpack-failed"
+	}
+	stopKeepalive()
+
+	// The report, in the commands' order, in band 1 with sideband, then the final flush.
+	var report bytes.Buffer
+	if req.Capabilities.Supports(capability.ReportStatus) {
+		rs := packp.NewReportStatus()
+		rs.UnpackStatus = unpackStatus
+		for i, cmd := range req.Commands {
+			rs.CommandStatuses = append(rs.CommandStatuses, &packp.CommandStatus{ReferenceName: cmd.Name, Status: statuses[i]})
+		}
+		if err := rs.Encode(&report); err != nil {
+			rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("encode report: %w", err)
+			return 1
+		}
+	}
+	w.mu.Lock()
+	if w.mux != nil {
+		if report.Len() > 0 {
+			w.band(sideband.PackData, report.Bytes())
+		}
+		w.raw(pktline.FlushPkt)
+	} else if report.Len() > 0 {
+		w.raw(report.Bytes())
+	}
+	werr := w.err
+	w.mu.Unlock()
+	if werr != nil && rec.err == nil {
+		rec.err = fmt.Errorf("send report: %w", werr)
+	}
+	return 0
+}
+
+// runCommands applies slipway's policy to every command of a push and deploys the one
+// update of the deploy branch that passes it. It returns each command's status for the
+// report, in order: "ok" or the reason for ng.
+func (s *Server) runCommands(ctx context.Context, st *filesystem.Storage, cmds []*packp.Command, unpacked bool,
+	branchRef plumbing.ReferenceName, repo string, who identity, options []string, out *wire, rec *record) []string {
+	statuses := make([]string, len(cmds))
+	deploy := -1
+	var current plumbing.Hash
+	for i, cmd := range cmds {
+		if !unpacked {
+			statuses[i] = "unpacker error"
+			continue
+		}
+		switch {
+		case validateRef(cmd.Name) != nil:
+			statuses[i] = "invalid ref name"
+		case cmd.Name != branchRef:
+			statuses[i] = fmt.Sprintf("only %s deploys here", branchRef)
+		case deploy >= 0:
+			statuses[i] = fmt.Sprintf("more than one update of %s", branchRef)
+		case cmd.New.IsZero():
+			statuses[i] = "deleting the deploy branch is not allowed"
+		default:
+			var err error
+			current, err = refHash(st, branchRef)
+			if err != nil {
+				statuses[i] = "cannot read the branch (see the server log)"
+				rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("read %s: %w", branchRef, err)
+				continue
+			}
+			if cmd.Old != current {
+				statuses[i] = fmt.Sprintf("stale info: %s changed since you fetched", branchRef.Short())
+				continue
+			}
+			statuses[i] = checkCommit(st, cmd.New)
+			if statuses[i] == "" {
+				deploy = i
+			}
+		}
+	}
+	if deploy < 0 {
+		// Nothing to deploy: log the first rejected command.
+		if rec.outcome == "" {
+			rec.outcome = "rejected"
+		}
+		if rec.level < zerolog.WarnLevel {
+			rec.level = zerolog.WarnLevel
+		}
+		if len(cmds) > 0 && rec.ref == "" {
+			rec.ref, rec.oldSHA, rec.sha = cmds[0].Name.String(), shaOrEmpty(cmds[0].Old), shaOrEmpty(cmds[0].New)
+			if rec.err == nil {
+				rec.err = errors.New(statuses[0])
+			}
+		}
+		return statuses
+	}
+
+	cmd := cmds[deploy]
+	rec.ref, rec.oldSHA, rec.sha = branchRef.String(), shaOrEmpty(current), cmd.New.String()
+	push := Push{
+		Repo:           repo,
+		Branch:         branchRef.Short(),
+		OldSHA:         shaOrEmpty(current),
+		NewSHA:         cmd.New.String(),
+		Pusher:         who.name,
+		KeyFingerprint: who.fp,
+		Options:        options,
+		Objects:        st,
+	}
+	if ctx.Err() != nil {
+		statuses[deploy] = "the pusher disconnected"
+		rec.outcome, rec.err = "disconnected", ctx.Err()
+		return statuses
+	}
+	err := s.deployer.Deploy(ctx, push, out)
+	out.closeOutput()
+	if err != nil {
+		reason := oneLine(err.Error(), maxReasonLen)
+		if reason == "" {
+			reason = "deploy failed"
+		}
+		statuses[deploy] = reason
+		rec.outcome, rec.err = "rejected", err
+		if ctx.Err() != nil {
+			rec.outcome = "disconnected"
+		}
+		if rec.level < zerolog.WarnLevel {
+			rec.level = zerolog.WarnLevel
+		}
+		return statuses
+	}
+	var old *plumbing.Reference
+	if !current.IsZero() {
+		old = plumbing.NewHashReference(branchRef, current)
+	}
+	if err := st.CheckAndSetReference(plumbing.NewHashReference(branchRef, cmd.New), old); err != nil {
+		statuses[deploy] = fmt.Sprintf("deployed, but %s could not be moved (see the server log)", branchRef.Short())
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("move %s after deploy: %w", branchRef, err)
+		return statuses
+	}
+	syncRef(s.repoDir(repo), branchRef)
+	statuses[deploy] = "ok"
+	rec.outcome = "deployed"
+	return statuses
+}
+
+// alignBranch moves branchRef to live if it names anything else, so that the branch names
+// the live release again after a crash between the swap of current and the branch's move.
+func (s *Server) alignBranch(st *filesystem.Storage, repo string, branchRef plumbing.ReferenceName, live string) error {
+	if live == "" {
+		return nil
+	}
+	want := plumbing.NewHash(live)
+	current, err := refHash(st, branchRef)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", branchRef, err)
+	}
+	if current == want {
+		return nil
+	}
+	if why := checkCommit(st, want); why != "" {
+		return fmt.Errorf("align %s with the live release: %s", branchRef, why)
+	}
+	var old *plumbing.Reference
+	if !current.IsZero() {
+		old = plumbing.NewHashReference(branchRef, current)
+	}
+	if err := st.CheckAndSetReference(plumbing.NewHashReference(branchRef, want), old); err != nil {
+		return fmt.Errorf("align %s with the live release: %w", branchRef, err)
+	}
+	syncRef(s.repoDir(repo), branchRef)
+	s.log.Warn().Str("repo", repo).Str("ref", branchRef.String()).Str("old_sha", shaOrEmpty(current)).
+		Str("sha", live).Msg("branch moved to the live release")
+	return nil
+}
+
+// syncRef makes a loose ref written by go-git (which does not fsync) durable.
+func syncRef(dir string, name plumbing.ReferenceName) {
+	p := filepath.Join(dir, filepath.FromSlash(name.String()))
+	if f, err := os.Open(p); err == nil {
+		f.Sync()
+		f.Close()
+	}
+	syncDir(filepath.Dir(p))
+}
+
+// checkCommit returns why h cannot be deployed, or "" if it is a commit whose tree is here.
+func checkCommit(st *filesystem.Storage, h plumbing.Hash) string {
+	obj, err := st.EncodedObject(plumbing.AnyObject, h)
+	if err != nil {
+		return fmt.Sprintf("object %s is missing", h)
+	}
+	if obj.Type() != plumbing.CommitObject {
+		return fmt.Sprintf("%s is a %s, not a commit", h.String()[:12], obj.Type())
+	}
+	c, err := object.DecodeCommit(st, obj)
+	if err != nil {
+		return fmt.Sprintf("commit %s is malformed", h.String()[:12])
+	}
+	if err := st.HasEncodedObject(c.TreeHash); err != nil {
+		return fmt.Sprintf("tree %s of commit %s is missing", c.TreeHash.String()[:12], h.String()[:12])
+	}
+	return ""
+}
+
+// validateRef accepts a well-formed ref name whose short name cannot pass for an option.
+func validateRef(name plumbing.ReferenceName) error {
+	if err := name.Validate(); err != nil {
+		return err
+	}
+	if strings.HasPrefix(name.Short(), "-") {
+		return errors.New("ref name starts with '-'")
+	}
+	return nil
+}
+
+func refHash(st *filesystem.Storage, name plumbing.ReferenceName) (plumbing.Hash, error) {
+	ref, err := st.Reference(name)
+	if errors.Is(err, plumbing.ErrReferenceNotFound) {
+		return plumbing.ZeroHash, nil
+	}
+	if err != nil {
+		return plumbing.ZeroHash, err
+	}
+	return ref.Hash(), nil
+}
+
+func shaOrEmpty(h plumbing.Hash) string {
+	if h.IsZero() {
+		return ""
+	}
+	return h.String()
+}
+
+// needsPack says whether a pack follows the commands: not if every command is a deletion.
+func needsPack(cmds []*packp.Command) bool {
+	for _, c := range cmds {
+		if !c.New.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// readPushOptions reads the push-option pkt-lines that follow the commands, up to a flush.
+func readPushOptions(r io.Reader) ([]string, error) {
+	sc := pktline.NewScanner(r)
+	var opts []string
+	for sc.Scan() {
+		b := sc.Bytes()
+		if len(b) == 0 {
+			return opts, nil
+		}
+		if len(opts) == maxPushOptions {
+			return nil, fmt.Errorf("more than %d push options", maxPushOptions)
+		}
+		opts = append(opts, strings.TrimSuffix(string(b), "\n"))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, io.ErrUnexpectedEOF
+}
+
+// sendERR refuses a receive-pack session before the advertisement in the way git reports
+// as "fatal: remote error: <msg>".
+func sendERR(w io.Writer, msg string) {
+	pktline.NewEncoder(w).EncodeString("ERR " + oneLine(msg, maxReasonLen) + "\n")
+}
+
+var errRequestTooLarge = errors.New("request too large")
+
+// limitedReader fails once n bytes have been read: the commands and push options of one push
+// fit in far less, so more is a hostile or broken client.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errRequestTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}

@@ -1,0 +1,372 @@
+package gitserver
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("gitserver: server closed")
+
+// Defaults for the zero values of Config.
+const (
+	DefaultIdleTimeout = 5 * time.Minute
+	DefaultKeepalive   = 5 * time.Second
+)
+
+// Server is slipway's SSH git server. Create it with New, run it with Serve, stop it with
+// Shutdown.
+type Server struct {
+	cfg      Config
+	deployer Deployer
+	log      zerolog.Logger
+	signer   gossh.Signer
+	ssh      *ssh.Server
+	locks    repoLocks
+
+	mu        sync.Mutex                // guards closing, listeners, and handlers.Add against Wait
+	closing   bool                      // Shutdown was called: no new listeners or sessions
+	listeners map[net.Listener]struct{} // listeners passed to Serve, closed by Shutdown
+	handlers  sync.WaitGroup            // running session handlers
+}
+
+// New returns a Server for cfg that hands accepted pushes to d. It loads the host key from
+// cfg.HostKeyPath, or creates it there (ed25519, 0600) if the file does not exist, so that
+// the server keeps its identity across restarts.
+func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
+	if cfg.HostKeyPath == "" {
+		return nil, errors.New("gitserver: no host key path")
+	}
+	if cfg.ReposDir == "" {
+		return nil, errors.New("gitserver: no repos dir")
+	}
+	if d == nil {
+		return nil, errors.New("gitserver: no deployer")
+	}
+	for i, k := range cfg.Keys {
+		if k.Key == nil {
+			return nil, fmt.Errorf("gitserver: key %d (%q) has no public key", i, k.Name)
+		}
+	}
+	cfg.Keys = append([]Key(nil), cfg.Keys...)
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = DefaultKeepalive
+	}
+	signer, created, err := loadHostKey(cfg.HostKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		deployer:  d,
+		log:       log,
+		signer:    signer,
+		listeners: make(map[net.Listener]struct{}),
+	}
+	if created {
+		log.Info().Str("path", cfg.HostKeyPath).Str("host_key_fp", s.HostKeyFingerprint()).Msg("host key created")
+	}
+	if len(cfg.Keys) == 0 {
+		log.Warn().Msg("no authorized keys: every connection will be refused")
+	}
+	s.ssh = &ssh.Server{
+		Version:          "slipway",
+		Handler:          s.handle,
+		PublicKeyHandler: s.authorize,
+		PtyCallback:      func(ssh.Context, ssh.Pty) bool { return false },
+		IdleTimeout:      cfg.IdleTimeout,
+		// Only "session" channels; nil forwarding callbacks deny port forwarding; no
+		// subsystems; no global request handlers.
+		ChannelHandlers:   map[string]ssh.ChannelHandler{"session": ssh.DefaultSessionHandler},
+		RequestHandlers:   map[string]ssh.RequestHandler{},
+		SubsystemHandlers: map[string]ssh.SubsystemHandler{},
+		ConnectionFailedCallback: func(c net.Conn, err error) {
+			log.Debug().Str("remote", c.RemoteAddr().String()).Err(err).Msg("ssh handshake failed")
+		},
+	}
+	s.ssh.AddHostKey(signer)
+	return s, nil
+}
+
+// HostKeyFingerprint returns the SHA256 fingerprint of the host key ("SHA256:..."), the one
+// ssh shows when it first connects.
+func (s *Server) HostKeyFingerprint() string {
+	return gossh.FingerprintSHA256(s.signer.PublicKey())
+}
+
+// Serve accepts connections on l until Shutdown. It returns ErrServerClosed after Shutdown,
+// any other error from l otherwise.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+
+	err := s.ssh.Serve(l)
+
+	s.mu.Lock()
+	delete(s.listeners, l)
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Shutdown stops accepting connections and refuses new sessions, then waits for running
+// sessions to end until ctx is done. Sessions still running then are cut off, which cancels
+// their deploys, and Shutdown waits until every session handler has returned. It returns
+// ctx's error if it had to cut sessions off.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.handlers.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+		// Let the clients of sessions that just ended hang up themselves: closing a
+		// connection while its client's last packets are in flight makes the kernel reset
+		// it, and the client may lose the report it has not read yet.
+		linger, cancel := context.WithTimeout(ctx, shutdownLinger)
+		s.ssh.Shutdown(linger)
+		cancel()
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	// Close every connection left: idle ones, half-open handshakes, and, if ctx ran out,
+	// the sessions still running (their contexts are cancelled).
+	s.ssh.Close()
+	<-done
+	return err
+}
+
+// shutdownLinger bounds how long Shutdown waits for clients to close their connections once
+// every session has ended; only idle connections (ssh ControlMaster) make it wait that long.
+const shutdownLinger = 2 * time.Second
+
+// authorize accepts exactly the keys in Config.Keys.
+func (s *Server) authorize(ctx ssh.Context, key ssh.PublicKey) bool {
+	if _, ok := s.lookupKey(key); ok {
+		return true
+	}
+	s.log.Debug().Str("remote", ctx.RemoteAddr().String()).Str("key_fp", gossh.FingerprintSHA256(key)).Msg("unknown key refused")
+	return false
+}
+
+func (s *Server) lookupKey(key ssh.PublicKey) (Key, bool) {
+	if key == nil {
+		return Key{}, false
+	}
+	for _, k := range s.cfg.Keys {
+		if ssh.KeysEqual(k.Key, key) {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// handle runs one SSH session: exec of git-receive-pack for a valid environment, and
+// nothing else.
+func (s *Server) handle(sess ssh.Session) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		refuse(sess, "the server is shutting down; try again in a moment")
+		return
+	}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+
+	start := time.Now()
+	rec := &record{level: zerolog.InfoLevel}
+	log := s.log.With().Str("remote", sess.RemoteAddr().String()).Logger()
+	defer func() {
+		if p := recover(); p != nil {
+			rec.level, rec.outcome = zerolog.ErrorLevel, "panic"
+			rec.err = fmt.Errorf("panic: %v", p)
+			log = log.With().Str("stack", string(debug.Stack())).Logger()
+			refuse(sess, "internal error")
+		}
+		rec.log(log, time.Since(start))
+	}()
+
+	// Identity comes from the key that actually authenticated this connection: x/crypto
+	// (>= 0.31) calls the public key callback again for it, so s.PublicKey() is that key.
+	key, ok := s.lookupKey(sess.PublicKey())
+	if !ok {
+		rec.refused(zerolog.WarnLevel, errors.New("session without an authorized key"))
+		refuse(sess, "no authorized key on this connection")
+		return
+	}
+	who := identity{name: key.Name, fp: gossh.FingerprintSHA256(key.Key)}
+	log = log.With().Str("pusher", who.name).Str("key_fp", who.fp).Logger()
+
+	service, path, err := parseCommand(sess.RawCommand())
+	if err != nil {
+		rec.refused(zerolog.WarnLevel, err)
+		refuse(sess, err.Error())
+		return
+	}
+	if service == serviceUploadPack {
+		rec.refused(zerolog.InfoLevel, errors.New("fetch refused"))
+		refuse(sess, "fetching is not offered yet; this server only receives pushes")
+		return
+	}
+	repo, err := repoFromPath(path)
+	if err != nil {
+		rec.refused(zerolog.WarnLevel, err)
+		refuse(sess, err.Error())
+		return
+	}
+	rec.repo = repo
+	code := s.receivePack(sess, repo, who, rec)
+	sess.Exit(code)
+}
+
+// identity is who pushes: the authorized key's name and fingerprint.
+type identity struct {
+	name, fp string
+}
+
+// refuse ends a session before any protocol: one line on stderr, exit status 1.
+func refuse(sess ssh.Session, msg string) {
+	fmt.Fprintf(sess.Stderr(), "slipway: %s\n", oneLine(msg, 300))
+	sess.Exit(1)
+}
+
+// record collects what one session did, for its single log line.
+type record struct {
+	level   zerolog.Level
+	outcome string // refused, up-to-date, deployed, rejected, unpack-failed, error, panic, ...
+	repo    string
+	ref     string
+	oldSHA  string
+	sha     string
+	err     error
+}
+
+func (r *record) refused(level zerolog.Level, err error) {
+	r.level, r.outcome, r.err = level, "refused", err
+}
+
+func (r *record) log(log zerolog.Logger, took time.Duration) {
+	ev := log.WithLevel(r.level)
+	if r.repo != "" {
+		ev = ev.Str("repo", r.repo)
+	}
+	if r.ref != "" {
+		ev = ev.Str("ref", r.ref).Str("old_sha", r.oldSHA).Str("sha", r.sha)
+	}
+	if r.err != nil {
+		ev = ev.Err(r.err)
+	}
+	ev.Str("outcome", r.outcome).Dur("took", took).Msg("session finished")
+}
+
+// loadHostKey reads the host key at path, or creates one there if the file does not exist.
+func loadHostKey(path string) (signer gossh.Signer, created bool, err error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		signer, err := gossh.ParsePrivateKey(data)
+		if err != nil {
+			return nil, false, fmt.Errorf("host key %s: %w", path, err)
+		}
+		return signer, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("host key: %w", err)
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, false, fmt.Errorf("generate host key: %w", err)
+	}
+	blk, err := gossh.MarshalPrivateKey(priv, "slipway host key")
+	if err != nil {
+		return nil, false, fmt.Errorf("encode host key: %w", err)
+	}
+	switch err := writeNewFile(path, pem.EncodeToMemory(blk), 0o600); {
+	case errors.Is(err, fs.ErrExist):
+		return loadHostKey(path) // another process created it meanwhile: use that one
+	case err != nil:
+		return nil, false, fmt.Errorf("write host key: %w", err)
+	}
+	signer, err = gossh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, false, err
+	}
+	return signer, true, nil
+}
+
+// writeNewFile durably creates path with data: a temporary file in the same directory is
+// written, synced and then linked to path, so path never holds a partial file and an
+// existing path is never replaced (fs.ErrExist).
+func writeNewFile(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(f.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		// A filesystem without hard links: rename, which would replace a file created
+		// since our ReadFile; that race only matters for two servers starting at once.
+		if err := os.Rename(f.Name(), path); err != nil {
+			return err
+		}
+	}
+	return syncDir(dir)
+}

@@ -1,0 +1,159 @@
+package gitserver
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing/format/pktline"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
+)
+
+// maxBandChunk is the most payload one sideband packet carries. v5's Muxer allows 65519,
+// which overflows pktline's 65516-byte payload with the band byte; 65515 does not.
+const maxBandChunk = pktline.MaxPayloadSize - 1
+
+// keepalivePacket is an empty band-1 packet: git's own receive-pack sends it while hooks are
+// silent, and clients skip it.
+var keepalivePacket = []byte("0005\x01")
+
+var errOutputClosed = errors.New("deploy output closed: the push is over")
+
+// wire is the session's output once the update request is decoded. Deploy output, keepalives
+// and the final report share it from different goroutines, so every write takes mu.
+type wire struct {
+	mu     sync.Mutex
+	bw     *bufio.Writer   // over the session's stdout; flushed after every packet
+	mux    *sideband.Muxer // over bw; nil if the client did not ask for side-band-64k
+	stderr io.Writer       // where deploy output goes without sideband
+	ping   func()          // keepalive without sideband: an SSH-level request
+	last   time.Time       // last write towards the pusher
+	err    error           // first write error; sticky
+	broken func()          // called on the first write error: the pusher is gone
+	closed bool            // deploy output is over; further progress writes fail
+}
+
+func newWire(stdout, stderr io.Writer, sideBand bool, ping, broken func()) *wire {
+	w := &wire{
+		bw:     bufio.NewWriterSize(stdout, 64*1024),
+		stderr: stderr,
+		ping:   ping,
+		broken: broken,
+		last:   time.Now(),
+	}
+	if sideBand {
+		w.mux = sideband.NewMuxer(sideband.Sideband64k, w.bw)
+	}
+	return w
+}
+
+// fail records the first write error. The caller holds mu.
+func (w *wire) fail(err error) error {
+	if w.err == nil && err != nil {
+		w.err = err
+		w.broken()
+	}
+	return w.err
+}
+
+// band writes p to sideband channel ch in packets small enough for v5's muxer. The caller
+// holds mu and has checked that w.mux is set.
+func (w *wire) band(ch sideband.Channel, p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n := 0
+	for len(p) > 0 {
+		chunk := p
+		if len(chunk) > maxBandChunk {
+			chunk = chunk[:maxBandChunk]
+		}
+		if _, err := w.mux.WriteChannel(ch, chunk); err != nil {
+			return n, w.fail(err)
+		}
+		if err := w.bw.Flush(); err != nil {
+			return n, w.fail(err)
+		}
+		n += len(chunk)
+		p = p[len(chunk):]
+	}
+	w.last = time.Now()
+	return n, nil
+}
+
+// raw writes p (whole pkt-lines) to stdout as it is. The caller holds mu.
+func (w *wire) raw(p []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if _, err := w.bw.Write(p); err != nil {
+		return w.fail(err)
+	}
+	if err := w.bw.Flush(); err != nil {
+		return w.fail(err)
+	}
+	w.last = time.Now()
+	return nil
+}
+
+// Write sends deploy output to the pusher: sideband channel 2 ("remote: ..." lines), or
+// stderr for a client without sideband.
+func (w *wire) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return 0, errOutputClosed
+	}
+	if w.mux != nil {
+		return w.band(sideband.ProgressMessage, p)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.stderr.Write(p)
+	if err != nil {
+		return n, w.fail(err)
+	}
+	w.last = time.Now()
+	return n, nil
+}
+
+// closeOutput ends deploy output: a Deployer that keeps out beyond Deploy gets errors.
+func (w *wire) closeOutput() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+}
+
+// keepalive writes an empty band-1 packet whenever nothing was written for every (or, without
+// sideband, sends an SSH keepalive request), until stop is closed. It keeps IdleTimeout and
+// the NAT boxes between pusher and server from ending a silent deploy.
+func (w *wire) keepalive(every time.Duration, stop <-chan struct{}) {
+	t := time.NewTimer(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		next := every - time.Since(w.last)
+		send := next <= 0
+		if send {
+			next = every
+			w.last = time.Now()
+			if w.mux != nil {
+				w.raw(keepalivePacket)
+				send = false
+			}
+		}
+		w.mu.Unlock()
+		if send {
+			w.ping() // outside mu: it does not touch the channel's stdout
+		}
+		t.Reset(next)
+	}
+}

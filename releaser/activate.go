@@ -1,0 +1,182 @@
+package releaser
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/slipway/slipway/internal/atomicfile"
+)
+
+// tmpLinkPrefix names the temporary link that is renamed over current.
+const tmpLinkPrefix = ".current.tmp-"
+
+// Current returns the sha of the live release, read from the current symlink; "" if there
+// is none.
+func (r *Releaser) Current() (sha string, err error) {
+	target, err := os.Readlink(r.currentLink())
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if errors.Is(err, syscall.EINVAL) {
+		return "", fmt.Errorf("current: %s is not a symlink", r.currentLink())
+	}
+	if err != nil {
+		return "", fmt.Errorf("current: %w", err)
+	}
+	sha, ok := r.parseTarget(target)
+	if !ok {
+		return "", fmt.Errorf("current: points to %q, not to a release in %s", target, r.releasesDir())
+	}
+	return sha, nil
+}
+
+// parseTarget returns the sha of a current link's target: "releases/<sha>", or the
+// absolute path of a release.
+func (r *Releaser) parseTarget(target string) (string, bool) {
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(r.path, target)
+	}
+	target = filepath.Clean(target)
+	sha := filepath.Base(target)
+	return sha, filepath.Dir(target) == r.releasesDir() && validSHA(sha)
+}
+
+// IsComplete reports whether release sha is recorded complete and its directory exists.
+func (r *Releaser) IsComplete(sha string) bool {
+	if !validSHA(sha) {
+		return false
+	}
+	st, _, err := r.loadState()
+	if err != nil || st.Releases[sha] == nil {
+		return false
+	}
+	return isDir(r.Dir(sha))
+}
+
+// Complete makes release sha durable and records it complete. The release's data is synced
+// first (syncfs(2) on its filesystem), then the record is written durably under .slipway/,
+// so that a crash can never leave a release recorded complete with its files not on disk.
+// Completing a complete release again only syncs it.
+func (r *Releaser) Complete(sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return fmt.Errorf("complete: %w", err)
+	}
+	dir := r.Dir(sha)
+	if !isDir(dir) {
+		return fmt.Errorf("complete %s: %s is not a directory", sha, dir)
+	}
+	if err := syncFS(dir); err != nil {
+		return fmt.Errorf("complete %s: %w", sha, err)
+	}
+	err := r.updateState(func(st *state) (bool, error) {
+		if st.Releases[sha] != nil {
+			return false, nil
+		}
+		st.Releases[sha] = &record{Completed: r.now().UTC()}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("complete %s: %w", sha, err)
+	}
+	return nil
+}
+
+// Activate makes release sha, which must be complete, the live one: a symlink to
+// releases/<sha> under a temporary name is renamed over current (atomic for every
+// observer) and the deploy root is synced. It records when sha went live and when the
+// release live before stopped being live. wasLiveBefore says whether sha had been live
+// before (a rollback).
+func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
+	if err := checkSHA(sha); err != nil {
+		return false, fmt.Errorf("activate: %w", err)
+	}
+	st, _, err := r.loadState()
+	if err != nil {
+		return false, fmt.Errorf("activate %s: %w", sha, err)
+	}
+	rec := st.Releases[sha]
+	if rec == nil || !isDir(r.Dir(sha)) {
+		return false, fmt.Errorf("activate %s: release is not complete", sha)
+	}
+	prev, err := r.Current()
+	if err != nil {
+		return false, fmt.Errorf("activate %s: %w", sha, err)
+	}
+	wasLiveBefore = rec.Seq > 0 || prev == sha
+	if err := r.swapCurrent(sha); err != nil {
+		return false, fmt.Errorf("activate %s: %w", sha, err)
+	}
+	now := r.now().UTC()
+	err = r.updateState(func(st *state) (bool, error) {
+		st.activated(sha, now)
+		return true, nil
+	})
+	if err != nil {
+		// current is what makes a release live, and it has moved: the activation stands.
+		// A lost record only affects the order of pruning, and Recover repairs it.
+		r.log.Error().Err(err).Str("sha", sha).Msg("record activation")
+	}
+	return wasLiveBefore, nil
+}
+
+// swapCurrent points current at releases/<sha> atomically and durably.
+func (r *Releaser) swapCurrent(sha string) error {
+	if err := r.removeTempLinks(); err != nil {
+		return err
+	}
+	tmp := filepath.Join(r.path, tmpLinkPrefix+randSuffix())
+	if err := os.Symlink("releases/"+sha, tmp); err != nil {
+		return err
+	}
+	// rename(2) replaces the symlink current itself, never an entry inside its target
+	// (unlike mv without -T). If current is a real directory, it fails.
+	if err := os.Rename(tmp, r.currentLink()); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return atomicfile.SyncDir(r.path)
+}
+
+// removeTempLinks removes temporary links left by a swap interrupted by a crash.
+func (r *Releaser) removeTempLinks() error {
+	entries, err := os.ReadDir(r.path)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), tmpLinkPrefix) || e.IsDir() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(r.path, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncFS flushes the whole filesystem holding dir: cheaper than an fsync of every file
+// and directory of a release, and it covers what the build wrote too.
+func syncFS(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	return nil
+}
+
+// isDir reports whether path is a directory, not a symlink to one.
+func isDir(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.IsDir()
+}

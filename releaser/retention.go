@@ -1,0 +1,171 @@
+package releaser
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"time"
+)
+
+// Release is one complete release.
+type Release struct {
+	SHA           string
+	Completed     time.Time
+	LastActivated time.Time // zero if it never went live
+	Live          bool
+}
+
+// Releases lists the complete releases, most recently activated first; those never
+// activated come last, most recently completed first.
+func (r *Releaser) Releases() ([]Release, error) {
+	st, _, err := r.loadState()
+	if err != nil {
+		return nil, fmt.Errorf("releases: %w", err)
+	}
+	live, err := r.Current()
+	if err != nil {
+		return nil, fmt.Errorf("releases: %w", err)
+	}
+	var out []Release
+	for _, sha := range r.ordered(st, live) {
+		rec := st.Releases[sha]
+		out = append(out, Release{SHA: sha, Completed: rec.Completed, LastActivated: rec.Activated, Live: sha == live})
+	}
+	return out, nil
+}
+
+// ordered returns the shas of the complete releases in st (those whose directory exists):
+// the live one first, then by last activation, newest first, then the never activated,
+// most recently completed first. Names never decide, they are not in time order.
+func (r *Releaser) ordered(st *state, live string) []string {
+	var shas []string
+	for sha := range st.Releases {
+		if isDir(r.Dir(sha)) {
+			shas = append(shas, sha)
+		}
+	}
+	slices.SortFunc(shas, func(a, b string) int {
+		ra, rb := st.Releases[a], st.Releases[b]
+		switch {
+		case a == live:
+			return -1
+		case b == live:
+			return 1
+		case ra.Seq != rb.Seq:
+			return cmp.Compare(rb.Seq, ra.Seq)
+		case !ra.Completed.Equal(rb.Completed):
+			return rb.Completed.Compare(ra.Completed)
+		}
+		return cmp.Compare(a, b)
+	})
+	return shas
+}
+
+// Prune deletes the complete releases beyond KeepReleases, in the order of Releases: the
+// live one counts, and is never deleted; a release that stopped being live less than
+// PruneGrace ago is kept for now. Releases being built are not complete, so never touched.
+// It returns the shas removed.
+func (r *Releaser) Prune() (removed []string, err error) {
+	live, err := r.Current()
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	now := r.now().UTC()
+	var doomed []string
+	err = r.updateState(func(st *state) (bool, error) {
+		for i, sha := range r.ordered(st, live) {
+			rec := st.Releases[sha]
+			if i < r.keep || sha == live {
+				continue
+			}
+			if r.grace > 0 && rec.Seq > 0 {
+				stopped := rec.Deactivated
+				if st.Live == sha {
+					stopped = now // its end was not recorded: count from now
+				}
+				if left := r.grace - now.Sub(stopped); left > 0 {
+					r.log.Debug().Str("sha", sha).Dur("grace_left", left).Msg("prune deferred")
+					continue
+				}
+			}
+			delete(st.Releases, sha)
+			doomed = append(doomed, sha)
+		}
+		return len(doomed) > 0, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	// The records are gone first: a release half deleted by a crash is incomplete, and
+	// Recover removes the rest.
+	var errs []error
+	for _, sha := range doomed {
+		if err := r.removeRelease(sha); err != nil {
+			errs = append(errs, fmt.Errorf("prune %s: %w", sha, err))
+			continue
+		}
+		removed = append(removed, sha)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Discard removes release sha, complete or not, and its records. It refuses the live
+// release. Directories the build made read-only are made writable to be removed.
+func (r *Releaser) Discard(sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return fmt.Errorf("discard: %w", err)
+	}
+	live, err := r.Current()
+	if err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
+	if live == sha {
+		return fmt.Errorf("discard %s: release is live", sha)
+	}
+	err = r.updateState(func(st *state) (bool, error) {
+		if st.Releases[sha] == nil {
+			return false, nil
+		}
+		delete(st.Releases, sha)
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
+	if err := r.removeRelease(sha); err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
+	return nil
+}
+
+// removeRelease removes releases/<name>, whatever it is; a missing one is not an error.
+func (r *Releaser) removeRelease(name string) error {
+	root, err := os.OpenRoot(r.releasesDir())
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return removeAll(root, name)
+}
+
+// removeAll removes name and everything under it, inside root. A build can leave
+// directories without write or search permission, which stops the removal of their
+// entries: those are made accessible to their owner, and the removal is tried again.
+func removeAll(root *os.Root, name string) error {
+	err := root.RemoveAll(name)
+	if err == nil || !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	// WalkDir calls fn on a directory before reading it, so each one is opened up just in
+	// time to be read. Errors are left to the second RemoveAll to report.
+	fs.WalkDir(root.FS(), name, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			root.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return root.RemoveAll(name)
+}

@@ -1,0 +1,244 @@
+package releaser
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing/filemode"
+)
+
+func TestPrune(t *testing.T) {
+	tests := []struct {
+		name  string
+		keep  int
+		grace time.Duration
+		// run gets five complete releases, s[0] < s[1] < ... by name, none activated, and
+		// returns the releases Prune must remove and those it must leave, newest first.
+		run         func(e *env, s []string) (removed, left []string)
+		secondPrune time.Duration // if set: advance the clock, Prune again, all beyond keep go
+	}{{
+		name: "by activation, not by name",
+		keep: 3,
+		run: func(e *env, s []string) ([]string, []string) {
+			for _, i := range []int{4, 3, 2, 1, 0} {
+				e.activate(s[i])
+			}
+			return []string{s[4], s[3]}, []string{s[0], s[1], s[2]}
+		},
+	}, {
+		name: "a rollback makes a release recent",
+		keep: 3,
+		run: func(e *env, s []string) ([]string, []string) {
+			for _, i := range []int{0, 1, 2, 3, 4, 1} {
+				e.activate(s[i])
+			}
+			return []string{s[2], s[0]}, []string{s[1], s[4], s[3]}
+		},
+	}, {
+		name: "never activated counts as oldest",
+		keep: 3,
+		run: func(e *env, s []string) ([]string, []string) {
+			e.activate(s[3])
+			e.activate(s[1])
+			e.activate(s[2])
+			// s[0] and s[4] were completed after s[3] was activated, and never went live.
+			return []string{s[0], s[4]}, []string{s[2], s[1], s[3]}
+		},
+	}, {
+		name: "live is kept even when the records say otherwise",
+		keep: 1,
+		run: func(e *env, s []string) ([]string, []string) {
+			e.activate(s[0])
+			e.activate(s[1])
+			e.relink("releases/" + s[0]) // current moved without a record
+			return []string{s[1], s[2], s[3], s[4]}, []string{s[0]}
+		},
+	}, {
+		name: "keep 1 keeps only the live one",
+		keep: 1,
+		run: func(e *env, s []string) ([]string, []string) {
+			e.activate(s[4])
+			e.activate(s[2])
+			return []string{s[4], s[0], s[1], s[3]}, []string{s[2]}
+		},
+	}, {
+		name:  "grace keeps what was live recently",
+		keep:  1,
+		grace: 5 * time.Minute,
+		run: func(e *env, s []string) ([]string, []string) {
+			e.activate(s[0])
+			e.activate(s[1]) // s[0] live until now
+			e.tick(10 * time.Minute)
+			e.activate(s[2]) // s[1] live until now
+			e.activate(s[3]) // 1 minute later; s[2] too
+			// s[4] never went live: no grace. s[0] stopped being live 11 minutes ago.
+			return []string{s[0], s[4]}, []string{s[3], s[2], s[1]}
+		},
+		secondPrune: 5*time.Minute + time.Second,
+	}, {
+		name: "nothing to do",
+		keep: 10,
+		run: func(e *env, s []string) ([]string, []string) {
+			for _, sha := range s {
+				e.activate(sha)
+			}
+			return nil, []string{s[4], s[3], s[2], s[1], s[0]}
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Config{KeepReleases: tt.keep, PruneGrace: tt.grace})
+			g := newRepo(t)
+			var s []string
+			for range 5 {
+				e.tick(time.Second)
+				s = append(s, e.release(g))
+			}
+			slices.Sort(s)
+			wantRemoved, wantLeft := tt.run(e, s)
+			live, _ := e.r.Current()
+
+			removed, err := e.r.Prune()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(removed)
+			slices.Sort(wantRemoved)
+			if !slices.Equal(removed, wantRemoved) {
+				t.Errorf("removed %v, want %v", removed, wantRemoved)
+			}
+			if got := e.releaseSHAs(); !slices.Equal(got, wantLeft) {
+				t.Errorf("Releases() = %v, want %v", got, wantLeft)
+			}
+			for _, sha := range removed {
+				if _, err := os.Lstat(e.r.Dir(sha)); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s still on disk: %v", sha, err)
+				}
+			}
+			if cur, _ := e.r.Current(); cur != live {
+				t.Errorf("current changed: %s -> %s", live, cur)
+			}
+
+			if tt.secondPrune != 0 {
+				e.tick(tt.secondPrune)
+				if _, err := e.r.Prune(); err != nil {
+					t.Fatal(err)
+				}
+				if got := e.releaseSHAs(); !slices.Equal(got, wantLeft[:tt.keep]) {
+					t.Errorf("after the grace: Releases() = %v, want %v", got, wantLeft[:tt.keep])
+				}
+			}
+		})
+	}
+}
+
+func TestDiscard(t *testing.T) {
+	e := newEnv(t, Config{})
+	g := newRepo(t)
+	live := e.release(g)
+	e.activate(live)
+
+	tests := []struct {
+		name     string
+		complete bool
+		readOnly bool
+	}{
+		{"incomplete", false, false},
+		{"complete", true, false},
+		{"read-only content", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sha := g.commit(g.treeOf(map[string]file{
+				"a/b/c.txt": {filemode.Regular, "c"},
+				"a/d":       {filemode.Executable, "d"},
+				"e":         {filemode.Symlink, "/etc/passwd"},
+			}))
+			if _, err := e.r.Materialize(t.Context(), g.st, sha, nil); err != nil {
+				t.Fatal(err)
+			}
+			if tt.complete {
+				if err := e.r.Complete(sha); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := e.r.Dir(sha)
+			if tt.readOnly {
+				// What a build may leave: read-only files, and dirs without write or
+				// even read and search permission.
+				for p, mode := range map[string]os.FileMode{"a/b/c.txt": 0o444, "a/b": 0o000, "a": 0o555, ".": 0o555} {
+					if err := os.Chmod(filepath.Join(dir, p), mode); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			err := withoutDACOverride(t, func() error {
+				if tt.readOnly {
+					// The test means something only if permissions are enforced here.
+					if err := os.Remove(filepath.Join(dir, "e")); !errors.Is(err, fs.ErrPermission) {
+						return errors.New("permissions are not enforced: the test is void")
+					}
+				}
+				return e.r.Discard(sha)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("release still on disk: %v", err)
+			}
+			if e.r.IsComplete(sha) || slices.Contains(e.releaseSHAs(), sha) {
+				t.Error("release still recorded")
+			}
+			if err := e.r.Discard(sha); err != nil {
+				t.Errorf("second Discard: %v", err)
+			}
+		})
+	}
+
+	if err := e.r.Discard(live); err == nil || !strings.Contains(err.Error(), "live") {
+		t.Errorf("Discard of the live release: %v", err)
+	}
+	if !e.r.IsComplete(live) {
+		t.Error("the live release was harmed")
+	}
+	if err := e.r.Discard("../../sentinel"); err == nil {
+		t.Error("Discard of a bad sha succeeded")
+	}
+}
+
+func TestLogFile(t *testing.T) {
+	e := newEnv(t, Config{})
+	const sha = "0123456789abcdef0123456789abcdef01234567"
+	var names []string
+	for range 3 {
+		f, err := e.r.LogFile(sha)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("build ok\n"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if filepath.Dir(f.Name()) != filepath.Join(e.r.Path(), ".slipway", "logs") {
+			t.Errorf("log file %s is not in .slipway/logs", f.Name())
+		}
+		names = append(names, filepath.Base(f.Name()))
+		e.tick(time.Millisecond)
+	}
+	if names[0] != "20261122T100000.000000000Z-"+sha+".log" {
+		t.Errorf("name %q", names[0])
+	}
+	if !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
+		t.Errorf("names do not sort by time: %v", names)
+	}
+	if _, err := e.r.LogFile("../x"); err == nil {
+		t.Error("LogFile with a bad sha succeeded")
+	}
+}
