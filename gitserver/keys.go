@@ -17,7 +17,8 @@ import (
 // every problem at once, each as "<file>:<line>: <problem>", joined with errors.Join:
 // a line that is not a key, a key without a comment, a key listed twice, a certificate, and
 // options before the key type (command=, restrict, ...), which slipway would not honour.
-// Blank lines and lines starting with '#' are skipped.
+// Blank lines and lines starting with '#' are skipped. With problems, it still returns the
+// keys that parsed, for callers that may go on without the bad lines.
 func ParseKeys(path string) ([]Key, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -71,8 +72,5 @@ func ParseKeys(path string) ([]Key, error) {
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", path, err))
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return keys, nil
+	return keys, errors.Join(errs...)
 }

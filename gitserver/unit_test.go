@@ -163,9 +163,13 @@ func TestParseKeys(t *testing.T) {
 		"",
 		bobPub, // 8: fine
 	}, "\n")), 0o644)
-	_, err = ParseKeys(bad)
+	keys, err = ParseKeys(bad)
 	if err == nil {
 		t.Fatal("ParseKeys accepted a bad file")
+	}
+	// The good lines (1 and 8) still come back, for callers that go on without the bad ones.
+	if len(keys) != 2 || keys[0].Name != "alice" || keys[1].Name != "bob" {
+		t.Errorf("keys parsed beside the problems = %+v, want alice and bob", keys)
 	}
 	for _, want := range []string{
 		bad + ":2: not a public key",

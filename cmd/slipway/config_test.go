@@ -1,0 +1,190 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeKeys writes an authorized_keys file with one fresh ed25519 key per name.
+func writeKeys(t *testing.T, dir string, names ...string) string {
+	t.Helper()
+	var all []byte
+	for _, n := range names {
+		key := filepath.Join(dir, "id_"+n)
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", n, "-f", key).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen: %v: %s", err, out)
+		}
+		pub, err := os.ReadFile(key + ".pub")
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, pub...)
+	}
+	path := filepath.Join(dir, "authorized_keys")
+	if err := os.WriteFile(path, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestExampleConfigs decodes every example in configs/ strictly, so the docs cannot drift
+// from the code. Only the authorized_keys path is pointed at a real file.
+func TestExampleConfigs(t *testing.T) {
+	dir := t.TempDir()
+	keys := writeKeys(t, dir, "alice", "ci")
+	server, err := os.ReadFile("../../configs/slipway.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := regexp.MustCompile(`(?m)^authorized_keys = "[^"]*"`).ReplaceAllString(string(server), `authorized_keys = "`+keys+`"`)
+	file := filepath.Join(dir, "slipway.toml")
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(file)
+	if err != nil {
+		t.Fatalf("configs/slipway.example.toml: %v", err)
+	}
+	if len(cfg.envs) != 2 || cfg.listen != "0.0.0.0:2222" || cfg.dataDir != "/var/lib/slipway" {
+		t.Fatalf("decoded %+v", cfg)
+	}
+	prod := cfg.envs[0]
+	if prod.repo != "myapp/production" || prod.keepReleases != 5 || prod.pruneGrace != time.Minute ||
+		prod.commandTimeout != 30*time.Minute || strings.Join(prod.vars, ",") != "APP_ENV=production" ||
+		strings.Join(prod.allow, ",") != "alice,ci" || strings.Join(prod.recipe.build, ",") != "composer install --no-dev" {
+		t.Errorf("env[0] decoded as %+v", prod)
+	}
+	if cfg.envs[1].branch != "develop" || cfg.envs[1].keepReleases != defaultKeepReleases {
+		t.Errorf("env[1] decoded as %+v", cfg.envs[1])
+	}
+
+	repo, err := os.ReadFile("../../configs/slipway.repo.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := parseRepoRecipe(string(repo))
+	if err != nil {
+		t.Fatalf("configs/slipway.repo.example.toml: %v", err)
+	}
+	if len(rc.build) != 2 || len(rc.sharedDirs) != 2 || !rc.set["after_activate"] {
+		t.Errorf("repo recipe decoded as %+v", rc)
+	}
+}
+
+// TestConfigProblems checks that every problem of a file is reported at once, each on its line.
+func TestConfigProblems(t *testing.T) {
+	dir := t.TempDir()
+	writeKeys(t, dir, "alice")
+	tests := []struct {
+		name string
+		toml string
+		want []string // each a "slipway.toml:LINE: ..." line, in order
+	}{
+		{
+			name: "valid minimal",
+			toml: "data_dir = \"data\"\nauthorized_keys = \"authorized_keys\"\n[[env]]\nrepo = \"a/b\"\npath = \"deploy\"\n",
+		},
+		{
+			name: "everything wrong at once",
+			toml: `listen = "nope"
+data_dir = "data"
+authorized_keys = "authorized_keys"
+colour = "blue"
+
+[[env]]
+repo = "a/../b"
+path = "deploy"
+keep_releases = 0
+prune_grace = "5 minutes"
+command_timeout = 30
+buidl = ["make"]
+allow = ["bob"]
+build = "make"
+
+[[env]]
+path = "deploy/sub"
+branch = "-x"
+[env.vars]
+SLIPWAY_SHA = "x"
+"1BAD" = "y"
+`,
+			want: []string{
+				`slipway.toml:1: listen: "nope" is not host:port`,
+				`slipway.toml:4: unknown key "colour"`,
+				`slipway.toml:7: env[0].repo:`,
+				`slipway.toml:9: env[0].keep_releases must be at least 1`,
+				`slipway.toml:10: env[0].prune_grace: "5 minutes" is not a duration`,
+				`slipway.toml:11: env[0].command_timeout must be a duration string`,
+				`slipway.toml:12: unknown key "env[0].buidl"`,
+				`slipway.toml:13: env[0].allow: no authorized key is named "bob"`,
+				`slipway.toml:14: env[0].build must be a list of strings`,
+				`slipway.toml:16: env[1]: repo is required`,
+				`slipway.toml:17: env[1].path:`,
+				`slipway.toml:18: env[1].branch: "-x" is not a valid branch name`,
+				`slipway.toml:20: env[1].vars.SLIPWAY_SHA: SLIPWAY_* variables are set by slipway`,
+				`slipway.toml:21: env[1].vars.1BAD: not a valid environment variable name`,
+			},
+		},
+		{
+			name: "syntax error",
+			toml: "data_dir = \"data\"\nlisten = = 1\n",
+			want: []string{`slipway.toml:2:`},
+		},
+		{
+			name: "missing keys file",
+			toml: "data_dir = \"data\"\nauthorized_keys = \"nope\"\n[[env]]\nrepo = \"a/b\"\npath = \"deploy\"\n",
+			want: []string{`slipway.toml:2: authorized_keys:`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(dir, "slipway.toml")
+			if err := os.WriteFile(file, []byte(tt.toml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Chdir(dir)
+			_, err := loadConfig("slipway.toml")
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("loadConfig: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("loadConfig succeeded")
+			}
+			got := strings.Split(err.Error(), "\n")
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d problems, want %d:\n%s", len(got), len(tt.want), err)
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tt.want[i]) {
+					t.Errorf("problem %d = %q, want prefix %q", i, got[i], tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestRecipeServerWins(t *testing.T) {
+	own, err := parseRepoRecipe("build = [\"make\"]\ntest = [\"make test\"]\nshared_dirs = [\"storage\"]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := recipe{test: []string{}, set: map[string]bool{"test": true}}
+	got := own.over(server)
+	if strings.Join(got.build, ",") != "make" || len(got.test) != 0 || strings.Join(got.sharedDirs, ",") != "storage" {
+		t.Fatalf("merged recipe %+v", got)
+	}
+	if _, err := parseRepoRecipe("build = [\"make\"]\nlisten = \"x\"\n"); err == nil || !strings.Contains(err.Error(), `slipway.toml:2: unknown key "listen"`) {
+		t.Fatalf("pushed slipway.toml with a server key: %v", err)
+	}
+	if _, err := parseRepoRecipe("shared_files = [\"../etc/passwd\"]\n"); err == nil {
+		t.Fatal("a shared path escaping the release was accepted")
+	}
+}

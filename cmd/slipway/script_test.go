@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// The end-to-end tests: testscript runs the real slipway binary (this test binary, re-run
+// as "slipway"), and the scripts push to it with the real git over the real ssh on loopback.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){"slipway": func() { os.Exit(runMain()) }})
+}
+
+// waitFor bounds every wait of a script; the scripts wait for events, not for time.
+const waitFor = 60 * time.Second
+
+func TestScripts(t *testing.T) {
+	for _, tool := range []string{"git", "ssh", "ssh-keygen"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the end-to-end tests need %s on PATH (.ci/run installs it): %v", tool, err)
+		}
+	}
+	testscript.Run(t, testscript.Params{
+		Dir:                 "testdata/script",
+		Setup:               setupScript,
+		RequireExplicitExec: true,
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitfile": cmdWaitFile,
+			"linkto":   cmdLinkTo,
+			"noproc":   cmdNoProc,
+			"killssh":  cmdKillSSH,
+			"countdir": cmdCountDir,
+			"setvar":   cmdSetVar,
+			"waitgone": cmdWaitGone,
+		},
+	})
+}
+
+// setupScript makes git and ssh hermetic: HOME is $WORK/home, no system config, keys for
+// alice and bob in $WORK/authorized_keys, a key for eve that is not, and GIT_SSH_COMMAND
+// pushing as alice. $SSH_ALICE, $SSH_BOB and $SSH_EVE push as the others.
+func setupScript(env *testscript.Env) error {
+	home := filepath.Join(env.WorkDir, "home")
+	keys := filepath.Join(env.WorkDir, "keys")
+	for _, d := range []string{home, keys} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	var authorized []byte
+	for _, name := range []string{"alice", "bob", "eve"} {
+		key := filepath.Join(keys, name)
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key).CombinedOutput(); err != nil {
+			return fmt.Errorf("ssh-keygen: %v: %s", err, out)
+		}
+		if name == "eve" {
+			continue
+		}
+		pub, err := os.ReadFile(key + ".pub")
+		if err != nil {
+			return err
+		}
+		authorized = append(authorized, pub...)
+	}
+	if err := os.WriteFile(filepath.Join(env.WorkDir, "authorized_keys"), authorized, 0o644); err != nil {
+		return err
+	}
+	gitconfig := "[user]\n\tname = Test\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n"
+	if err := os.WriteFile(filepath.Join(home, ".gitconfig"), []byte(gitconfig), 0o644); err != nil {
+		return err
+	}
+	ssh := func(name string) string {
+		return "ssh -F /dev/null -i " + filepath.Join(keys, name) + " -o IdentitiesOnly=yes -o IdentityAgent=none" +
+			" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+	}
+	env.Setenv("HOME", home)
+	env.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	env.Setenv("GIT_TERMINAL_PROMPT", "0")
+	env.Setenv("SSH_ALICE", ssh("alice"))
+	env.Setenv("SSH_BOB", ssh("bob"))
+	env.Setenv("SSH_EVE", ssh("eve"))
+	env.Setenv("GIT_SSH_COMMAND", ssh("alice"))
+	env.Setenv("KEYS", keys)
+	return nil
+}
+
+// waitfile FILE [VAR [PORTVAR]]: wait until FILE holds a whole line; set VAR to it, and
+// PORTVAR to its port when it is a host:port address.
+func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 1 || len(args) > 3 {
+		ts.Fatalf("usage: waitfile FILE [VAR [PORTVAR]]")
+	}
+	file := ts.MkAbs(args[0])
+	deadline := time.Now().Add(waitFor)
+	for {
+		b, err := os.ReadFile(file)
+		if err == nil && len(b) > 0 && bytes.HasSuffix(b, []byte("\n")) {
+			line := strings.SplitN(string(b), "\n", 2)[0]
+			if len(args) >= 2 {
+				ts.Setenv(args[1], line)
+			}
+			if len(args) == 3 {
+				ts.Setenv(args[2], line[strings.LastIndexByte(line, ':')+1:])
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitfile %s: not written within %s", args[0], waitFor)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitgone PATH: wait until PATH no longer exists.
+func cmdWaitGone(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitgone PATH")
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		if _, err := os.Lstat(ts.MkAbs(args[0])); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitgone %s: still there after %s", args[0], waitFor)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// setvar VAR: set VAR to the last command's standard output, trimmed.
+func cmdSetVar(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: setvar VAR")
+	}
+	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
+}
+
+// linkto LINK REGEXP: LINK is a symlink whose target matches REGEXP (anchored).
+func cmdLinkTo(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: linkto LINK REGEXP")
+	}
+	target, err := os.Readlink(ts.MkAbs(args[0]))
+	ok := err == nil && regexp.MustCompile("^(?:"+args[1]+")$").MatchString(target)
+	if ok == neg {
+		ts.Fatalf("linkto %s: target %q (err %v), want match %v for %q", args[0], target, err, !neg, args[1])
+	}
+}
+
+// noproc PATTERN: no running process has PATTERN in its command line.
+func cmdNoProc(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: noproc PATTERN")
+	}
+	if pids := findProcs(args[0]); len(pids) > 0 {
+		ts.Fatalf("noproc %q: still running: %v", args[0], pids)
+	}
+}
+
+// killssh PORT: SIGKILL every ssh client connected to PORT, as a pusher whose
+// connection dies would (killing git alone leaves its ssh child connected).
+func cmdKillSSH(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: killssh PORT")
+	}
+	pids := findProcs("-p " + args[0] + " ")
+	if len(pids) == 0 {
+		ts.Fatalf("killssh: no ssh client on port %s", args[0])
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// countdir DIR N: DIR has exactly N entries.
+func cmdCountDir(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: countdir DIR N")
+	}
+	want, err := strconv.Atoi(args[1])
+	if err != nil {
+		ts.Fatalf("countdir: %v", err)
+	}
+	entries, err := os.ReadDir(ts.MkAbs(args[0]))
+	if err != nil {
+		ts.Fatalf("countdir: %v", err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if (len(entries) == want) == neg {
+		ts.Fatalf("countdir %s: %d entries %v, want %d", args[0], len(entries), names, want)
+	}
+}
+
+// findProcs returns the pids of processes (not this one) whose NUL-separated command line,
+// joined with spaces, contains pattern.
+func findProcs(pattern string) []int {
+	var pids []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		line := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(line, pattern) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
