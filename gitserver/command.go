@@ -10,8 +10,9 @@ import (
 // maxRepoLen bounds an environment name, so that a name is also a sane path.
 const maxRepoLen = 100
 
-// maxCommandLen bounds the SSH exec command. git sends `git-receive-pack '/APP/ENV.git'`.
-const maxCommandLen = 1024
+// maxCommandLen bounds the SSH exec command: git's `git-receive-pack '/APP/ENV.git'`
+// and an operator command with its arguments fit in far less.
+const maxCommandLen = 4096
 
 // ValidateRepo checks an environment name: "APP/ENV", each part starting with a letter or
 // digit and holding only letters, digits, '.', '_' and '-', neither part ending in ".git",
@@ -58,16 +59,47 @@ const (
 	serviceUploadPack  = "git-upload-pack"
 )
 
-// parseCommand splits an SSH exec command of the form `git-receive-pack '<path>'` (or
-// `git receive-pack '<path>'`, or upload-pack) into the service and the raw path argument.
-// Anything else is an error whose text is meant for the client. No shell is involved: the
-// path is one argument, single-quoted or free of quotes, spaces and backslashes.
-func parseCommand(raw string) (service, path string, err error) {
+// unknownCommandError is a command that is not git's: an operator command if the server
+// has a Commander, refused otherwise.
+type unknownCommandError struct{ name string }
+
+func (e *unknownCommandError) Error() string {
+	return fmt.Sprintf("unknown command %q: only git-receive-pack and git-upload-pack are served", clip(e.name, 40))
+}
+
+// checkCommandLine refuses what no exec request may be: empty (a shell), longer than
+// maxCommandLen, or holding control characters or invalid UTF-8. The error is meant for
+// the client.
+func checkCommandLine(raw string) error {
 	if raw == "" {
-		return "", "", errors.New("no shell here: this server only receives git pushes (git push ssh://git@HOST:PORT/APP/ENV BRANCH)")
+		return errors.New("no shell here: this server serves git push and fetch (ssh://git@HOST:PORT/APP/ENV)")
 	}
 	if len(raw) > maxCommandLen {
-		return "", "", fmt.Errorf("command is longer than %d bytes", maxCommandLen)
+		return fmt.Errorf("command is longer than %d bytes", maxCommandLen)
+	}
+	if !utf8.ValidString(raw) {
+		return errors.New("command is not valid UTF-8")
+	}
+	for _, r := range raw {
+		if isControl(r) {
+			return errors.New("command holds control characters")
+		}
+	}
+	return nil
+}
+
+func isControl(r rune) bool {
+	return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0)
+}
+
+// parseCommand splits an SSH exec command of the form `git-receive-pack '<path>'` (or
+// `git receive-pack '<path>'`, or upload-pack) into the service and the raw path argument.
+// A command that is not one of these four is an *unknownCommandError; anything else wrong
+// is an error whose text is meant for the client. No shell is involved: the path is one
+// argument, single-quoted or free of quotes, spaces and backslashes.
+func parseCommand(raw string) (service, path string, err error) {
+	if err := checkCommandLine(raw); err != nil {
+		return "", "", err
 	}
 	name, rest, _ := strings.Cut(raw, " ")
 	if name == "git" {
@@ -78,7 +110,7 @@ func parseCommand(raw string) (service, path string, err error) {
 	switch name {
 	case serviceReceivePack, serviceUploadPack:
 	default:
-		return "", "", fmt.Errorf("unknown command %q: only git-receive-pack is served", clip(name, 40))
+		return "", "", &unknownCommandError{name: name}
 	}
 	if rest == "" {
 		return "", "", fmt.Errorf("%s: missing repository argument", name)
@@ -93,6 +125,46 @@ func parseCommand(raw string) (service, path string, err error) {
 		return "", "", fmt.Errorf("%s: expected exactly one argument, the repository", name)
 	}
 	return name, arg, nil
+}
+
+// shellWordsProblem says why raw cannot be split into words the POSIX way (an unclosed
+// quote, a trailing backslash), or "" if it can. gliderlabs' Session.Command splits with
+// anmitsu/go-shlex and drops its error, which would silently close the quote or drop the
+// backslash; this mirrors that lexer's error cases.
+func shellWordsProblem(raw string) string {
+	const (
+		plain = iota
+		single
+		double
+	)
+	state, escaped := plain, false
+	for _, r := range raw {
+		switch {
+		case escaped:
+			escaped = false
+		case state == single:
+			if r == '\'' {
+				state = plain
+			}
+		case r == '\\':
+			escaped = true
+		case state == double:
+			if r == '"' {
+				state = plain
+			}
+		case r == '\'':
+			state = single
+		case r == '"':
+			state = double
+		}
+	}
+	switch {
+	case escaped:
+		return "command ends with a backslash"
+	case state != plain:
+		return "command has an unclosed quote"
+	}
+	return ""
 }
 
 // repoFromPath turns the path argument of a git command into an environment name:
@@ -126,7 +198,7 @@ func oneLine(s string, n int) string {
 	}
 	var b strings.Builder
 	for _, r := range strings.ToValidUTF8(s, "?") {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+		if isControl(r) {
 			continue
 		}
 		b.WriteRune(r)

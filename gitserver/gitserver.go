@@ -1,20 +1,27 @@
 // Package gitserver is slipway's front door: an SSH server (gliderlabs/ssh) that speaks
-// git's receive-pack protocol with go-git's plumbing and hands every accepted push of an
-// environment's deploy branch to a Deployer.
+// git's wire protocol with go-git's plumbing. It hands every accepted push of an
+// environment's deploy branch to a Deployer, serves fetches and clones of an environment
+// (upload-pack), and passes every other command to a Commander, if it has one.
 //
 // Invariants:
-//   - Only keys in Config.Keys authenticate; the pusher's name is the name of the key that
+//   - Only keys in Config.Keys authenticate; the session's identity is the key that
 //     actually authenticated, never one that was merely offered.
-//   - Nothing but git-receive-pack for a strictly valid APP/ENV repo name is served: no shell,
-//     PTY, port forwarding, environment passing or any other SSH feature.
+//   - Only git-receive-pack and git-upload-pack for a strictly valid APP/ENV repo name, and
+//     the operator commands of Config.Commands, are served: no shell, PTY, port forwarding,
+//     environment passing or any other SSH feature.
 //   - A branch ref moves only after the Deployer accepted the push (pre-receive semantics),
-//     and only if it still has the value the pusher saw (compare-and-swap).
+//     and only if it still has the value the push was checked against (compare-and-swap).
+//     Before its refs are advertised, the deploy branch is moved to the live release if a
+//     crash left it elsewhere.
+//   - A fetch never creates or changes a repository, except for that alignment, and sends
+//     only objects reachable from the refs it advertised.
 //   - The pack is read by its own structure (header, object count, trailer), never until end
 //     of stream, so clients that keep their side open (libgit2) work.
 package gitserver
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
@@ -29,15 +36,20 @@ type Config struct {
 	// Keys are the authorized public keys; each one's Name is the pusher's name.
 	Keys []Key
 	// ReposDir holds the bare repositories, one per environment: <ReposDir>/<APP>/<ENV>.git.
-	// A repository is created the first time an authorized push reaches it.
+	// A repository is created the first time an authorized push reaches it; a fetch never
+	// creates one.
 	ReposDir string
 	// IdleTimeout closes a connection that sent and received nothing for this long.
 	// Default 5m. Keepalives during a deploy count as traffic.
 	IdleTimeout time.Duration
-	// Keepalive is how often an empty sideband packet is sent while a deploy is silent, so
-	// that idle timeouts and NAT boxes between the pusher and the server keep the connection.
-	// Default 5s (git's own receive.keepAlive).
+	// Keepalive is how often an empty sideband packet is sent while a deploy, a wait for the
+	// environment or the preparation of a pack is silent, so that idle timeouts and NAT boxes
+	// between the client and the server keep the connection. Default 5s (git's own
+	// receive.keepAlive).
 	Keepalive time.Duration
+	// Commands runs every exec request that is not a git command (`ssh git@HOST status`).
+	// Nil: only git is served and any other command is refused.
+	Commands Commander
 }
 
 // Key is one authorized public key.
@@ -46,22 +58,30 @@ type Key struct {
 	Key  gossh.PublicKey
 }
 
+// Identity is who a session authenticated as.
+type Identity struct {
+	Name           string // the authorized key's Name
+	KeyFingerprint string // its SHA256 fingerprint, "SHA256:..."
+}
+
 // Push is one accepted update of an environment's deploy branch. Its objects are in
 // Objects already; the branch has not moved yet.
 type Push struct {
-	Repo           string   // environment name, "APP/ENV"
-	Branch         string   // deploy branch, e.g. "main"
-	OldSHA         string   // the branch's value before the push; "" if it did not exist
+	Repo   string // environment name, "APP/ENV"
+	Branch string // deploy branch, e.g. "main"
+	// OldSHA is the branch's value the push replaces, "" if it did not exist: the value the
+	// pusher saw, or, for a push that waited for the environment, the value after the wait.
+	OldSHA         string
 	NewSHA         string   // the pushed commit (verified to be a commit in Objects)
 	Pusher         string   // name of the key that authenticated
 	KeyFingerprint string   // SHA256 fingerprint of that key
-	Options        []string // git push -o values, in order
+	Options        []string // git push -o values, in order (wait=... included)
 	// Objects is the environment's object store. It is safe to read for the duration of
 	// Deploy: no other push to the same environment runs at the same time.
 	Objects storer.EncodedObjectStorer
 }
 
-// Target is what a Deployer says of an environment when it reserves it for a push.
+// Target is what a Deployer says of an environment when it reserves or inspects it.
 type Target struct {
 	Branch string // the deploy branch, e.g. "main"
 	// Live is the commit of the live release, "" if none. The deploy branch always names
@@ -70,17 +90,30 @@ type Target struct {
 	Live string
 }
 
-// Deployer turns accepted pushes into live releases.
+// Deployer turns accepted pushes into live releases and says who may push and fetch.
 type Deployer interface {
 	// Reserve is asked before the ref advertisement, before any pack is read: may pusher push
-	// to repo now? On success it returns the environment's Target and a release func the
-	// server calls once when the push is over. Its error is shown to the pusher as
-	// "fatal: remote error: <Error()>", so it must be short and safe (unknown repo, not
-	// allowed, busy: who holds it since when).
-	Reserve(repo, pusher string) (target Target, release func(), err error)
+	// to repo now? It waits up to wait for a deploy already running in repo (0: no wait),
+	// returning an error that errors.Is(err, ErrBusy) if it is still running then. On
+	// success it returns the environment's Target and a release func the server calls once.
+	// Its error is shown to the pusher, so it must be short and safe.
+	Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (Target, func(), error)
+	// Inspect is asked before a fetch or clone: may who read repo? It returns the Target
+	// without reserving anything. Its error is shown to the client.
+	Inspect(repo, who string) (Target, error)
 	// Deploy turns one accepted push into a live release. out reaches the pusher as
 	// "remote:" lines, live. A returned error rejects the push and keeps the branch where it
 	// was; its Error() (first line) is shown to the pusher as the ref's rejection reason.
 	// ctx is cancelled if the pusher disconnects.
 	Deploy(ctx context.Context, push Push, out io.Writer) error
+}
+
+// ErrBusy is what Reserve's error wraps when another deploy of the environment is running.
+var ErrBusy = errors.New("busy")
+
+// Commander runs the operator commands offered over SSH: `ssh -p PORT git@HOST status`.
+type Commander interface {
+	// RunCommand runs args (args[0] is the command) for who and returns its exit status.
+	// stdout and stderr are the session's. ctx is cancelled when the client goes away.
+	RunCommand(ctx context.Context, who Identity, args []string, stdout, stderr io.Writer) int
 }

@@ -20,35 +20,89 @@ import (
 )
 
 // fakeDeployer is a Deployer whose behaviour each test sets; it records what it was given.
+// Like the real one, it lets one push at a time reserve the environment: a Reserve while
+// another holds it waits up to its wait, then fails with ErrBusy.
 type fakeDeployer struct {
 	branch     string // default "main"
 	reserveErr error
+	inspectErr error
 	deploy     func(ctx context.Context, p Push, out io.Writer) error
+	waiting    chan time.Duration // if set, gets the wait of every Reserve that has to wait
 
 	mu       sync.Mutex
-	live     string // what Reserve reports as the live commit
+	sem      chan struct{} // held while reserved; made on first use
+	holder   string        // who holds sem
+	live     string        // what Reserve and Inspect report as the live commit
 	reserves int
 	releases int
+	inspects []string // who asked
+	waits    []time.Duration
 	pushes   []Push
 }
 
-func (d *fakeDeployer) Reserve(repo, pusher string) (Target, func(), error) {
-	d.mu.Lock()
-	d.reserves++
-	live := d.live
-	d.mu.Unlock()
-	if d.reserveErr != nil {
-		return Target{}, nil, d.reserveErr
-	}
+func (d *fakeDeployer) target() Target {
 	branch := d.branch
 	if branch == "" {
 		branch = "main"
 	}
-	return Target{Branch: branch, Live: live}, func() {
-		d.mu.Lock()
-		d.releases++
-		d.mu.Unlock()
+	return Target{Branch: branch, Live: d.live}
+}
+
+func (d *fakeDeployer) Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (Target, func(), error) {
+	d.mu.Lock()
+	d.reserves++
+	d.waits = append(d.waits, wait)
+	if d.sem == nil {
+		d.sem = make(chan struct{}, 1)
+	}
+	sem, holder := d.sem, d.holder
+	d.mu.Unlock()
+	if d.reserveErr != nil {
+		return Target{}, nil, d.reserveErr
+	}
+	busy := fmt.Errorf("%s is %w: %s is deploying since 12:00:01", repo, ErrBusy, holder)
+	select {
+	case sem <- struct{}{}:
+	default:
+		if wait <= 0 {
+			return Target{}, nil, busy
+		}
+		if d.waiting != nil {
+			d.waiting <- wait
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case sem <- struct{}{}:
+		case <-t.C:
+			return Target{}, nil, busy
+		case <-ctx.Done():
+			return Target{}, nil, ctx.Err()
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.holder = pusher
+	var once sync.Once
+	return d.target(), func() {
+		once.Do(func() {
+			d.mu.Lock()
+			d.releases++
+			d.holder = ""
+			d.mu.Unlock()
+			<-sem
+		})
 	}, nil
+}
+
+func (d *fakeDeployer) Inspect(repo, who string) (Target, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inspects = append(d.inspects, who)
+	if d.inspectErr != nil {
+		return Target{}, d.inspectErr
+	}
+	return d.target(), nil
 }
 
 func (d *fakeDeployer) Deploy(ctx context.Context, p Push, out io.Writer) error {
@@ -66,6 +120,18 @@ func (d *fakeDeployer) got() []Push {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]Push(nil), d.pushes...)
+}
+
+// hold reserves the environment as who, the way a running deploy does, until the returned
+// func is called.
+func (d *fakeDeployer) hold(t *testing.T, who string) (release func()) {
+	t.Helper()
+	_, release, err := d.Reserve(t.Context(), "myapp/production", who, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	return release
 }
 
 func (d *fakeDeployer) counts() (reserves, releases int) {

@@ -25,7 +25,8 @@ func TestRefusedCommandsRealSSH(t *testing.T) {
 		want string
 	}{
 		{nil, "slipway: no shell here"},
-		{[]string{"git-upload-pack 'myapp/production.git'"}, "slipway: fetching is not offered yet"},
+		{[]string{"git-upload-archive 'myapp/production.git'"}, `slipway: unknown command "git-upload-archive"`},
+		{[]string{"status"}, `slipway: unknown command "status"`}, // no Commander
 		{[]string{"scp", "-t", "/"}, `slipway: unknown command "scp"`},
 		{[]string{"sh -c id"}, `slipway: unknown command "sh"`},
 		{[]string{"git-receive-pack '../x'"}, "slipway: invalid repository"},
@@ -269,4 +270,21 @@ func readReport(r io.Reader, sideBand bool) (string, error) {
 		report.Write(sc.Bytes())
 	}
 	return "", fmt.Errorf("report without its flush (%v): %q", sc.Err(), report.String())
+}
+
+// TestCiphersOpenSSH: the server offers AES-GCM first and keeps chacha20-poly1305 and AES-CTR;
+// which one is used is OpenSSH's choice.
+func TestCiphersOpenSSH(t *testing.T) {
+	t.Parallel()
+	h := start(t, &fakeDeployer{}, nil)
+	_, stderr, _ := h.ssh(h.alice, "-vv", "status")
+	if !strings.Contains(stderr, "ciphers stoc: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr") {
+		t.Errorf("server's cipher proposal not AES-GCM first:\n%s", stderr)
+	}
+	for _, c := range []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"} {
+		_, stderr, _ := h.ssh(h.alice, "-v", "-c", c, "status")
+		if !strings.Contains(stderr, "kex: server->client cipher: "+c) {
+			t.Errorf("ssh -c %s: not negotiated:\n%s", c, stderr)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package gitserver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -75,6 +76,7 @@ func TestPushDeploys(t *testing.T) {
 	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", h.reposDir+"/myapp/production.git", "fsck", "--full", "--strict"); err != nil {
 		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
 	}
+	h.stop(5 * time.Second) // a session releases its environment after the client has its report
 	if r, rel := d.counts(); r != 1 || rel != 1 {
 		t.Errorf("reserves=%d releases=%d, want 1 and 1", r, rel)
 	}
@@ -288,6 +290,7 @@ func TestUpToDatePush(t *testing.T) {
 	if n := len(d.got()); n != 1 {
 		t.Errorf("Deploy called %d times, want 1", n)
 	}
+	h.stop(5 * time.Second)
 	if r, rel := d.counts(); r != 2 || rel != 2 {
 		t.Errorf("reserves=%d releases=%d, want 2 and 2", r, rel)
 	}
@@ -333,11 +336,11 @@ func TestUnknownKeyDenied(t *testing.T) {
 
 func TestReserveErrorIsRemoteError(t *testing.T) {
 	t.Parallel()
-	d := &fakeDeployer{reserveErr: fmt.Errorf("myapp/production is busy: alice is deploying since 12:00:01")}
+	d := &fakeDeployer{reserveErr: fmt.Errorf("alice may not push to myapp/production")}
 	h := start(t, d, nil)
 	work := h.work()
 	stderr, err := h.push(work, "production", "main")
-	if err == nil || !strings.Contains(stderr, "fatal: remote error: myapp/production is busy: alice is deploying since 12:00:01") {
+	if err == nil || !strings.Contains(stderr, "fatal: remote error: alice may not push to myapp/production") {
 		t.Fatalf("push: err=%v\n%s", err, stderr)
 	}
 	if _, err := os.Stat(filepath.Join(h.reposDir, "myapp")); !os.IsNotExist(err) {
@@ -432,13 +435,15 @@ func TestShutdownWaitsThenCancels(t *testing.T) {
 		close(started)
 		<-ctx.Done()
 		cancelled.Store(true)
-		return ctx.Err()
+		return fmt.Errorf("cancelled: %w", context.Cause(ctx))
 	}}
 	h := start(t, d, nil)
 	work := h.work()
 	pushed := make(chan error, 1)
+	var pushErr string
 	go func() {
-		_, _, err := h.exec(work, h.alice, "git", "push", "production", "main")
+		_, stderr, err := h.exec(work, h.alice, "git", "push", "production", "main")
+		pushErr = stderr
 		pushed <- err
 	}()
 	<-started
@@ -454,6 +459,10 @@ func TestShutdownWaitsThenCancels(t *testing.T) {
 	}
 	if err := <-pushed; err == nil {
 		t.Error("push succeeded through a cut-off session")
+	}
+	// The deploy was cancelled before the connection closed, so the pusher reads why.
+	if want := "! [remote rejected] main -> main (cancelled: the server is shutting down)"; !strings.Contains(pushErr, want) {
+		t.Errorf("push output lacks %q:\n%s", want, pushErr)
 	}
 }
 
@@ -484,8 +493,21 @@ func TestShutdownLetsDeployFinish(t *testing.T) {
 		t.Errorf("Serve = %v, want ErrServerClosed", err)
 	}
 	if c, err := net.Dial("tcp", h.addr); err == nil {
+		// The closed port may already be another listener's (tests run in parallel): only a
+		// handshake showing this server's host key counts.
+		ours := false
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		gossh.NewClientConn(c, h.addr, &gossh.ClientConfig{
+			User: "git",
+			HostKeyCallback: func(_ string, _ net.Addr, key gossh.PublicKey) error {
+				ours = bytes.Equal(key.Marshal(), h.srv.signer.PublicKey().Marshal())
+				return errors.New("host key seen")
+			},
+		})
 		c.Close()
-		t.Error("connection accepted during Shutdown")
+		if ours {
+			t.Error("connection accepted during Shutdown")
+		}
 	}
 	sess, err := idle.NewSession()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/gliderlabs/ssh"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -32,49 +33,54 @@ const (
 
 // receivePack serves one git-receive-pack session for repo, pre-receive style: the pack is
 // stored, the deploy branch's update is checked and handed to the Deployer, and the branch
-// moves only if Deploy succeeds. It returns the session's exit status.
-func (s *Server) receivePack(sess ssh.Session, repo string, who identity, rec *record) int {
-	target, release, err := s.deployer.Reserve(repo, who.name)
-	if err != nil {
-		rec.refused(zerolog.InfoLevel, err)
-		sendERR(sess, err.Error())
-		return 1
-	}
-	if release != nil {
-		defer release()
-	}
-	branchRef := plumbing.NewBranchReferenceName(target.Branch)
-	if err := validateRef(branchRef); err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("deployer returned branch %q: %w", target.Branch, err)
-		sendERR(sess, "this environment's deploy branch is misconfigured on the server")
-		return 1
-	}
-
-	ctx, cancel := context.WithCancel(sess.Context())
+// moves only if Deploy succeeds. If the environment is busy, the refs are advertised all the
+// same, so that the push options can be read, and the push waits for the environment if
+// they ask for it (wait=DURATION). It returns the session's exit status.
+func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *record) int {
+	ctx, cancel := s.sessionContext(sess)
 	defer cancel()
-	unlock, err := s.locks.lock(ctx, repo)
-	if err != nil {
-		rec.outcome, rec.err = "disconnected", err
-		return 1
-	}
-	defer unlock()
 
-	st, dir, err := s.openRepo(repo, branchRef)
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
-		sendERR(sess, "cannot open the repository (see the server log)")
+	// Deferred first, so that it runs last: the environment is released after the
+	// repository's lock.
+	var reserved reservation
+	defer reserved.release()
+
+	target, release, busy := s.deployer.Reserve(ctx, repo, who.Name, 0)
+	if busy != nil && !errors.Is(busy, ErrBusy) {
+		rec.refused(zerolog.InfoLevel, busy)
+		sendERR(sess, busy.Error())
 		return 1
 	}
-	defer st.Close()
-	if err := s.alignBranch(st, repo, branchRef, target.Live); err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
-		sendERR(sess, "the deploy branch does not name the live release and cannot be moved (see the server log)")
-		return 1
+	var (
+		env  *pushEnv // nil while the environment is busy
+		refs map[plumbing.ReferenceName]plumbing.Hash
+		err  error
+	)
+	if busy == nil {
+		reserved.hold(release)
+		var why *refusal
+		if env, why = s.openForPush(ctx, repo, target); why != nil {
+			why.record(rec)
+			if why.msg != "" {
+				sendERR(sess, why.msg)
+			}
+			return 1
+		}
+		defer env.close()
+		refs, err = listRefs(env.st)
+	} else {
+		// Someone else's push holds the repository: read its refs without changing anything.
+		refs, err = s.peekRefs(repo)
 	}
-	ar, err := advertisement(st)
 	if err != nil {
 		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err)
 		sendERR(sess, "cannot read the repository's refs (see the server log)")
+		return 1
+	}
+	ar, err := receiveAdvertisement(refs)
+	if err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
+		sendERR(sess, "internal error")
 		return 1
 	}
 	bw := bufio.NewWriter(sess)
@@ -114,13 +120,9 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who identity, rec *r
 		}
 	}
 
-	ping := func() {
-		if c, ok := sess.Context().Value(ssh.ContextKeyConn).(gossh.Conn); ok {
-			c.SendRequest("keepalive@openssh.com", false, nil)
-		}
-	}
-	w := newWire(sess, sess.Stderr(), req.Capabilities.Supports(capability.Sideband64k), ping, cancel)
-	// Keepalives run from the end of the pack (indexing can take a while) to the report.
+	w := newWire(sess, sess.Stderr(), req.Capabilities.Supports(capability.Sideband64k), pinger(sess), cancel)
+	// Keepalives run from the start of a wait for the environment, or else from the end of
+	// the pack (indexing can take a while), to the report.
 	var (
 		kaStarted bool
 		kaStop    = make(chan struct{})
@@ -145,30 +147,98 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who identity, rec *r
 	}
 	defer stopKeepalive()
 
+	wait, err := waitOption(options)
+	if err != nil {
+		rec.refused(zerolog.InfoLevel, fmt.Errorf("push option wait: %w", err))
+		return s.refusePush(w, br, req, rec.err.Error(), rec)
+	}
+	var waited *waitInfo // set if the push waited for its environment
+	if busy != nil {
+		if wait <= 0 {
+			rec.level, rec.outcome, rec.err = zerolog.InfoLevel, "busy", busy
+			w.notef("hint: git push -o wait=5m waits up to 5 minutes for the running deploy\n")
+			return s.refusePush(w, br, req, busy.Error(), rec)
+		}
+		w.notef("-----> waiting up to %s: %s\n", wait, oneLine(busy.Error(), maxReasonLen))
+		startKeepalive()
+		t0 := time.Now()
+		target, release, err = s.deployer.Reserve(ctx, repo, who.Name, wait)
+		rec.waited = max(time.Since(t0), time.Nanosecond)
+		if err != nil {
+			if ctx.Err() != nil {
+				rec.outcome, rec.err = "disconnected", err
+				return 1
+			}
+			rec.level, rec.outcome, rec.err = zerolog.InfoLevel, "refused", err
+			if errors.Is(err, ErrBusy) {
+				rec.outcome = "busy"
+			}
+			return s.refusePush(w, br, req, err.Error(), rec)
+		}
+		reserved.hold(release)
+		var why *refusal
+		if env, why = s.openForPush(ctx, repo, target); why != nil {
+			why.record(rec)
+			if why.msg == "" {
+				return 1
+			}
+			return s.refusePush(w, br, req, why.msg, rec)
+		}
+		defer env.close()
+		waited = &waitInfo{advertised: refs[env.branchRef]}
+	}
+
 	// The pack. A push of deletions only has none, and the client does not close its side.
 	unpackStatus := "ok"
 	if needsPack(req.Commands) {
-		_, err := storePack(dir, br, startKeepalive)
+		_, err := storePack(env.dir, br, startKeepalive)
 		switch {
 		case errors.Is(err, errPack):
-			unpackStatus = oneLine(strings.Replace(err.Error(), errPack.Error()+": ", "", 1), maxReasonLen)
+			unpackStatus = packStatus(err)
 			rec.err = err
 		case err != nil:
 			unpackStatus = "cannot store the pack (see the server log)"
 			rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("store pack: %w", err)
 		}
 		// The storage may have looked at objects before; make it see the new pack.
-		st.Reindex()
+		env.st.Reindex()
 	}
 	startKeepalive()
 
-	statuses := s.runCommands(ctx, st, req.Commands, unpackStatus == "ok", branchRef, repo, who, options, w, rec)
+	statuses := s.runCommands(ctx, env, req.Commands, unpackStatus == "ok", repo, who, options, waited, w, rec)
 	if unpackStatus != "ok" {
 		rec.outcome = "unpack-failed"
 	}
 	stopKeepalive()
+	return s.sendReport(w, req, unpackStatus, statuses, rec)
+}
 
-	// The report, in the commands' order, in band 1 with sideband, then the final flush.
+// refusePush refuses a whole push once its commands have been read. git sends the pack
+// without waiting for an answer, and at this point it shows an ERR packet only as
+// "protocol error: bad band #69": so the pack is read and dropped, and every command is
+// answered "ng <ref> <reason>", which git shows as "! [remote rejected] <ref> (<reason>)".
+func (s *Server) refusePush(w *wire, br *bufio.Reader, req *packp.ReferenceUpdateRequest, reason string, rec *record) int {
+	unpackStatus := "ok"
+	if needsPack(req.Commands) {
+		if _, err := copyPack(io.Discard, br); err != nil {
+			if !errors.Is(err, errPack) {
+				rec.err = errors.Join(rec.err, fmt.Errorf("drop the pack: %w", err))
+				return 1
+			}
+			unpackStatus = packStatus(err)
+		}
+	}
+	reason = oneLine(reason, maxReasonLen)
+	statuses := make([]string, len(req.Commands))
+	for i := range statuses {
+		statuses[i] = reason
+	}
+	return s.sendReport(w, req, unpackStatus, statuses, rec)
+}
+
+// sendReport ends a push: the report, in the commands' order, in band 1 with sideband, then
+// the final flush. It returns the session's exit status.
+func (s *Server) sendReport(w *wire, req *packp.ReferenceUpdateRequest, unpackStatus string, statuses []string, rec *record) int {
 	var report bytes.Buffer
 	if req.Capabilities.Supports(capability.ReportStatus) {
 		rs := packp.NewReportStatus()
@@ -198,11 +268,137 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who identity, rec *r
 	return 0
 }
 
+// packStatus is the unpack status for a bad pack (errPack).
+func packStatus(err error) string {
+	return oneLine(strings.Replace(err.Error(), errPack.Error()+": ", "", 1), maxReasonLen)
+}
+
+// pinger returns a keepalive for clients without sideband: an SSH-level request.
+func pinger(sess ssh.Session) func() {
+	return func() {
+		if c, ok := sess.Context().Value(ssh.ContextKeyConn).(gossh.Conn); ok {
+			c.SendRequest("keepalive@openssh.com", false, nil)
+		}
+	}
+}
+
+// reservation is the environment a push holds; released at most once.
+type reservation struct{ fn func() }
+
+func (r *reservation) hold(release func()) { r.fn = release }
+
+func (r *reservation) release() {
+	if r.fn != nil {
+		r.fn()
+		r.fn = nil
+	}
+}
+
+// maxWait caps a push's wait=DURATION option.
+const maxWait = time.Hour
+
+// waitOption returns the duration of the last wait=DURATION push option, capped at maxWait;
+// 0 if there is none. Its error is meant for the pusher.
+func waitOption(options []string) (time.Duration, error) {
+	var wait time.Duration
+	for _, o := range options {
+		v, ok := strings.CutPrefix(o, "wait=")
+		if !ok {
+			if o == "wait" {
+				return 0, errors.New("give a duration, e.g. -o wait=5m")
+			}
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a duration like 90s or 5m", clip(v, 40))
+		}
+		if d < 0 {
+			return 0, fmt.Errorf("%q is negative", clip(v, 40))
+		}
+		wait = min(d, maxWait)
+	}
+	return wait, nil
+}
+
+// waitInfo is what a push that waited for its environment needs to know.
+type waitInfo struct {
+	advertised plumbing.Hash // the deploy branch's value in the advertisement, before the wait
+}
+
+// pushEnv is the repository of an environment a push holds: its lock is taken, its branch
+// names the live release.
+type pushEnv struct {
+	st        *filesystem.Storage
+	dir       string
+	branchRef plumbing.ReferenceName
+	unlock    func()
+}
+
+func (e *pushEnv) close() {
+	e.st.Close()
+	e.unlock()
+}
+
+// refusal is why a session cannot go on: msg for the client ("" if it is gone), the rest
+// for the log.
+type refusal struct {
+	msg     string
+	level   zerolog.Level
+	outcome string
+	err     error
+}
+
+func (r *refusal) record(rec *record) {
+	rec.level, rec.outcome, rec.err = r.level, r.outcome, r.err
+}
+
+// openForPush takes repo's lock and opens its repository (creating it on the first push),
+// with the deploy branch moved to the live release if it names anything else.
+func (s *Server) openForPush(ctx context.Context, repo string, target Target) (*pushEnv, *refusal) {
+	branchRef := plumbing.NewBranchReferenceName(target.Branch)
+	if err := validateRef(branchRef); err != nil {
+		return nil, &refusal{"this environment's deploy branch is misconfigured on the server",
+			zerolog.ErrorLevel, "error", fmt.Errorf("deployer returned branch %q: %w", target.Branch, err)}
+	}
+	unlock, err := s.locks.lock(ctx, repo)
+	if err != nil {
+		return nil, &refusal{"", zerolog.InfoLevel, "disconnected", err}
+	}
+	st, dir, err := s.openRepo(repo, branchRef)
+	if err != nil {
+		unlock()
+		return nil, &refusal{"cannot open the repository (see the server log)", zerolog.ErrorLevel, "error", err}
+	}
+	if err := s.alignBranch(st, repo, branchRef, target.Live); err != nil {
+		st.Close()
+		unlock()
+		return nil, &refusal{"the deploy branch does not name the live release and cannot be moved (see the server log)",
+			zerolog.ErrorLevel, "error", err}
+	}
+	return &pushEnv{st: st, dir: dir, branchRef: branchRef, unlock: unlock}, nil
+}
+
+// peekRefs reads repo's refs for the advertisement to a push whose environment is busy:
+// without its lock, without creating or changing anything. No repository: no refs.
+func (s *Server) peekRefs(repo string) (map[plumbing.ReferenceName]plumbing.Hash, error) {
+	st, err := s.openExisting(repo)
+	if errors.Is(err, errNoRepo) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return s.readRefs(repo, st)
+}
+
 // runCommands applies slipway's policy to every command of a push and deploys the one
 // update of the deploy branch that passes it. It returns each command's status for the
 // report, in order: "ok" or the reason for ng.
-func (s *Server) runCommands(ctx context.Context, st *filesystem.Storage, cmds []*packp.Command, unpacked bool,
-	branchRef plumbing.ReferenceName, repo string, who identity, options []string, out *wire, rec *record) []string {
+func (s *Server) runCommands(ctx context.Context, env *pushEnv, cmds []*packp.Command, unpacked bool,
+	repo string, who Identity, options []string, waited *waitInfo, out *wire, rec *record) []string {
+	st, branchRef := env.st, env.branchRef
 	statuses := make([]string, len(cmds))
 	deploy := -1
 	var current plumbing.Hash
@@ -228,7 +424,13 @@ func (s *Server) runCommands(ctx context.Context, st *filesystem.Storage, cmds [
 				rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("read %s: %w", branchRef, err)
 				continue
 			}
-			if cmd.Old != current {
+			// The pusher's old value is the one advertised. A push that waited for its
+			// environment replaces what the branch names after the wait.
+			advertised := current
+			if waited != nil {
+				advertised = waited.advertised
+			}
+			if cmd.Old != advertised {
 				statuses[i] = fmt.Sprintf("stale info: %s changed since you fetched", branchRef.Short())
 				continue
 			}
@@ -257,13 +459,16 @@ func (s *Server) runCommands(ctx context.Context, st *filesystem.Storage, cmds [
 
 	cmd := cmds[deploy]
 	rec.ref, rec.oldSHA, rec.sha = branchRef.String(), shaOrEmpty(current), cmd.New.String()
+	if current != cmd.Old {
+		out.notef("%s moved to %s while waiting; deploying %s over it\n", branchRef.Short(), shortSHA(current), shortSHA(cmd.New))
+	}
 	push := Push{
 		Repo:           repo,
 		Branch:         branchRef.Short(),
 		OldSHA:         shaOrEmpty(current),
 		NewSHA:         cmd.New.String(),
-		Pusher:         who.name,
-		KeyFingerprint: who.fp,
+		Pusher:         who.Name,
+		KeyFingerprint: who.KeyFingerprint,
 		Options:        options,
 		Objects:        st,
 	}
@@ -293,7 +498,11 @@ func (s *Server) runCommands(ctx context.Context, st *filesystem.Storage, cmds [
 	if !current.IsZero() {
 		old = plumbing.NewHashReference(branchRef, current)
 	}
-	if err := st.CheckAndSetReference(plumbing.NewHashReference(branchRef, cmd.New), old); err != nil {
+	refs := s.locks.refs(repo)
+	refs.Lock()
+	err = st.CheckAndSetReference(plumbing.NewHashReference(branchRef, cmd.New), old)
+	refs.Unlock()
+	if err != nil {
 		statuses[deploy] = fmt.Sprintf("deployed, but %s could not be moved (see the server log)", branchRef.Short())
 		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("move %s after deploy: %w", branchRef, err)
 		return statuses
@@ -325,7 +534,11 @@ func (s *Server) alignBranch(st *filesystem.Storage, repo string, branchRef plum
 	if !current.IsZero() {
 		old = plumbing.NewHashReference(branchRef, current)
 	}
-	if err := st.CheckAndSetReference(plumbing.NewHashReference(branchRef, want), old); err != nil {
+	refs := s.locks.refs(repo)
+	refs.Lock()
+	err = st.CheckAndSetReference(plumbing.NewHashReference(branchRef, want), old)
+	refs.Unlock()
+	if err != nil {
 		return fmt.Errorf("align %s with the live release: %w", branchRef, err)
 	}
 	syncRef(s.repoDir(repo), branchRef)
@@ -385,6 +598,14 @@ func refHash(st *filesystem.Storage, name plumbing.ReferenceName) (plumbing.Hash
 	return ref.Hash(), nil
 }
 
+// shortSHA abbreviates a commit id the way git shows it by default.
+func shortSHA(h plumbing.Hash) string {
+	if h.IsZero() {
+		return "nothing"
+	}
+	return h.String()[:7]
+}
+
 func shaOrEmpty(h plumbing.Hash) string {
 	if h.IsZero() {
 		return ""
@@ -422,8 +643,8 @@ func readPushOptions(r io.Reader) ([]string, error) {
 	return nil, io.ErrUnexpectedEOF
 }
 
-// sendERR refuses a receive-pack session before the advertisement in the way git reports
-// as "fatal: remote error: <msg>".
+// sendERR refuses a session before the advertisement in the way git reports as
+// "fatal: remote error: <msg>".
 func sendERR(w io.Writer, msg string) {
 	pktline.NewEncoder(w).EncodeString("ERR " + oneLine(msg, maxReasonLen) + "\n")
 }

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/go-git/go-billy/v5/osfs"
@@ -21,23 +20,36 @@ import (
 
 // repoLocks serializes storage access per environment: go-git's storage is not safe for
 // concurrent use, and receive, deploy and ref update form one critical section anyway.
+// Fetches do not take an environment's lock (each session has its own storage, and packs
+// appear by rename), but they read refs under its refs lock, because go-git rewrites a ref
+// file in place.
 type repoLocks struct {
-	mu sync.Mutex               // guards m
-	m  map[string]chan struct{} // repo -> a one-slot semaphore; entries are never removed (one per environment)
+	mu sync.Mutex           // guards m
+	m  map[string]*repoLock // one per environment; entries are never removed
+}
+
+type repoLock struct {
+	sem  chan struct{} // a one-slot semaphore held by the push that owns the environment
+	refs sync.RWMutex  // write-held while a ref or HEAD is written; read-held by readers without sem
+}
+
+func (l *repoLocks) get(repo string) *repoLock {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = make(map[string]*repoLock)
+	}
+	rl, ok := l.m[repo]
+	if !ok {
+		rl = &repoLock{sem: make(chan struct{}, 1)}
+		l.m[repo] = rl
+	}
+	return rl
 }
 
 // lock takes repo's lock, or gives up when ctx is done (the pusher went away).
 func (l *repoLocks) lock(ctx context.Context, repo string) (unlock func(), err error) {
-	l.mu.Lock()
-	if l.m == nil {
-		l.m = make(map[string]chan struct{})
-	}
-	sem, ok := l.m[repo]
-	if !ok {
-		sem = make(chan struct{}, 1)
-		l.m[repo] = sem
-	}
-	l.mu.Unlock()
+	sem := l.get(repo).sem
 	select {
 	case sem <- struct{}{}:
 		return func() { <-sem }, nil
@@ -46,10 +58,25 @@ func (l *repoLocks) lock(ctx context.Context, repo string) (unlock func(), err e
 	}
 }
 
+// tryLock takes repo's lock if no one holds it.
+func (l *repoLocks) tryLock(repo string) (unlock func(), ok bool) {
+	sem := l.get(repo).sem
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, true
+	default:
+		return nil, false
+	}
+}
+
+// refs is repo's refs lock.
+func (l *repoLocks) refs(repo string) *sync.RWMutex {
+	return &l.get(repo).refs
+}
+
 // repoDir is where the bare repository of a valid environment name lives.
 func (s *Server) repoDir(repo string) string {
-	app, env, _ := strings.Cut(repo, "/")
-	return filepath.Join(s.cfg.ReposDir, app, env+".git")
+	return RepoDir(s.cfg.ReposDir, repo)
 }
 
 // openRepo opens the bare repository of repo, creating it on first use with HEAD naming
@@ -74,11 +101,59 @@ func (s *Server) openRepo(repo string, branchRef plumbing.ReferenceName) (*files
 		return nil, "", fmt.Errorf("read HEAD of %s: %w", dir, err)
 	}
 	if head == nil || head.Type() != plumbing.SymbolicReference || head.Target() != branchRef {
-		if err := st.SetReference(plumbing.NewSymbolicReference(plumbing.HEAD, branchRef)); err != nil {
+		refs := s.locks.refs(repo)
+		refs.Lock()
+		err := st.SetReference(plumbing.NewSymbolicReference(plumbing.HEAD, branchRef))
+		refs.Unlock()
+		if err != nil {
 			return nil, "", fmt.Errorf("set HEAD of %s: %w", dir, err)
 		}
 	}
 	return st, dir, nil
+}
+
+// errNoRepo is openExisting's answer for an environment nothing was pushed to yet.
+var errNoRepo = errors.New("no repository")
+
+// openExisting opens the bare repository of repo for reading; errNoRepo if there is none.
+func (s *Server) openExisting(repo string) (*filesystem.Storage, error) {
+	dir := s.repoDir(repo)
+	fi, err := os.Stat(filepath.Join(dir, "HEAD"))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, errNoRepo
+	case err != nil:
+		return nil, err
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s/HEAD is not a file", dir)
+	}
+	return filesystem.NewStorage(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRUDefault()), nil
+}
+
+// readRefs returns the repository's refs that name an object (HEAD and symbolic refs
+// left out), under repo's refs lock: for sessions that do not hold repo's lock.
+func (s *Server) readRefs(repo string, st *filesystem.Storage) (map[plumbing.ReferenceName]plumbing.Hash, error) {
+	refs := s.locks.refs(repo)
+	refs.RLock()
+	defer refs.RUnlock()
+	return listRefs(st)
+}
+
+// listRefs returns the repository's refs that name an object (HEAD and symbolic refs left
+// out). The caller holds repo's lock or its refs lock.
+func listRefs(st *filesystem.Storage) (map[plumbing.ReferenceName]plumbing.Hash, error) {
+	iter, err := st.IterReferences()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[plumbing.ReferenceName]plumbing.Hash)
+	err = iter.ForEach(func(r *plumbing.Reference) error {
+		if r.Type() == plumbing.HashReference && r.Name() != plumbing.HEAD {
+			m[r.Name()] = r.Hash()
+		}
+		return nil
+	})
+	return m, err
 }
 
 // createRepo initializes a bare repository in a temporary directory next to dir and renames
@@ -117,22 +192,12 @@ func createRepo(dir string, branchRef plumbing.ReferenceName) error {
 	return syncDir(parent)
 }
 
-// advertisement lists the repository's refs (like git's receive-pack: no HEAD, no symref)
-// with the capabilities slipway's receive-pack implements on top of go-git.
-func advertisement(st *filesystem.Storage) (*packp.AdvRefs, error) {
+// receiveAdvertisement lists refs (like git's receive-pack: no HEAD, no symref) with the
+// capabilities slipway's receive-pack implements on top of go-git.
+func receiveAdvertisement(refs map[plumbing.ReferenceName]plumbing.Hash) (*packp.AdvRefs, error) {
 	ar := packp.NewAdvRefs()
-	iter, err := st.IterReferences()
-	if err != nil {
-		return nil, err
-	}
-	err = iter.ForEach(func(r *plumbing.Reference) error {
-		if r.Type() == plumbing.HashReference && r.Name() != plumbing.HEAD {
-			ar.References[r.Name().String()] = r.Hash()
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	for name, h := range refs {
+		ar.References[name.String()] = h
 	}
 	for _, c := range []capability.Capability{
 		capability.ReportStatus,

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +30,21 @@ const (
 	DefaultKeepalive   = 5 * time.Second
 )
 
+// ciphers are the SSH ciphers offered, AES-GCM first: with the CPU's AES instructions, Go's
+// AES-GCM moves more data per CPU second than its chacha20-poly1305. But in SSH the client
+// picks, the first cipher of its own list that the server offers (RFC 4253 7.1): OpenSSH,
+// whose list starts with chacha20-poly1305, uses AES-GCM only if told to (`Ciphers
+// aes128-gcm@openssh.com` in its config, or ssh -c). chacha20-poly1305 and AES-CTR stay
+// offered for clients without AES-GCM.
+var ciphers = []string{
+	gossh.CipherAES128GCM,
+	gossh.CipherAES256GCM,
+	gossh.CipherChaCha20Poly1305,
+	gossh.CipherAES128CTR,
+	gossh.CipherAES192CTR,
+	gossh.CipherAES256CTR,
+}
+
 // Server is slipway's SSH git server. Create it with New, run it with Serve, stop it with
 // Shutdown.
 type Server struct {
@@ -39,15 +55,21 @@ type Server struct {
 	ssh      *ssh.Server
 	locks    repoLocks
 
+	// stopping is cancelled, with ErrShuttingDown as its cause, when Shutdown's grace is over:
+	// every session's context derives from it, so running deploys are cancelled and can
+	// still tell their client why before the connections close.
+	stopping context.Context
+	stop     context.CancelCauseFunc
+
 	mu        sync.Mutex                // guards closing, listeners, and handlers.Add against Wait
 	closing   bool                      // Shutdown was called: no new listeners or sessions
 	listeners map[net.Listener]struct{} // listeners passed to Serve, closed by Shutdown
 	handlers  sync.WaitGroup            // running session handlers
 }
 
-// New returns a Server for cfg that hands accepted pushes to d. It loads the host key from
-// cfg.HostKeyPath, or creates it there (ed25519, 0600) if the file does not exist, so that
-// the server keeps its identity across restarts.
+// New returns a Server for cfg that hands accepted pushes to d and asks d who may push and
+// fetch. It loads the host key from cfg.HostKeyPath, or creates it there (ed25519, 0600) if
+// the file does not exist, so that the server keeps its identity across restarts.
 func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 	if cfg.HostKeyPath == "" {
 		return nil, errors.New("gitserver: no host key path")
@@ -81,6 +103,7 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		signer:    signer,
 		listeners: make(map[net.Listener]struct{}),
 	}
+	s.stopping, s.stop = context.WithCancelCause(context.Background())
 	if created {
 		log.Info().Str("path", cfg.HostKeyPath).Str("host_key_fp", s.HostKeyFingerprint()).Msg("host key created")
 	}
@@ -98,6 +121,9 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		ChannelHandlers:   map[string]ssh.ChannelHandler{"session": ssh.DefaultSessionHandler},
 		RequestHandlers:   map[string]ssh.RequestHandler{},
 		SubsystemHandlers: map[string]ssh.SubsystemHandler{},
+		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
+			return &gossh.ServerConfig{Config: gossh.Config{Ciphers: ciphers}}
+		},
 		ConnectionFailedCallback: func(c net.Conn, err error) {
 			log.Debug().Str("remote", c.RemoteAddr().String()).Err(err).Msg("ssh handshake failed")
 		},
@@ -164,12 +190,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		cancel()
 	case <-ctx.Done():
 		err = ctx.Err()
+		// Cancel the sessions still running, and give them a moment to end cleanly and tell
+		// their clients (a cancelled deploy ends its processes and removes its release).
+		s.stop(ErrShuttingDown)
+		select {
+		case <-done:
+		case <-time.After(cancelGrace):
+		}
 	}
-	// Close every connection left: idle ones, half-open handshakes, and, if ctx ran out,
-	// the sessions still running (their contexts are cancelled).
+	// Close every connection left: idle ones, half-open handshakes, and sessions that did
+	// not end within cancelGrace.
+	s.stop(ErrShuttingDown)
 	s.ssh.Close()
 	<-done
 	return err
+}
+
+// ErrShuttingDown is the cause of a session context cancelled by Shutdown.
+var ErrShuttingDown = errors.New("the server is shutting down")
+
+// cancelGrace bounds how long cancelled sessions get to end and report before Shutdown
+// closes their connections: enough for a build's SIGTERM, SIGKILL and cleanup.
+const cancelGrace = 15 * time.Second
+
+// sessionContext is the context of one session's work: cancelled when the client goes
+// away, or with ErrShuttingDown when the server stops.
+func (s *Server) sessionContext(sess ssh.Session) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(sess.Context())
+	stop := context.AfterFunc(s.stopping, func() { cancel(context.Cause(s.stopping)) })
+	return ctx, func() {
+		stop()
+		cancel(context.Canceled)
+	}
 }
 
 // shutdownLinger bounds how long Shutdown waits for clients to close their connections once
@@ -197,8 +249,8 @@ func (s *Server) lookupKey(key ssh.PublicKey) (Key, bool) {
 	return Key{}, false
 }
 
-// handle runs one SSH session: exec of git-receive-pack for a valid environment, and
-// nothing else.
+// handle runs one SSH session: an exec of git-receive-pack or git-upload-pack for a valid
+// environment, or of an operator command, and nothing else.
 func (s *Server) handle(sess ssh.Session) {
 	s.mu.Lock()
 	if s.closing {
@@ -231,20 +283,22 @@ func (s *Server) handle(sess ssh.Session) {
 		refuse(sess, "no authorized key on this connection")
 		return
 	}
-	who := identity{name: key.Name, fp: gossh.FingerprintSHA256(key.Key)}
-	log = log.With().Str("pusher", who.name).Str("key_fp", who.fp).Logger()
+	who := Identity{Name: key.Name, KeyFingerprint: gossh.FingerprintSHA256(key.Key)}
+	log = log.With().Str("pusher", who.Name).Str("key_fp", who.KeyFingerprint).Logger()
 
 	service, path, err := parseCommand(sess.RawCommand())
-	if err != nil {
+	var unknown *unknownCommandError
+	switch {
+	case errors.As(err, &unknown) && s.cfg.Commands != nil:
+		rec.service = "command"
+		sess.Exit(s.runCommand(sess, who, rec))
+		return
+	case err != nil:
 		rec.refused(zerolog.WarnLevel, err)
 		refuse(sess, err.Error())
 		return
 	}
-	if service == serviceUploadPack {
-		rec.refused(zerolog.InfoLevel, errors.New("fetch refused"))
-		refuse(sess, "fetching is not offered yet; this server only receives pushes")
-		return
-	}
+	rec.service = strings.TrimPrefix(service, "git-")
 	repo, err := repoFromPath(path)
 	if err != nil {
 		rec.refused(zerolog.WarnLevel, err)
@@ -252,13 +306,13 @@ func (s *Server) handle(sess ssh.Session) {
 		return
 	}
 	rec.repo = repo
-	code := s.receivePack(sess, repo, who, rec)
+	var code int
+	if service == serviceUploadPack {
+		code = s.uploadPack(sess, repo, who, rec)
+	} else {
+		code = s.receivePack(sess, repo, who, rec)
+	}
 	sess.Exit(code)
-}
-
-// identity is who pushes: the authorized key's name and fingerprint.
-type identity struct {
-	name, fp string
 }
 
 // refuse ends a session before any protocol: one line on stderr, exit status 1.
@@ -270,11 +324,16 @@ func refuse(sess ssh.Session, msg string) {
 // record collects what one session did, for its single log line.
 type record struct {
 	level   zerolog.Level
-	outcome string // refused, up-to-date, deployed, rejected, unpack-failed, error, panic, ...
+	service string // receive-pack, upload-pack or command; "" if refused before
+	outcome string // refused, busy, up-to-date, deployed, rejected, fetched, error, panic, ...
 	repo    string
 	ref     string
 	oldSHA  string
 	sha     string
+	waited  time.Duration // how long a push waited for its environment
+	objects int           // objects sent by a fetch
+	command string        // an operator command's name (never its arguments: they may be secret)
+	exit    int           // an operator command's exit status
 	err     error
 }
 
@@ -284,11 +343,23 @@ func (r *record) refused(level zerolog.Level, err error) {
 
 func (r *record) log(log zerolog.Logger, took time.Duration) {
 	ev := log.WithLevel(r.level)
+	if r.service != "" {
+		ev = ev.Str("service", r.service)
+	}
+	if r.command != "" {
+		ev = ev.Str("command", r.command).Int("exit", r.exit)
+	}
 	if r.repo != "" {
 		ev = ev.Str("repo", r.repo)
 	}
 	if r.ref != "" {
 		ev = ev.Str("ref", r.ref).Str("old_sha", r.oldSHA).Str("sha", r.sha)
+	}
+	if r.waited > 0 {
+		ev = ev.Dur("waited", r.waited)
+	}
+	if r.outcome == "fetched" {
+		ev = ev.Int("objects", r.objects)
 	}
 	if r.err != nil {
 		ev = ev.Err(r.err)

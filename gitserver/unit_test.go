@@ -7,12 +7,14 @@ import (
 	"crypto/sha1"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -89,7 +91,10 @@ func TestParseCommand(t *testing.T) {
 		{raw: "git-upload-archive 'a/b'", parseErrContains: "unknown command"},
 		{raw: "git", parseErrContains: "unknown command"},
 		{raw: "scp -t /", parseErrContains: "unknown command"},
-		{raw: strings.Repeat("x", 2000), parseErrContains: "longer than"},
+		{raw: strings.Repeat("x", 5000), parseErrContains: "longer than"},
+		{raw: "status\x01", parseErrContains: "control characters"},
+		{raw: "git-receive-pack 'a/b\tc'", parseErrContains: "control characters"},
+		{raw: "status \xff", parseErrContains: "UTF-8"},
 	} {
 		service, path, err := parseCommand(tc.raw)
 		if tc.parseErrContains != "" {
@@ -341,5 +346,61 @@ func TestStorePack(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(dir, "objects", "pack"))
 	if len(entries) != 2 {
 		t.Errorf("objects/pack holds %v, want one .idx and one .pack", entries)
+	}
+}
+
+func TestShellWordsProblem(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		`status --json`:              "",
+		`rollback 'a b' "c\"d" e\ f`: "",
+		`say 'it\'`:                  "", // no escapes inside single quotes
+		`say "a\\"`:                  "",
+		`say 'a`:                     "command has an unclosed quote",
+		`say "a\"`:                   "command has an unclosed quote",
+		`say a\`:                     "command ends with a backslash",
+	} {
+		if got := shellWordsProblem(raw); got != want {
+			t.Errorf("shellWordsProblem(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+func TestWaitOption(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		opts []string
+		want time.Duration
+		err  string
+	}{
+		{nil, 0, ""},
+		{[]string{"message=hi", "waiting=no"}, 0, ""},
+		{[]string{"wait=2m"}, 2 * time.Minute, ""},
+		{[]string{"wait=2m", "wait=90s"}, 90 * time.Second, ""},
+		{[]string{"wait=0"}, 0, ""},
+		{[]string{"wait=48h"}, time.Hour, ""},
+		{[]string{"wait=5"}, 0, `"5" is not a duration`},
+		{[]string{"wait=-5s"}, 0, "negative"},
+		{[]string{"wait="}, 0, "not a duration"},
+		{[]string{"wait"}, 0, "give a duration"},
+	} {
+		got, err := waitOption(tc.opts)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("waitOption(%q) = %v, %v; want %v, %q", tc.opts, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestCipherOrder(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, err := New(Config{HostKeyPath: filepath.Join(dir, "hk"), ReposDir: dir}, &fakeDeployer{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s.ssh.ServerConfigCallback(nil).Ciphers
+	want := []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("ciphers %q, want %q", got, want)
 	}
 }

@@ -3,6 +3,7 @@ package gitserver
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -21,8 +22,9 @@ var keepalivePacket = []byte("0005\x01")
 
 var errOutputClosed = errors.New("deploy output closed: the push is over")
 
-// wire is the session's output once the update request is decoded. Deploy output, keepalives
-// and the final report share it from different goroutines, so every write takes mu.
+// wire is the session's output once the update request (a push) or the negotiation (a
+// fetch) is over. Deploy output, keepalives, the pack and the final report share it from
+// different goroutines, so every write takes mu.
 type wire struct {
 	mu     sync.Mutex
 	bw     *bufio.Writer   // over the session's stdout; flushed after every packet
@@ -118,6 +120,55 @@ func (w *wire) Write(p []byte) (int, error) {
 	}
 	w.last = time.Now()
 	return n, nil
+}
+
+// notef writes one of slipway's own lines to the pusher on band 2, where git shows it as
+// "remote: ...". Clients without sideband do not get it: their stderr carries only the
+// deploy's output.
+func (w *wire) notef(format string, args ...any) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mux == nil || w.closed {
+		return
+	}
+	w.band(sideband.ProgressMessage, fmt.Appendf(nil, format, args...))
+}
+
+// data writes p, a part of a pack, on band 1 or, without sideband, as it is.
+func (w *wire) data(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mux != nil {
+		return w.band(sideband.PackData, p)
+	}
+	if err := w.raw(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// fatal writes msg on band 3, which git shows as "remote: <msg>" before it gives up. Without
+// sideband it goes to stderr.
+func (w *wire) fatal(msg string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mux != nil {
+		w.band(sideband.ErrorMessage, []byte(msg+"\n"))
+		return
+	}
+	if w.err == nil {
+		w.stderr.Write([]byte(msg + "\n"))
+	}
+}
+
+// flush ends a sideband stream with a flush packet; without sideband it does nothing.
+func (w *wire) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mux != nil {
+		return w.raw(pktline.FlushPkt)
+	}
+	return w.err
 }
 
 // closeOutput ends deploy output: a Deployer that keeps out beyond Deploy gets errors.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,34 +19,47 @@ import (
 const tmpLinkPrefix = ".current.tmp-"
 
 // Current returns the sha of the live release, read from the current symlink; "" if there
-// is none.
+// is none. While the live release is held for a rebuild (Hold), that is still its sha.
 func (r *Releaser) Current() (sha string, err error) {
-	target, err := os.Readlink(r.currentLink())
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
-	if errors.Is(err, syscall.EINVAL) {
-		return "", fmt.Errorf("current: %s is not a symlink", r.currentLink())
-	}
-	if err != nil {
-		return "", fmt.Errorf("current: %w", err)
-	}
-	sha, ok := r.parseTarget(target)
-	if !ok {
-		return "", fmt.Errorf("current: points to %q, not to a release in %s", target, r.releasesDir())
-	}
-	return sha, nil
+	sha, _, err = r.target()
+	return sha, err
 }
 
-// parseTarget returns the sha of a current link's target: "releases/<sha>", or the
-// absolute path of a release.
-func (r *Releaser) parseTarget(target string) (string, bool) {
+// target reads current: the sha it names, and whether it names the hold of that sha
+// (releases/.hold-<sha>) rather than releases/<sha>. No current: "", false, nil.
+func (r *Releaser) target() (sha string, held bool, err error) {
+	target, err := os.Readlink(r.currentLink())
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	if errors.Is(err, syscall.EINVAL) {
+		return "", false, fmt.Errorf("current: %s is not a symlink", r.currentLink())
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("current: %w", err)
+	}
+	sha, held, ok := r.parseTarget(target)
+	if !ok {
+		return "", false, fmt.Errorf("current: points to %q, not to a release in %s", target, r.releasesDir())
+	}
+	return sha, held, nil
+}
+
+// parseTarget returns the sha of a current link's target: "releases/<sha>" or
+// "releases/.hold-<sha>" (held), or the absolute path of either.
+func (r *Releaser) parseTarget(target string) (sha string, held, ok bool) {
 	if !filepath.IsAbs(target) {
 		target = filepath.Join(r.path, target)
 	}
 	target = filepath.Clean(target)
-	sha := filepath.Base(target)
-	return sha, filepath.Dir(target) == r.releasesDir() && validSHA(sha)
+	if filepath.Dir(target) != r.releasesDir() {
+		return "", false, false
+	}
+	base := filepath.Base(target)
+	if sha, ok := strings.CutPrefix(base, holdPrefix); ok {
+		return sha, true, validSHA(sha)
+	}
+	return base, false, validSHA(base)
 }
 
 // IsComplete reports whether release sha is recorded complete and its directory exists.
@@ -90,9 +104,12 @@ func (r *Releaser) Complete(sha string) error {
 
 // Activate makes release sha, which must be complete, the live one: a symlink to
 // releases/<sha> under a temporary name is renamed over current (atomic for every
-// observer) and the deploy root is synced. It records when sha went live and when the
-// release live before stopped being live. wasLiveBefore says whether sha had been live
-// before (a rollback).
+// observer) and the deploy root is synced. It journals the activation and records when sha
+// went live and when the release live before stopped being live. wasLiveBefore says
+// whether sha had been live before (a rollback); a release rebuilt under a hold had not.
+//
+// While the live release is held (Hold), only that sha, rebuilt and completed, may be
+// activated; the hold is removed once current has moved.
 func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 	if err := checkSHA(sha); err != nil {
 		return false, fmt.Errorf("activate: %w", err)
@@ -105,34 +122,43 @@ func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 	if rec == nil || !isDir(r.Dir(sha)) {
 		return false, fmt.Errorf("activate %s: release is not complete", sha)
 	}
-	prev, err := r.Current()
+	prev, held, err := r.target()
 	if err != nil {
 		return false, fmt.Errorf("activate %s: %w", sha, err)
 	}
-	wasLiveBefore = rec.Seq > 0 || prev == sha
+	if held && prev != sha {
+		return false, fmt.Errorf("activate %s: release %s is held for a rebuild: restore it first", sha, prev)
+	}
+	wasLiveBefore = !held && (rec.Seq > 0 || prev == sha)
 	if err := r.swapCurrent(sha); err != nil {
 		return false, fmt.Errorf("activate %s: %w", sha, err)
 	}
+	r.journalActivation(sha)
 	now := r.now().UTC()
 	err = r.updateState(func(st *state) (bool, error) {
 		st.activated(sha, now)
+		st.Hold = nil
 		return true, nil
 	})
 	if err != nil {
 		// current is what makes a release live, and it has moved: the activation stands.
 		// A lost record only affects the order of pruning, and Recover repairs it.
 		r.log.Error().Err(err).Str("sha", sha).Msg("record activation")
+		return wasLiveBefore, nil
+	}
+	if err := r.removeHolds(); err != nil {
+		r.log.Error().Err(err).Str("sha", sha).Msg("remove the held copy") // Recover will
 	}
 	return wasLiveBefore, nil
 }
 
-// swapCurrent points current at releases/<sha> atomically and durably.
-func (r *Releaser) swapCurrent(sha string) error {
+// swapCurrent points current at releases/<name> (a sha, or a hold) atomically and durably.
+func (r *Releaser) swapCurrent(name string) error {
 	if err := r.removeTempLinks(); err != nil {
 		return err
 	}
 	tmp := filepath.Join(r.path, tmpLinkPrefix+randSuffix())
-	if err := os.Symlink("releases/"+sha, tmp); err != nil {
+	if err := os.Symlink("releases/"+name, tmp); err != nil {
 		return err
 	}
 	// rename(2) replaces the symlink current itself, never an entry inside its target
@@ -159,6 +185,64 @@ func (r *Releaser) removeTempLinks() error {
 		}
 	}
 	return nil
+}
+
+// Previous returns the default rollback target: the complete release that was live most
+// recently before the live one, by activation order (never by name); an error wrapping
+// ErrNotFound if there is none. A release that never went live is not one.
+func (r *Releaser) Previous() (string, error) {
+	st, _, err := r.loadState()
+	if err != nil {
+		return "", fmt.Errorf("previous: %w", err)
+	}
+	live, err := r.Current()
+	if err != nil {
+		return "", fmt.Errorf("previous: %w", err)
+	}
+	if prev := r.previous(st, live); prev != "" {
+		return prev, nil
+	}
+	return "", fmt.Errorf("previous: %w", ErrNotFound)
+}
+
+// previous is Previous on the records st.
+func (r *Releaser) previous(st *state, live string) string {
+	best := ""
+	for sha, rec := range st.Releases {
+		if sha == live || rec.Seq == 0 || !isDir(r.Dir(sha)) {
+			continue
+		}
+		if best == "" || rec.Seq > st.Releases[best].Seq {
+			best = sha
+		}
+	}
+	return best
+}
+
+// ActivatedAt returns when sha last went live; zero if it never did. It asks the records
+// of the kept releases, and the journal for those no longer kept.
+func (r *Releaser) ActivatedAt(sha string) (time.Time, error) {
+	st, _, err := r.loadState()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("activated at %s: %w", sha, err)
+	}
+	var at time.Time
+	if rec := st.Releases[sha]; rec != nil {
+		at = rec.Activated
+	}
+	if st.Hold != nil && st.Hold.SHA == sha && st.Hold.Record.Activated.After(at) {
+		at = st.Hold.Record.Activated
+	}
+	lines, err := r.readJournal()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("activated at %s: %w", sha, err)
+	}
+	for _, l := range lines {
+		if l.Event == eventActivate && l.SHA == sha && l.Time.After(at) {
+			at = l.Time
+		}
+	}
+	return at, nil
 }
 
 // syncFS flushes the whole filesystem holding dir: cheaper than an fsync of every file

@@ -1,17 +1,17 @@
 package releaser
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/slipway/slipway/internal/atomicfile"
 )
 
 // ErrLocked is matched (errors.Is) by every *LockedError.
@@ -42,6 +42,9 @@ type holderInfo struct {
 	PID    int       `json:"pid"`
 }
 
+// lockPoll is how often LockWait tries the lock again.
+const lockPoll = 50 * time.Millisecond
+
 func (r *Releaser) lockPath() string   { return filepath.Join(r.metaDir(), "deploy.lock") }
 func (r *Releaser) holderPath() string { return filepath.Join(r.metaDir(), "deploy.holder") }
 
@@ -51,33 +54,29 @@ func (r *Releaser) holderPath() string { return filepath.Join(r.metaDir(), "depl
 // descriptor is close-on-exec, so build processes do not inherit it. Locks taken through
 // two Lock calls exclude each other, within one process too. unlock may be called more
 // than once.
+//
+// The holder's name goes to .slipway/deploy.holder, on which the holder keeps a shared
+// flock(2) for as long as it holds the lock: a reader (Holder, another process's Lock)
+// tells a live holder from one killed before it could remove the file without ever
+// touching deploy.lock, so reading never makes a deploy's Lock fail.
 func (r *Releaser) Lock(holder string) (unlock func(), err error) {
 	f, err := os.OpenFile(r.lockPath(), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
+	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if err == unix.EWOULDBLOCK {
 			le := &LockedError{}
-			if b, rerr := os.ReadFile(r.holderPath()); rerr == nil {
-				var h holderInfo
-				if json.Unmarshal(b, &h) == nil {
-					le.Holder, le.Since = h.Holder, h.Since
-				}
+			if h, _ := r.readHolder(); h != nil {
+				le = h
 			}
 			return nil, le
 		}
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	b, _ := json.Marshal(holderInfo{Holder: holder, Since: r.now().UTC(), PID: os.Getpid()})
-	if err := atomicfile.WriteFile(r.holderPath(), append(b, '\n'), 0o644); err != nil {
+	hf, err := r.writeHolder(holderInfo{Holder: holder, Since: r.now().UTC(), PID: os.Getpid()})
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("lock: %w", err)
 	}
@@ -87,7 +86,116 @@ func (r *Releaser) Lock(holder string) (unlock func(), err error) {
 			// The holder file goes first, while the lock is still held, so that it never
 			// names someone who no longer holds the lock.
 			os.Remove(r.holderPath())
+			hf.Close()
 			f.Close() // releases the flock
 		})
 	}, nil
+}
+
+// LockWait is Lock that waits, trying again every 50ms, until the lock is free or ctx is
+// done; then it returns the *LockedError of the holder at the last try. It tries once
+// even if ctx is done already.
+func (r *Releaser) LockWait(ctx context.Context, holder string) (unlock func(), err error) {
+	t := time.NewTimer(lockPoll)
+	defer t.Stop()
+	for {
+		unlock, err := r.Lock(holder)
+		if !errors.Is(err, ErrLocked) {
+			return unlock, err
+		}
+		if r.lockBusy != nil {
+			r.lockBusy()
+		}
+		t.Reset(lockPoll)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// Holder returns who holds the deploy lock and since when, or nil if nobody does. A holder
+// file left behind by a process killed while it held the lock does not count: the lock
+// died with it.
+func (r *Releaser) Holder() (*LockedError, error) {
+	h, err := r.readHolder()
+	if err != nil {
+		return nil, fmt.Errorf("holder: %w", err)
+	}
+	return h, nil
+}
+
+// readHolder reads deploy.holder if its writer still holds it: nil, nil if there is no
+// such file, or nobody holds it.
+func (r *Releaser) readHolder() (*LockedError, error) {
+	f, err := os.Open(r.holderPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// An exclusive try: it fails while the holder keeps its shared lock, and succeeds
+	// once the holder is gone. It is dropped at Close; a new holder writes a new file.
+	switch err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err {
+	case nil:
+		return nil, nil
+	case unix.EWOULDBLOCK:
+	default:
+		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 1<<16))
+	if err != nil {
+		return nil, err
+	}
+	var h holderInfo
+	if json.Unmarshal(b, &h) != nil {
+		return &LockedError{}, nil
+	}
+	return &LockedError{Holder: h.Holder, Since: h.Since}, nil
+}
+
+// writeHolder replaces deploy.holder atomically with a file that the returned descriptor
+// holds a shared flock on. It is not synced: it means something only while its writer
+// lives, and after a power loss nobody holds the lock.
+func (r *Releaser) writeHolder(h holderInfo) (_ *os.File, err error) {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(r.metaDir(), ".deploy.holder.tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err = flock(f, unix.LOCK_SH); err != nil {
+		return nil, err
+	}
+	if _, err = f.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return nil, err
+	}
+	if err = os.Rename(f.Name(), r.holderPath()); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// flock is flock(2) on f, tried again when a signal interrupts it.
+func flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
 }

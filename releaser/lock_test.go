@@ -2,6 +2,7 @@ package releaser
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -102,10 +103,20 @@ func TestLockReleasedOnKill(t *testing.T) {
 	if !errors.As(err, &le) || le.Holder != "child" {
 		t.Fatalf("Lock while the child holds it: %v, want a *LockedError by child", err)
 	}
+	if h, err := e.r.Holder(); err != nil || h == nil || h.Holder != "child" {
+		t.Fatalf("Holder() while the child holds it: %+v, %v", h, err)
+	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Wait()
+	// The child could not remove its holder file; it is stale now, and ignored.
+	if _, err := os.Stat(filepath.Join(e.r.Path(), ".slipway", "deploy.holder")); err != nil {
+		t.Fatalf("holder file of the killed child: %v (the test means nothing without it)", err)
+	}
+	if h, err := e.r.Holder(); err != nil || h != nil {
+		t.Errorf("Holder() after the holder was killed: %+v, %v; want nil", h, err)
+	}
 	unlock, err := e.r.Lock("parent")
 	if err != nil {
 		t.Fatalf("Lock after the holder was killed: %v", err)
@@ -128,4 +139,167 @@ func TestLockHelperProcess(t *testing.T) {
 	}
 	fmt.Println("locked")
 	io.Copy(io.Discard, os.Stdin)
+}
+
+func TestHolder(t *testing.T) {
+	e := newEnv(t, Config{})
+	other, err := New(Config{Path: e.r.Path()}, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holderFile := filepath.Join(e.r.Path(), ".slipway", "deploy.holder")
+	steps := []struct {
+		name string
+		do   func()
+		want string // "" : free
+	}{
+		{"free", func() {}, ""},
+		{"stale holder file, lock free", func() {
+			stale := `{"holder":"ghost","since":"2026-01-01T00:00:00Z","pid":1}` + "\n"
+			if err := os.WriteFile(holderFile, []byte(stale), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"held", func() {
+			unlock, err := e.r.Lock("alice")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(unlock)
+		}, "alice"},
+	}
+	for _, s := range steps {
+		s.do()
+		for i, r := range []*Releaser{e.r, other} {
+			h, err := r.Holder()
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			switch {
+			case s.want == "" && h != nil:
+				t.Errorf("%s (releaser %d): Holder() = %+v, want nil", s.name, i, h)
+			case s.want != "" && (h == nil || h.Holder != s.want || !h.Since.Equal(e.clock)):
+				t.Errorf("%s (releaser %d): Holder() = %+v, want %s since %v", s.name, i, h, s.want, e.clock)
+			}
+		}
+	}
+	// Lock's refusal names the same holder.
+	var le *LockedError
+	if _, err := other.Lock("bob"); !errors.As(err, &le) || le.Holder != "alice" {
+		t.Errorf("Lock while alice holds it: %v", err)
+	}
+}
+
+func TestLockWait(t *testing.T) {
+	e := newEnv(t, Config{})
+	unlockA, err := e.r.Lock("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// It waits for the unlock: alice lets go only once bob has been refused.
+	busy := make(chan struct{}, 1)
+	e.r.lockBusy = func() {
+		select {
+		case busy <- struct{}{}:
+		default:
+		}
+	}
+	type result struct {
+		unlock func()
+		err    error
+	}
+	res := make(chan result)
+	go func() {
+		unlock, err := e.r.LockWait(t.Context(), "bob")
+		res <- result{unlock, err}
+	}()
+	<-busy
+	unlockA()
+	got := <-res
+	if got.err != nil {
+		t.Fatalf("LockWait: %v", got.err)
+	}
+	if h, _ := e.r.Holder(); h == nil || h.Holder != "bob" {
+		t.Errorf("Holder() after LockWait = %+v, want bob", h)
+	}
+
+	// It gives up when ctx is done, with the holder's error.
+	ctx, cancel := context.WithCancel(t.Context())
+	e.r.lockBusy = cancel
+	_, err = e.r.LockWait(ctx, "carol")
+	var le *LockedError
+	if !errors.As(err, &le) || le.Holder != "bob" {
+		t.Errorf("LockWait with ctx done: %v, want a *LockedError by bob", err)
+	}
+	got.unlock()
+
+	// A done ctx still gets one try.
+	e.r.lockBusy = nil
+	unlock, err := e.r.LockWait(ctx, "dave")
+	if err != nil {
+		t.Fatalf("LockWait on a free lock with ctx done: %v", err)
+	}
+	unlock()
+}
+
+func TestFreeze(t *testing.T) {
+	e := newEnv(t, Config{})
+	other, err := New(Config{Path: e.r.Path()}, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.now = func() time.Time { return e.clock }
+	frozen := func(want *Freeze) {
+		t.Helper()
+		for _, r := range []*Releaser{e.r, other} {
+			f, err := r.Frozen()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (f == nil) != (want == nil) || (f != nil && (f.By != want.By || f.Message != want.Message || !f.Since.Equal(want.Since))) {
+				t.Errorf("Frozen() = %+v, want %+v", f, want)
+			}
+		}
+	}
+	frozen(nil)
+	if err := e.r.Unfreeze(); !errors.Is(err, ErrNotFrozen) {
+		t.Errorf("Unfreeze when not frozen: %v, want ErrNotFrozen", err)
+	}
+	if err := e.r.Freeze("alice", "release week"); err != nil {
+		t.Fatal(err)
+	}
+	frozen(&Freeze{By: "alice", Message: "release week", Since: e.clock})
+	e.tick(time.Hour)
+	if err := other.Freeze("bob", "incident 42"); err != nil {
+		t.Fatal(err)
+	}
+	frozen(&Freeze{By: "bob", Message: "incident 42", Since: e.clock})
+	// A restart, a lock and an unlock change nothing.
+	if err := e.r.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := e.r.Lock("carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	frozen(&Freeze{By: "bob", Message: "incident 42", Since: e.clock})
+	if err := e.r.Unfreeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozen(nil)
+	if err := other.Unfreeze(); !errors.Is(err, ErrNotFrozen) {
+		t.Errorf("second Unfreeze: %v, want ErrNotFrozen", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(e.r.Path(), ".slipway", ".freeze*")); len(m) != 0 {
+		t.Errorf("temporary files left: %v", m)
+	}
+	// Unreadable is not "not frozen".
+	if err := os.WriteFile(filepath.Join(e.r.Path(), ".slipway", "freeze.json"), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := e.r.Frozen(); err == nil {
+		t.Errorf("Frozen() with a corrupt file = %+v, nil", f)
+	}
 }

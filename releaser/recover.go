@@ -24,6 +24,15 @@ import (
 // If releases.json does not exist at all while current names an existing release, the
 // records were lost, not the release: the live release is adopted as complete rather than
 // deleted.
+//
+// A rebuild of the live release interrupted by the crash (see Hold) is given up: if current
+// names a hold, the held tree goes back to releases/<sha>, replacing the rebuild, and
+// current to it, as Restore does. A hold that current does not name is removed (the
+// rebuild had gone live, or the hold never had).
+//
+// Last, the journal is brought in line: an activation it missed is journaled, and every
+// entry left unfinished is finished, as live if its release had gone live, as cancelled
+// otherwise.
 func (r *Releaser) Recover() error {
 	unlock, err := r.Lock("recover")
 	if err != nil {
@@ -39,6 +48,17 @@ func (r *Releaser) Recover() error {
 }
 
 func (r *Releaser) recover() error {
+	if _, _, err := r.loadState(); err != nil {
+		return err // an unreadable record: change nothing
+	}
+	if fi, err := os.Lstat(r.currentLink()); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		if sha, held, err := r.target(); err == nil && held && isDir(r.Dir(holdName(sha))) {
+			r.log.Warn().Str("sha", sha).Msg("restoring the release held for a rebuild that did not finish")
+			if err := r.restore(sha); err != nil {
+				return fmt.Errorf("restore held release %s: %w", sha, err)
+			}
+		}
+	}
 	st, exists, err := r.loadState()
 	if err != nil {
 		return err
@@ -54,12 +74,16 @@ func (r *Releaser) recover() error {
 	if currentExists && fi.Mode()&fs.ModeSymlink == 0 {
 		return fmt.Errorf("%s is not a symlink: move it away", r.currentLink())
 	}
-	live, liveErr := "", error(nil)
+	live, held, liveErr := "", false, error(nil)
 	if currentExists {
-		live, liveErr = r.Current()
+		live, held, liveErr = r.target()
+	}
+	if held {
+		// A hold that is gone: current dangles.
+		liveErr = fmt.Errorf("current names %s, which is missing", r.Dir(holdName(live)))
 	}
 
-	if !exists && live != "" && isDir(r.Dir(live)) {
+	if !exists && live != "" && liveErr == nil && isDir(r.Dir(live)) {
 		r.log.Warn().Str("sha", live).Str("file", r.statePath()).
 			Msg("release records missing: adopting the live release as complete")
 		st.Releases[live] = &record{Completed: now}
@@ -138,6 +162,11 @@ func (r *Releaser) recover() error {
 		}
 	}
 
+	if st.Hold != nil {
+		// current does not name a hold any more: the rebuild went live, or was given up.
+		st.Hold = nil
+		changed = true
+	}
 	// A crash between a swap and its record leaves the records behind current.
 	if st.Live != live {
 		if live != "" {
@@ -151,9 +180,11 @@ func (r *Releaser) recover() error {
 		changed = true
 	}
 	if changed {
-		return r.saveState(st)
+		if err := r.saveState(st); err != nil {
+			return err
+		}
 	}
-	return nil
+	return r.settleJournal(live)
 }
 
 func readlink(name string) string {

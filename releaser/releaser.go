@@ -1,23 +1,37 @@
 // Package releaser owns one environment's deploy root: releases/<sha>, shared/ and the
-// current symlink, plus its bookkeeping under <path>/.slipway/.
+// current symlink, plus its bookkeeping under <path>/.slipway/: which releases are complete,
+// the deploy history, the deploy logs, the deploy lock and the freeze.
 //
 // Invariant: current always names a complete release. A release is built in place at
 // releases/<sha>; it counts as a release (listed, kept, a rollback target) only once it is
-// recorded complete, and Recover removes every release that is not.
+// recorded complete, and Recover removes every release that is not. The one exception is
+// a rebuild of the live release (Hold): current then names releases/.hold-<sha>, a
+// hard-linked copy of the complete tree, until the rebuild goes live or is given up.
 //
-// A deploy, holding Lock, goes Materialize -> LinkShared -> (build and test, elsewhere) ->
-// Complete -> Activate (LinkShared again first) -> Prune, or Discard on a failure before
-// the swap; a rollback to a kept release is LinkShared -> Activate. Every write of a
-// release goes through an os.Root opened on its directory, so no tree entry, symlink or ".."
-// can make slipway write outside it.
+// A deploy, holding Lock, goes Begin -> Materialize -> LinkShared -> (build and test,
+// elsewhere) -> Complete -> Activate (LinkShared again first) -> Prune -> Finish, or Discard
+// on a failure before the swap; a rollback to a kept release is LinkShared -> Activate; a
+// rebuild of the live release starts with Hold and ends in Activate, or Restore on failure.
+// Every write of a release goes through an os.Root opened on its directory, so no tree
+// entry, symlink or ".." can make slipway write outside it.
+//
+// Retention and rollback follow the records of activations, never directory names (shas do
+// not sort by time). Another process (the slipway CLI) may read everything here while the
+// server runs: each file is replaced by an atomic rename or, for the journal, only ever
+// appended whole lines to.
 //
 // Nothing of the releaser's own lives in releases/ or shared/. Under <path>/.slipway/:
 //
 //	deploy.lock      flock(2) target of Lock; permanent, never unlinked, always empty
-//	deploy.holder    who holds Lock and since when (JSON, for humans); gone when unlocked
+//	deploy.holder    who holds Lock and since when (JSON, for humans); its holder keeps an
+//	                 flock(2) on it, so one left by a killed process is recognised as stale
 //	releases.json    the records: which releases are complete, when each was completed,
-//	                 last activated and last deactivated (written atomically and durably)
-//	logs/            one file per deploy attempt: <UTC timestamp>-<sha>.log
+//	                 last activated and last deactivated, the held release (written
+//	                 atomically and durably)
+//	history.jsonl    the journal: one JSON object per line, appended and fsynced, never
+//	                 rewritten; see Begin
+//	logs/            one file per journal entry: <id>.log, the id zero-padded to 6 digits
+//	freeze.json      present while the environment is frozen (see Freeze)
 package releaser
 
 import (
@@ -38,19 +52,21 @@ type Config struct {
 	// Path is the deploy root, an absolute path: releases/, shared/, current and .slipway/
 	// live in it. Required.
 	Path string
-	// KeepReleases is how many complete releases are kept after a successful deploy, the
-	// live one included. Default 5.
+	// KeepReleases is how many complete releases Prune keeps, by last activation, the live
+	// one included. Default 5. Whatever it is, the live release and the one live just
+	// before it (the default rollback target) are never pruned: 1 keeps two.
 	KeepReleases int
 	// PruneGrace keeps a release that was live less than this long ago, so that requests
 	// still running in it can finish. 0 = no grace.
 	PruneGrace time.Duration
 }
 
-// Releaser manages one deploy root. Its methods that change the root (Materialize,
-// LinkShared, Complete, Activate, Discard, Prune) are meant to run under Lock, one deploy at
-// a time; Recover takes the lock itself. Current, IsComplete and Releases may be called at
-// any time, concurrently with the others: they read the disk, and every change to it is an
-// atomic rename.
+// Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
+// Materialize, LinkShared, Complete, Activate, Hold, Restore, Discard, Prune) are meant to
+// run under Lock, one deploy at a time; Recover takes the lock itself. Freeze and Unfreeze
+// need no lock. The readers (Current, IsComplete, Releases, Previous, ActivatedAt, History,
+// Entry, Holder, Frozen) may be called at any time, from any process, concurrently with the
+// others: every change on disk is an atomic rename or a whole-line append.
 type Releaser struct {
 	path  string
 	keep  int
@@ -61,6 +77,9 @@ type Releaser struct {
 	now func() time.Time
 	// progressEvery is the interval between Materialize's progress lines; tests shorten it.
 	progressEvery time.Duration
+	// lockBusy, if set, is called by LockWait after each attempt that found the lock
+	// taken; tests use it to know that a waiter waits.
+	lockBusy func()
 
 	// mu serializes read-modify-write cycles of releases.json within this process; across
 	// processes the deploy lock does.
@@ -105,28 +124,11 @@ func (r *Releaser) Path() string { return r.path }
 // Dir returns the absolute directory of release sha, a full commit id: <path>/releases/<sha>.
 func (r *Releaser) Dir(sha string) string { return filepath.Join(r.releasesDir(), sha) }
 
-// LogFile creates the log file of one deploy attempt of sha, <path>/.slipway/logs/
-// <UTC timestamp>-<sha>.log, and returns it open for writing. Names sort by time.
-func (r *Releaser) LogFile(sha string) (*os.File, error) {
-	if err := checkSHA(sha); err != nil {
-		return nil, fmt.Errorf("log file: %w", err)
-	}
-	dir := filepath.Join(r.metaDir(), "logs")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("log file %s: %w", sha, err)
-	}
-	name := filepath.Join(dir, r.now().UTC().Format("20060102T150405.000000000Z")+"-"+sha+".log")
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("log file %s: %w", sha, err)
-	}
-	return f, nil
-}
-
 func (r *Releaser) releasesDir() string { return filepath.Join(r.path, "releases") }
 func (r *Releaser) sharedDir() string   { return filepath.Join(r.path, "shared") }
 func (r *Releaser) metaDir() string     { return filepath.Join(r.path, ".slipway") }
 func (r *Releaser) currentLink() string { return filepath.Join(r.path, "current") }
+func (r *Releaser) logsDir() string     { return filepath.Join(r.metaDir(), "logs") }
 
 // errBadSHA is returned for a sha that is not a full lowercase hex commit id; such a string
 // must never become a path.

@@ -19,17 +19,21 @@ type Release struct {
 }
 
 // Releases lists the complete releases, most recently activated first; those never
-// activated come last, most recently completed first.
+// activated come last, most recently completed first. A live release held for a rebuild
+// (Hold) is listed, live, with its old record.
 func (r *Releaser) Releases() ([]Release, error) {
 	st, _, err := r.loadState()
 	if err != nil {
 		return nil, fmt.Errorf("releases: %w", err)
 	}
-	live, err := r.Current()
+	live, held, err := r.target()
 	if err != nil {
 		return nil, fmt.Errorf("releases: %w", err)
 	}
 	var out []Release
+	if h := st.Hold; held && h != nil && h.SHA == live && st.Releases[live] == nil {
+		out = append(out, Release{SHA: live, Completed: h.Record.Completed, LastActivated: h.Record.Activated, Live: true})
+	}
 	for _, sha := range r.ordered(st, live) {
 		rec := st.Releases[sha]
 		out = append(out, Release{SHA: sha, Completed: rec.Completed, LastActivated: rec.Activated, Live: sha == live})
@@ -64,10 +68,15 @@ func (r *Releaser) ordered(st *state, live string) []string {
 	return shas
 }
 
-// Prune deletes the complete releases beyond KeepReleases, in the order of Releases: the
-// live one counts, and is never deleted; a release that stopped being live less than
-// PruneGrace ago is kept for now. Releases being built are not complete, so never touched.
-// It returns the shas removed.
+// Prune deletes the complete releases beyond KeepReleases, in the order of Releases (by
+// last activation; never by name). It never deletes the live release nor the one live
+// just before it (Previous), whatever KeepReleases is, nor one that stopped being live less
+// than PruneGrace ago. Releases being built are not complete, so never touched. It returns
+// the shas removed.
+//
+// Then it prunes the deploy logs: it keeps those of the newest 20 entries that failed or
+// were cancelled, of every entry whose release went live and is still kept, and of a
+// deploy running; it deletes the others (History then reports their Log as "").
 func (r *Releaser) Prune() (removed []string, err error) {
 	live, err := r.Current()
 	if err != nil {
@@ -75,10 +84,16 @@ func (r *Releaser) Prune() (removed []string, err error) {
 	}
 	now := r.now().UTC()
 	var doomed []string
+	kept := map[string]bool{live: live != ""}
 	err = r.updateState(func(st *state) (bool, error) {
+		prev := r.previous(st, live)
+		if st.Hold != nil {
+			kept[st.Hold.SHA] = true
+		}
 		for i, sha := range r.ordered(st, live) {
 			rec := st.Releases[sha]
-			if i < r.keep || sha == live {
+			kept[sha] = true
+			if i < r.keep || sha == live || sha == prev {
 				continue
 			}
 			if r.grace > 0 && rec.Seq > 0 {
@@ -92,6 +107,7 @@ func (r *Releaser) Prune() (removed []string, err error) {
 				}
 			}
 			delete(st.Releases, sha)
+			delete(kept, sha)
 			doomed = append(doomed, sha)
 		}
 		return len(doomed) > 0, nil
@@ -108,6 +124,9 @@ func (r *Releaser) Prune() (removed []string, err error) {
 			continue
 		}
 		removed = append(removed, sha)
+	}
+	if err := r.pruneLogs(kept); err != nil {
+		errs = append(errs, fmt.Errorf("prune logs: %w", err))
 	}
 	return removed, errors.Join(errs...)
 }

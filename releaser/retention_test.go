@@ -51,21 +51,38 @@ func TestPrune(t *testing.T) {
 			return []string{s[0], s[4]}, []string{s[2], s[1], s[3]}
 		},
 	}, {
-		name: "live is kept even when the records say otherwise",
+		name: "live and previous are kept even when the records say otherwise",
 		keep: 1,
 		run: func(e *env, s []string) ([]string, []string) {
 			e.activate(s[0])
 			e.activate(s[1])
+			e.activate(s[2])
 			e.relink("releases/" + s[0]) // current moved without a record
-			return []string{s[1], s[2], s[3], s[4]}, []string{s[0]}
+			return []string{s[1], s[3], s[4]}, []string{s[0], s[2]}
 		},
 	}, {
-		name: "keep 1 keeps only the live one",
+		name: "keep 1 keeps the live one and the one live before it",
 		keep: 1,
 		run: func(e *env, s []string) ([]string, []string) {
 			e.activate(s[4])
 			e.activate(s[2])
-			return []string{s[4], s[0], s[1], s[3]}, []string{s[2]}
+			return []string{s[0], s[1], s[3]}, []string{s[2], s[4]}
+		},
+	}, {
+		name: "after a rollback, previous is the one rolled back from",
+		keep: 1,
+		run: func(e *env, s []string) ([]string, []string) {
+			for _, i := range []int{0, 1, 2, 3, 4, 1} {
+				e.activate(s[i])
+			}
+			return []string{s[0], s[2], s[3]}, []string{s[1], s[4]}
+		},
+	}, {
+		name: "keep 1 with nothing live before: only the live one",
+		keep: 1,
+		run: func(e *env, s []string) ([]string, []string) {
+			e.activate(s[3])
+			return []string{s[0], s[1], s[2], s[4]}, []string{s[3]}
 		},
 	}, {
 		name:  "grace keeps what was live recently",
@@ -130,8 +147,10 @@ func TestPrune(t *testing.T) {
 				if _, err := e.r.Prune(); err != nil {
 					t.Fatal(err)
 				}
-				if got := e.releaseSHAs(); !slices.Equal(got, wantLeft[:tt.keep]) {
-					t.Errorf("after the grace: Releases() = %v, want %v", got, wantLeft[:tt.keep])
+				// Live and previous stay, whatever keep says.
+				want := wantLeft[:max(tt.keep, 2)]
+				if got := e.releaseSHAs(); !slices.Equal(got, want) {
+					t.Errorf("after the grace: Releases() = %v, want %v", got, want)
 				}
 			}
 		})
@@ -213,32 +232,72 @@ func TestDiscard(t *testing.T) {
 	}
 }
 
-func TestLogFile(t *testing.T) {
+func TestPrevious(t *testing.T) {
 	e := newEnv(t, Config{})
-	const sha = "0123456789abcdef0123456789abcdef01234567"
-	var names []string
-	for range 3 {
-		f, err := e.r.LogFile(sha)
+	g := newRepo(t)
+	var s []string
+	for range 4 {
+		s = append(s, e.release(g))
+	}
+	slices.Sort(s)
+	if _, err := e.r.Previous(); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Previous() with nothing live: %v, want ErrNotFound", err)
+	}
+	steps := []struct {
+		activate int
+		want     int // -1: ErrNotFound
+	}{
+		{3, -1}, // the first live release has no previous
+		{1, 3},
+		{0, 1}, // by activation, not by name
+		{3, 0}, // a rollback
+		{3, 0}, // the live one again: nothing changes
+	}
+	for i, st := range steps {
+		e.activate(s[st.activate])
+		got, err := e.r.Previous()
+		switch {
+		case st.want < 0 && !errors.Is(err, ErrNotFound):
+			t.Errorf("step %d: Previous() = %q, %v; want ErrNotFound", i, got, err)
+		case st.want >= 0 && (err != nil || got != s[st.want]):
+			t.Errorf("step %d: Previous() = %q, %v; want %q", i, got, err, s[st.want])
+		}
+	}
+	// A complete release that was never live (s[2]) is never the previous one, and a
+	// release whose directory is gone is not either.
+	e.mustRemove("releases/" + s[0])
+	if got, err := e.r.Previous(); err != nil || got != s[1] {
+		t.Errorf("Previous() with the previous one gone = %q, %v; want %q", got, err, s[1])
+	}
+}
+
+func TestActivatedAt(t *testing.T) {
+	e := newEnv(t, Config{KeepReleases: 1})
+	g := newRepo(t)
+	a, b, c := e.release(g), e.release(g), e.release(g)
+	at := func(sha string) time.Time {
+		t.Helper()
+		tm, err := e.r.ActivatedAt(sha)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.WriteString("build ok\n"); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		if filepath.Dir(f.Name()) != filepath.Join(e.r.Path(), ".slipway", "logs") {
-			t.Errorf("log file %s is not in .slipway/logs", f.Name())
-		}
-		names = append(names, filepath.Base(f.Name()))
-		e.tick(time.Millisecond)
+		return tm
 	}
-	if names[0] != "20261122T100000.000000000Z-"+sha+".log" {
-		t.Errorf("name %q", names[0])
+	if !at(a).IsZero() {
+		t.Errorf("ActivatedAt of a release never live: %v", at(a))
 	}
-	if !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
-		t.Errorf("names do not sort by time: %v", names)
+	e.activate(a)
+	aLive := e.clock
+	e.activate(b)
+	e.activate(c)
+	if !at(a).Equal(aLive) || !at(c).Equal(e.clock) {
+		t.Errorf("ActivatedAt = %v, %v; want %v, %v", at(a), at(c), aLive, e.clock)
 	}
-	if _, err := e.r.LogFile("../x"); err == nil {
-		t.Error("LogFile with a bad sha succeeded")
+	// Pruned (keep 1 keeps c and b): the journal still knows.
+	if removed, err := e.r.Prune(); err != nil || !slices.Equal(removed, []string{a}) {
+		t.Fatalf("Prune() = %v, %v", removed, err)
+	}
+	if !at(a).Equal(aLive) {
+		t.Errorf("ActivatedAt of a pruned release = %v, want %v", at(a), aLive)
 	}
 }

@@ -21,6 +21,15 @@ type state struct {
 	// a swap and its record, the two differ until Recover.
 	Live     string             `json:"live,omitempty"`
 	Releases map[string]*record `json:"releases"`
+	// Hold is set while the live release is rebuilt at its own name (see Hold): its
+	// record, set aside while releases/<sha> is not complete, for Restore to put back.
+	Hold *heldRecord `json:"hold,omitempty"`
+}
+
+// heldRecord is the record of a release whose tree is held at releases/.hold-<sha>.
+type heldRecord struct {
+	SHA    string `json:"sha"`
+	Record record `json:"record"`
 }
 
 type record struct {
@@ -53,6 +62,9 @@ func (r *Releaser) loadState() (st *state, exists bool, err error) {
 			return nil, true, fmt.Errorf("%s: bad record %q", r.statePath(), sha)
 		}
 	}
+	if st.Hold != nil && !validSHA(st.Hold.SHA) {
+		return nil, true, fmt.Errorf("%s: bad hold %q", r.statePath(), st.Hold.SHA)
+	}
 	return st, true, nil
 }
 
@@ -68,6 +80,11 @@ func (r *Releaser) saveState(st *state) error {
 func (r *Releaser) updateState(fn func(st *state) (changed bool, err error)) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.updateStateLocked(fn)
+}
+
+// updateStateLocked is updateState for a caller that holds r.mu.
+func (r *Releaser) updateStateLocked(fn func(st *state) (changed bool, err error)) error {
 	st, _, err := r.loadState()
 	if err != nil {
 		return err

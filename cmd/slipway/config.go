@@ -22,6 +22,7 @@ const (
 	defaultKeepReleases   = 5
 	defaultCommandTimeout = 30 * time.Minute
 	defaultConfigFile     = "slipway.toml"
+	defaultShutdown       = 30 * time.Second
 )
 
 // config is the whole server configuration, resolved: paths absolute, keys parsed.
@@ -31,7 +32,9 @@ type config struct {
 	dataDir string
 	hostKey string
 	keys    []gitserver.Key
-	envs    []envConfig
+	// shutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
+	shutdownTimeout time.Duration
+	envs            []envConfig
 	// notes are what the operator should know at start (keys skipped, none found).
 	notes []string
 	// auto is the embedded default: an environment is created the first time an authorized
@@ -153,8 +156,8 @@ func loadConfig(file string) (*config, error) {
 	}
 
 	root := table{doc: doc, m: doc.data}
-	root.only("listen", "data_dir", "authorized_keys", "host_key", "env")
-	cfg := &config{file: file}
+	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env")
+	cfg := &config{file: file, shutdownTimeout: root.duration("shutdown_timeout", defaultShutdown)}
 
 	cfg.listen = root.str("listen")
 	if cfg.listen == "" {
@@ -297,10 +300,11 @@ func defaultConfig() (*config, error) {
 		return nil, fmt.Errorf("home directory: %w", err)
 	}
 	cfg := &config{
-		listen:     defaultListen,
-		dataDir:    filepath.Join(wd, ".slipway"),
-		deployRoot: filepath.Join(wd, "deploy"),
-		auto:       true,
+		listen:          defaultListen,
+		dataDir:         filepath.Join(wd, ".slipway"),
+		deployRoot:      filepath.Join(wd, "deploy"),
+		auto:            true,
+		shutdownTimeout: defaultShutdown,
 	}
 	cfg.hostKey = filepath.Join(cfg.dataDir, "ssh_host_ed25519_key")
 	files := []string{filepath.Join(home, ".ssh", "authorized_keys")}

@@ -50,7 +50,7 @@ func TestExampleConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("configs/slipway.example.toml: %v", err)
 	}
-	if len(cfg.envs) != 2 || cfg.listen != "0.0.0.0:2222" || cfg.dataDir != "/var/lib/slipway" {
+	if len(cfg.envs) != 2 || cfg.listen != "0.0.0.0:2222" || cfg.dataDir != "/var/lib/slipway" || cfg.shutdownTimeout != 30*time.Second {
 		t.Fatalf("decoded %+v", cfg)
 	}
 	prod := cfg.envs[0]

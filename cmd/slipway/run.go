@@ -22,23 +22,21 @@ import (
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
 
-// shutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
-const shutdownTimeout = 30 * time.Second
-
 // addrFile is written in data_dir once the server listens: its address, for scripts and
 // tests that start it on port 0.
 const addrFile = "ssh.addr"
 
-const usage = `usage: slipway <command> [flags]
+const usage = `usage: slipway <command> [--config FILE] [flags]
 
-commands:
-  serve [--config FILE] [--listen ADDR] [--log-format json|console]
-                      run the SSH git server until SIGINT/SIGTERM
-  check [--config FILE]
-                      validate the configuration; print every problem with file:line
-  version             print the version
+  serve [--listen ADDR] [--log-format json|console]
+                                  run the SSH git server until SIGINT/SIGTERM
+  check                           validate the configuration; print every problem with file:line
+  version                         print the version
 
-Without --config, ./slipway.toml is used if it exists, else the embedded default.`
+operator ` + opsUsage + `
+
+Without --config, ./slipway.toml is used if it exists, else the embedded default. The
+operator commands work the same over SSH: ssh -p PORT git@HOST status`
 
 // errUsage is a command line that does not parse; the flag package has said why.
 var errUsage = errors.New("usage")
@@ -61,6 +59,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, usage)
 		return nil
 	default:
+		if contains(opsCommands, cmd) {
+			return operate(ctx, args, stdout, stderr)
+		}
 		fmt.Fprintf(stderr, "slipway: unknown command %q\n%s\n", cmd, usage)
 		return errUsage
 	}
@@ -73,6 +74,10 @@ func exitCode(err error, stderr io.Writer) int {
 	}
 	if errors.Is(err, errUsage) {
 		return 2
+	}
+	var es exitStatus
+	if errors.As(err, &es) {
+		return int(es)
 	}
 	var pe problemsError
 	if errors.As(err, &pe) {
@@ -89,15 +94,18 @@ func exitCode(err error, stderr io.Writer) int {
 // configFlag adds --config and returns a loader honouring the default order.
 func configFlag(fs *flag.FlagSet) func() (*config, error) {
 	file := fs.String("config", "", "configuration file (default ./"+defaultConfigFile+" if it exists, else the embedded default)")
-	return func() (*config, error) {
-		if *file != "" {
-			return loadConfig(*file)
-		}
-		if _, err := os.Stat(defaultConfigFile); err == nil {
-			return loadConfig(defaultConfigFile)
-		}
-		return defaultConfig()
+	return func() (*config, error) { return findConfig(*file) }
+}
+
+// findConfig loads file; without one, ./slipway.toml if it exists, else the embedded default.
+func findConfig(file string) (*config, error) {
+	if file != "" {
+		return loadConfig(file)
 	}
+	if _, err := os.Stat(defaultConfigFile); err == nil {
+		return loadConfig(defaultConfigFile)
+	}
+	return defaultConfig()
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -165,7 +173,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	b := builder.New(builder.Config{}, log.With().Str("component", "builder").Logger())
-	p, err := newPipeline(cfg, b, log.With().Str("component", "pipeline").Logger())
+	p, err := newPipeline(cfg, b, log.With().Str("component", "pipeline").Logger(), true)
 	if err != nil {
 		return err
 	}
@@ -173,6 +181,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		HostKeyPath: cfg.hostKey,
 		Keys:        cfg.keys,
 		ReposDir:    filepath.Join(cfg.dataDir, "repos"),
+		Commands:    p,
 	}, p, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
 		return err
@@ -197,8 +206,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info().Msg("shutting down: waiting for running deploys")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	log.Info().Dur("timeout", cfg.shutdownTimeout).Msg("shutting down: waiting for running deploys")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn().Err(err).Msg("running deploys were cancelled")
@@ -224,4 +233,54 @@ func greet(w io.Writer, cfg *config, addr string) {
 	}
 	fmt.Fprintf(w, "  git remote add %s ssh://git@%s/%s\n", remote, addr, repo)
 	fmt.Fprintf(w, "  git push %s %s\n", remote, branch)
+}
+
+// operate runs an operator command from the local CLI: the same code as over SSH, as the
+// local operator, who may use every environment. It runs beside a serving slipway: it
+// takes the same locks, and recovers nothing.
+func operate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	file, rest, err := splitConfigFlag(args[1:])
+	if err != nil {
+		fmt.Fprintf(stderr, "slipway %s: %v\n", args[0], err)
+		return errUsage
+	}
+	cfg, err := findConfig(file)
+	if err != nil {
+		return err
+	}
+	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	b := builder.New(builder.Config{}, log.With().Str("component", "builder").Logger())
+	p, err := newPipeline(cfg, b, log.With().Str("component", "pipeline").Logger(), false)
+	if err != nil {
+		return err
+	}
+	if code := reportOps(p.operate(ctx, caller{}, append([]string{args[0]}, rest...), stdout), stderr); code != 0 {
+		return exitStatus(code)
+	}
+	return nil
+}
+
+// exitStatus is an error already reported; main only turns it into the exit status.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// splitConfigFlag takes --config FILE (or --config=FILE) out of args, wherever it stands.
+func splitConfigFlag(args []string) (file string, rest []string, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--config" || a == "-config":
+			if i+1 == len(args) {
+				return "", nil, errors.New("--config needs a file")
+			}
+			file = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "-config="):
+			file = a[strings.IndexByte(a, '=')+1:]
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return file, rest, nil
 }

@@ -43,6 +43,9 @@ func TestScripts(t *testing.T) {
 			"countdir": cmdCountDir,
 			"setvar":   cmdSetVar,
 			"waitgone": cmdWaitGone,
+			"sshas":    cmdSSHAs,
+			"waitgrep": cmdWaitGrep,
+			"signal":   cmdSignal,
 		},
 	})
 }
@@ -119,6 +122,66 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("waitfile %s: not written within %s", args[0], waitFor)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sshas NAME ARGS...: run an operator command over the real ssh as NAME's key, against the
+// server at $PORT: ssh -p $PORT git@127.0.0.1 ARGS... (stdout and stderr as for exec).
+func cmdSSHAs(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 {
+		ts.Fatalf("usage: sshas NAME ARGS...")
+	}
+	sshArgs := []string{"-F", "/dev/null", "-i", filepath.Join(ts.Getenv("KEYS"), args[0]),
+		"-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+		"-p", ts.Getenv("PORT"), "git@127.0.0.1"}
+	err := ts.Exec("ssh", append(sshArgs, args[1:]...)...)
+	if err != nil {
+		ts.Logf("[%v]", err)
+	}
+	if (err == nil) == neg {
+		ts.Fatalf("sshas %s: unexpected command %s", strings.Join(args, " "), map[bool]string{true: "success", false: "failure"}[err == nil])
+	}
+}
+
+// waitgrep FILE REGEXP: wait until FILE has a line matching REGEXP.
+func cmdWaitGrep(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitgrep FILE REGEXP")
+	}
+	re := regexp.MustCompile("(?m)" + args[1])
+	deadline := time.Now().Add(waitFor)
+	for {
+		if b, err := os.ReadFile(ts.MkAbs(args[0])); err == nil && re.Match(b) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitgrep %s: no line matching %q within %s", args[0], args[1], waitFor)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// signal TERM|HUP PATTERN: send the signal to this script's processes (working directory
+// $WORK) whose command line contains PATTERN. testscript's kill knows only INT and KILL.
+func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: signal TERM|HUP PATTERN")
+	}
+	sig := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "HUP": syscall.SIGHUP}[args[0]]
+	if sig == 0 {
+		ts.Fatalf("signal: unknown signal %s", args[0])
+	}
+	work := ts.Getenv("WORK")
+	var sent int
+	for _, pid := range findProcs(args[1]) {
+		if cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd")); err == nil && cwd == work {
+			syscall.Kill(pid, sig)
+			sent++
+		}
+	}
+	if sent == 0 {
+		ts.Fatalf("signal: no process of this script matches %q", args[1])
 	}
 }
 
