@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/slipway/slipway/internal/atomicfile"
 	"hash"
 	"io"
 	"os"
@@ -316,18 +317,5 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	if err := os.Rename(f.Name(), base+".pack"); err != nil {
 		return 0, err
 	}
-	return objects, syncDir(packDir)
-}
-
-// syncDir makes the entries of dir (a rename, a new file) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return objects, atomicfile.SyncDir(packDir)
 }

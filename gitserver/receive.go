@@ -21,6 +21,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/rs/zerolog"
+
+	"github.com/slipway/slipway/internal/atomicfile"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -83,11 +85,7 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *r
 		sendERR(sess, "internal error")
 		return 1
 	}
-	bw := bufio.NewWriter(sess)
-	if err := ar.Encode(bw); err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
+	if err := writeAdvertisement(sess, ar); err != nil {
 		rec.outcome, rec.err = "disconnected", err
 		return 1
 	}
@@ -554,7 +552,7 @@ func syncRef(dir string, name plumbing.ReferenceName) {
 		f.Sync()
 		f.Close()
 	}
-	syncDir(filepath.Dir(p))
+	atomicfile.SyncDir(filepath.Dir(p))
 }
 
 // checkCommit returns why h cannot be deployed, or "" if it is a commit whose tree is here.

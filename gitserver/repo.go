@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slipway/slipway/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -189,7 +190,7 @@ func createRepo(dir string, branchRef plumbing.ReferenceName) error {
 		}
 		return err
 	}
-	return syncDir(parent)
+	return atomicfile.SyncDir(parent)
 }
 
 // receiveAdvertisement lists refs (like git's receive-pack: no HEAD, no symref) with the

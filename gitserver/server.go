@@ -18,6 +18,8 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	"github.com/rs/zerolog"
+
+	"github.com/slipway/slipway/internal/atomicfile"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -439,5 +441,5 @@ func writeNewFile(path string, data []byte, perm os.FileMode) (err error) {
 			return err
 		}
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }

@@ -87,11 +87,7 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		sendERR(sess, "internal error")
 		return 1
 	}
-	bw := bufio.NewWriter(sess)
-	if err := ar.Encode(bw); err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
+	if err := writeAdvertisement(sess, ar); err != nil {
 		rec.outcome, rec.err = "disconnected", err
 		return 1
 	}
@@ -112,6 +108,7 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		sendERR(sess, err.Error())
 		return 1
 	}
+	bw := bufio.NewWriter(sess)
 	commons, err := negotiate(br, bw, st)
 	if err != nil {
 		var perr *protocolError

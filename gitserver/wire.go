@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
 )
 
@@ -207,4 +208,13 @@ func (w *wire) keepalive(every time.Duration, stop <-chan struct{}) {
 		}
 		t.Reset(next)
 	}
+}
+
+// writeAdvertisement sends the ref advertisement in one write.
+func writeAdvertisement(w io.Writer, ar *packp.AdvRefs) error {
+	bw := bufio.NewWriter(w)
+	if err := ar.Encode(bw); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
