@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/slipway/slipway/internal/atomicfile"
 	"hash"
 	"io"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/idxfile"
 	"github.com/go-git/go-git/v5/plumbing/format/packfile"
+
+	"github.com/slipway/slipway/internal/atomicfile"
 )
 
 // errPack marks a pack that is malformed: the client's fault, reported as "unpack <reason>".

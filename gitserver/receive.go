@@ -22,8 +22,9 @@ import (
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/rs/zerolog"
 
-	"github.com/slipway/slipway/internal/atomicfile"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/slipway/slipway/internal/atomicfile"
 )
 
 // Limits on what a client may send before the pack.

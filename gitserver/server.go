@@ -19,8 +19,9 @@ import (
 	"github.com/gliderlabs/ssh"
 	"github.com/rs/zerolog"
 
-	"github.com/slipway/slipway/internal/atomicfile"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/slipway/slipway/internal/atomicfile"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
