@@ -89,11 +89,15 @@ func (r *Releaser) Complete(sha string) error {
 	if err := syncFS(dir); err != nil {
 		return fmt.Errorf("complete %s: %w", sha, err)
 	}
+	r.mu.Lock()
+	written := r.written[sha]
+	delete(r.written, sha)
+	r.mu.Unlock()
 	err := r.updateState(func(st *state) (bool, error) {
 		if st.Releases[sha] != nil {
 			return false, nil
 		}
-		st.Releases[sha] = &record{Completed: r.now().UTC()}
+		st.Releases[sha] = &record{Completed: r.now().UTC(), Written: written.UTC()}
 		return true, nil
 	})
 	if err != nil {

@@ -82,8 +82,10 @@ type Releaser struct {
 	lockBusy func()
 
 	// mu serializes read-modify-write cycles of releases.json within this process; across
-	// processes the deploy lock does.
+	// processes the deploy lock does. It also guards written.
 	mu sync.Mutex
+	// written holds, from Materialize until Complete, when each release's tree was written.
+	written map[string]time.Time
 }
 
 const defaultKeepReleases = 5

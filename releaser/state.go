@@ -33,7 +33,11 @@ type heldRecord struct {
 }
 
 type record struct {
-	Completed   time.Time `json:"completed"`
+	Completed time.Time `json:"completed"`
+	// Written is when Materialize finished writing the release's tree: a file whose ctime
+	// is not after it is still as Materialize wrote it (no build has touched it), so the
+	// next release may copy it instead of inflating its blob again. Zero: never reuse.
+	Written     time.Time `json:"written,omitzero"`
 	Activated   time.Time `json:"activated,omitzero"`   // last activation
 	Deactivated time.Time `json:"deactivated,omitzero"` // last time it stopped being live
 	Seq         uint64    `json:"seq,omitempty"`        // state.Seq at the last activation; 0 = never

@@ -155,7 +155,11 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		d.log.Warn().Err(err).Msg("checkout failed")
 		return fmt.Errorf("checkout: %s", safeReason(ctx, err))
 	}
-	indent(out, "%d files, %s written (%s)", stats.Files, humanBytes(stats.Bytes), since(start))
+	reused := ""
+	if stats.Reused > 0 {
+		reused = fmt.Sprintf("; %d unchanged, copied from the live release", stats.Reused)
+	}
+	indent(out, "%d files, %s written (%s)%s", stats.Files, humanBytes(stats.Bytes), since(start), reused)
 	if err := d.linkShared(out); err != nil {
 		return err
 	}
