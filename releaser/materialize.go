@@ -7,7 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
@@ -105,8 +108,10 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 
 	b := r.openBase(objs, sha)
 	defer b.close()
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	tw := &treeWriter{
-		ctx:      ctx,
+		ctx:      wctx,
 		objs:     objs,
 		base:     b,
 		root:     root,
@@ -114,44 +119,24 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		progress: progress,
 		every:    r.progressEvery,
 		last:     time.Now(),
+		jobs:     make(chan fileJob, 64),
 	}
-	walker := object.NewTreeWalker(tree, true, nil)
-	defer walker.Close()
-	// TreeWalker ends the walk with io.EOF, as if it were complete, when a subtree object
-	// is missing. Counting the entries each tree holds against those walked tells a
-	// truncated walk from a complete one.
-	pending := len(tree.Entries)
-	for {
-		if err := ctx.Err(); err != nil {
-			return Stats{}, err
-		}
-		name, entry, err := walker.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return Stats{}, err
-		}
-		pending--
-		if strings.ContainsRune(entry.Name, '/') {
-			return Stats{}, fmt.Errorf("%q: entry name contains a slash", name)
-		}
-		if entry.Mode == filemode.Dir {
-			sub, err := object.GetTree(objs, entry.Hash)
-			if err != nil {
-				return Stats{}, fmt.Errorf("%s: %w", name, err)
-			}
-			pending += len(sub.Entries)
-		}
-		if err := tw.write(name, entry); err != nil {
-			return Stats{}, fmt.Errorf("%s: %w", name, err)
-		}
+	for range writers() {
+		tw.workers.Add(1)
+		go tw.work(cancel)
 	}
-	if pending != 0 {
-		return Stats{}, fmt.Errorf("tree %s: walk ended %d entries early (missing tree object?)", tree.Hash, pending)
+	err = tw.walk(tree)
+	close(tw.jobs)
+	tw.workers.Wait()
+	if err == nil {
+		err = context.Cause(wctx) // a writer's error, or ctx's
+	}
+	if err != nil {
+		return Stats{}, err
 	}
 	// Record when the tree was written, for the next release to copy untouched files from
-	// this one; then let the coarse clock pass it before any build can write.
+	// this one; then let the coarse clock pass it before any build can write. The real
+	// clock, not r.now: it is compared with file ctimes.
 	written := time.Now()
 	r.mu.Lock()
 	if r.written == nil {
@@ -160,20 +145,98 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 	r.written[sha] = written
 	r.mu.Unlock()
 	time.Sleep(clockGuard)
-	return tw.stats, nil
+	return tw.stats(), nil
 }
 
-// treeWriter writes tree entries into one release through root.
+// writers is how many goroutines write files: inflating blobs is CPU work.
+func writers() int {
+	return min(max(runtime.GOMAXPROCS(0), 2), 8)
+}
+
+// walk goes through tree in order: directories and symlinks are made here, each before
+// anything inside it; files are handed to the writers.
+func (w *treeWriter) walk(tree *object.Tree) error {
+	walker := object.NewTreeWalker(tree, true, nil)
+	defer walker.Close()
+	// TreeWalker ends the walk with io.EOF, as if it were complete, when a subtree object
+	// is missing. Counting the entries each tree holds against those walked tells a
+	// truncated walk from a complete one.
+	pending := len(tree.Entries)
+	for {
+		if w.ctx.Err() != nil {
+			return nil // the cause is the writers' error or the caller's cancel
+		}
+		name, entry, err := walker.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		pending--
+		if strings.ContainsRune(entry.Name, '/') {
+			return fmt.Errorf("%q: entry name contains a slash", name)
+		}
+		if entry.Mode == filemode.Dir {
+			sub, err := object.GetTree(w.objs, entry.Hash)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			pending += len(sub.Entries)
+		}
+		if err := w.write(name, entry); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if pending != 0 {
+		return fmt.Errorf("tree %s: walk ended %d entries early (missing tree object?)", tree.Hash, pending)
+	}
+	return nil
+}
+
+// treeWriter writes tree entries into one release through root. The walk reads the object
+// store (go-git's storage is not safe for concurrent use); the writers only read blobs it
+// resolved, each through its own reader, and write files.
 type treeWriter struct {
 	ctx      context.Context
 	objs     storer.EncodedObjectStorer
 	base     *base // the live release, to copy unchanged files from; nil: inflate all
 	root     *os.Root
 	exact    bool // chmod every entry: the umask narrows the create modes
-	stats    Stats
+	jobs     chan fileJob
+	workers  sync.WaitGroup
 	progress io.Writer
 	every    time.Duration
-	last     time.Time
+
+	files, reused, bytes atomic.Int64
+
+	mu   sync.Mutex // guards last and writes to progress
+	last time.Time
+}
+
+// fileJob is one file for the writers: its blob resolved by the walk.
+type fileJob struct {
+	name  string
+	entry object.TreeEntry
+	blob  *object.Blob
+	perm  fs.FileMode
+}
+
+func (w *treeWriter) stats() Stats {
+	return Stats{Files: int(w.files.Load()), Reused: int(w.reused.Load()), Bytes: w.bytes.Load()}
+}
+
+// work writes files until the walk is over; the first error stops everything.
+func (w *treeWriter) work(fail context.CancelCauseFunc) {
+	defer w.workers.Done()
+	for job := range w.jobs {
+		if w.ctx.Err() != nil {
+			continue // drain: the walk stops at its next entry
+		}
+		if err := w.writeFile(job); err != nil {
+			fail(fmt.Errorf("%s: %w", job.name, err))
+		}
+	}
 }
 
 func (w *treeWriter) write(name string, e object.TreeEntry) error {
@@ -203,35 +266,46 @@ func (w *treeWriter) mkdir(name string) error {
 	return nil
 }
 
+// file resolves the blob of a file entry and hands it to the writers.
 func (w *treeWriter) file(name string, e object.TreeEntry, perm fs.FileMode) error {
 	blob, err := object.GetBlob(w.objs, e.Hash)
 	if err != nil {
 		return err
 	}
-	copied, err := w.base.copyTo(w.root, name, e, blob.Size, perm, w.exact)
+	select {
+	case w.jobs <- fileJob{name: name, entry: e, blob: blob, perm: perm}:
+		return nil
+	case <-w.ctx.Done():
+		return nil
+	}
+}
+
+// writeFile writes one file: copied from the live release if it holds it untouched,
+// else inflated from its blob.
+func (w *treeWriter) writeFile(j fileJob) error {
+	copied, err := w.base.copyTo(w.root, j.name, j.entry, j.blob.Size, j.perm, w.exact)
 	if err != nil {
 		return err
 	}
 	if copied {
-		w.stats.Files++
-		w.stats.Reused++
-		w.stats.Bytes += blob.Size
-		w.tick()
+		w.reused.Add(1)
+		w.bytes.Add(j.blob.Size)
+		w.done()
 		return nil
 	}
-	rd, err := blob.Reader()
+	rd, err := j.blob.Reader()
 	if err != nil {
 		return err
 	}
 	defer rd.Close()
 	// O_EXCL: never write through, or over, anything that exists already.
-	f, err := w.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	f, err := w.root.OpenFile(j.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, j.perm)
 	if err != nil {
 		return err
 	}
 	_, err = io.Copy(f, &countingReader{w: w, r: rd})
 	if err == nil && w.exact {
-		err = f.Chmod(perm)
+		err = f.Chmod(j.perm)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -239,8 +313,7 @@ func (w *treeWriter) file(name string, e object.TreeEntry, perm fs.FileMode) err
 	if err != nil {
 		return err
 	}
-	w.stats.Files++
-	w.tick()
+	w.done()
 	return nil
 }
 
@@ -267,18 +340,28 @@ func (w *treeWriter) symlink(name string, h plumbing.Hash) error {
 	if err := w.root.Symlink(string(target), name); err != nil {
 		return err
 	}
-	w.stats.Files++
-	w.tick()
+	w.done()
 	return nil
+}
+
+// done counts a finished entry.
+func (w *treeWriter) done() {
+	w.files.Add(1)
+	w.tick()
 }
 
 // tick writes a progress line if the last one is older than w.every.
 func (w *treeWriter) tick() {
-	if w.progress == nil || time.Since(w.last) < w.every {
+	if w.progress == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if time.Since(w.last) < w.every {
 		return
 	}
 	w.last = time.Now()
-	fmt.Fprintf(w.progress, "  wrote %d files, %s\n", w.stats.Files, formatBytes(w.stats.Bytes))
+	fmt.Fprintf(w.progress, "  wrote %d files, %s\n", w.files.Load(), formatBytes(w.bytes.Load()))
 }
 
 // countingReader counts a blob's bytes as they are copied, so that progress keeps going
@@ -293,7 +376,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := c.r.Read(p)
-	c.w.stats.Bytes += int64(n)
+	c.w.bytes.Add(int64(n))
 	c.w.tick()
 	return n, err
 }

@@ -365,15 +365,26 @@ func TestMaterializeRootBackstop(t *testing.T) {
 	}
 	defer root.Close()
 	w := &treeWriter{ctx: t.Context(), objs: g.st, root: root}
+	// Regular files go through writeFile, as Materialize's writers do; the rest through write.
+	write := func(name string, e object.TreeEntry) error {
+		if e.Mode != filemode.Regular {
+			return w.write(name, e)
+		}
+		blob, err := object.GetBlob(g.st, e.Hash)
+		if err != nil {
+			return err
+		}
+		return w.writeFile(fileJob{name: name, entry: e, blob: blob, perm: 0o644})
+	}
 	for _, target := range []string{"../sentinel", e.sentinel} {
 		if err := os.Remove(filepath.Join(dir, "esc")); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
-		if err := w.write("esc", object.TreeEntry{Mode: filemode.Symlink, Hash: g.blob(target)}); err != nil {
+		if err := write("esc", object.TreeEntry{Mode: filemode.Symlink, Hash: g.blob(target)}); err != nil {
 			t.Fatal(err)
 		}
 		for _, mode := range []filemode.FileMode{filemode.Regular, filemode.Dir, filemode.Symlink} {
-			err := w.write("esc/owned", object.TreeEntry{Mode: mode, Hash: g.blob("pwned")})
+			err := write("esc/owned", object.TreeEntry{Mode: mode, Hash: g.blob("pwned")})
 			if err == nil {
 				t.Errorf("write esc/owned (%s) through esc -> %s succeeded", mode, target)
 			}
