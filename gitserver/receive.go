@@ -382,7 +382,7 @@ func (s *Server) openForPush(ctx context.Context, repo string, target Target) (*
 // without its lock, without creating or changing anything. No repository: no refs.
 func (s *Server) peekRefs(repo string) (map[plumbing.ReferenceName]plumbing.Hash, error) {
 	st, err := s.openExisting(repo)
-	if errors.Is(err, errNoRepo) {
+	if errors.Is(err, ErrNoRepo) {
 		return nil, nil
 	}
 	if err != nil {

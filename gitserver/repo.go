@@ -97,7 +97,7 @@ func (s *Server) openRepo(repo string, branchRef plumbing.ReferenceName) (*files
 	case !fi.IsDir():
 		return nil, "", fmt.Errorf("%s is not a directory", dir)
 	}
-	st := filesystem.NewStorage(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRUDefault())
+	st := newStorage(dir)
 	head, err := st.Reference(plumbing.HEAD)
 	if err != nil && !errors.Is(err, plumbing.ErrReferenceNotFound) {
 		return nil, "", fmt.Errorf("read HEAD of %s: %w", dir, err)
@@ -114,22 +114,36 @@ func (s *Server) openRepo(repo string, branchRef plumbing.ReferenceName) (*files
 	return st, dir, nil
 }
 
-// errNoRepo is openExisting's answer for an environment nothing was pushed to yet.
-var errNoRepo = errors.New("no repository")
+// ErrNoRepo is an environment nothing has been pushed to yet.
+var ErrNoRepo = errors.New("no repository")
 
-// openExisting opens the bare repository of repo for reading; errNoRepo if there is none.
+// openExisting opens the bare repository of repo for reading; ErrNoRepo if there is none.
 func (s *Server) openExisting(repo string) (*filesystem.Storage, error) {
-	dir := s.repoDir(repo)
+	return OpenObjects(s.cfg.ReposDir, repo)
+}
+
+// OpenObjects opens the existing bare repository of environment repo under reposDir, for
+// reading its objects. It returns an error wrapping ErrNoRepo if nothing was pushed yet.
+func OpenObjects(reposDir, repo string) (*filesystem.Storage, error) {
+	dir := RepoDir(reposDir, repo)
 	fi, err := os.Stat(filepath.Join(dir, "HEAD"))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, errNoRepo
+		return nil, ErrNoRepo
 	case err != nil:
 		return nil, err
 	case !fi.Mode().IsRegular():
 		return nil, fmt.Errorf("%s/HEAD is not a file", dir)
 	}
-	return filesystem.NewStorage(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRUDefault()), nil
+	return newStorage(dir), nil
+}
+
+// objectCache bounds go-git's cache of decoded objects per open repository (its default
+// is 96 MiB): a deploy reads each blob once, so a large cache only adds to the peak memory.
+const objectCache = 8 * cache.MiByte
+
+func newStorage(dir string) *filesystem.Storage {
+	return filesystem.NewStorage(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRU(objectCache))
 }
 
 // readRefs returns the repository's refs that name an object (HEAD and symbolic refs
@@ -173,7 +187,7 @@ func createRepo(dir string, branchRef plumbing.ReferenceName) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
-	st := filesystem.NewStorage(osfs.New(tmp, osfs.WithBoundOS()), cache.NewObjectLRUDefault())
+	st := newStorage(tmp)
 	if err := st.Init(); err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 	}
 	nothingYet := fmt.Sprintf("nothing has been pushed to %s yet", repo)
 	st, err := s.openExisting(repo)
-	if errors.Is(err, errNoRepo) {
+	if errors.Is(err, ErrNoRepo) {
 		rec.refused(zerolog.InfoLevel, errors.New(nothingYet))
 		sendERR(sess, nothingYet)
 		return 1

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-git/go-billy/v5/osfs"
-	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/rs/zerolog"
 
@@ -269,10 +267,15 @@ func pushMessage(options []string) string {
 // objects opens the object store of e's repository for reading: a rollback or redeploy reads
 // the commit (and its slipway.toml) from it. The deploy lock keeps pushes out meanwhile.
 func (p *pipeline) objects(e *environment) (*filesystem.Storage, error) {
-	dir := gitserver.RepoDir(filepath.Join(p.cfg.dataDir, "repos"), e.cfg.repo)
-	fs := osfs.New(dir, osfs.WithBoundOS())
-	if _, err := fs.Stat("objects"); err != nil {
+	st, err := gitserver.OpenObjects(p.reposDir(), e.cfg.repo)
+	if errors.Is(err, gitserver.ErrNoRepo) {
 		return nil, fmt.Errorf("nothing has been pushed to %s yet", e.cfg.repo)
 	}
-	return filesystem.NewStorage(fs, cache.NewObjectLRUDefault()), nil
+	if err != nil {
+		return nil, fmt.Errorf("open the repository of %s: %w", e.cfg.repo, err)
+	}
+	return st, nil
 }
+
+// reposDir is where gitserver keeps the environments' repositories.
+func (p *pipeline) reposDir() string { return filepath.Join(p.cfg.dataDir, "repos") }

@@ -180,7 +180,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv, err := gitserver.New(gitserver.Config{
 		HostKeyPath: cfg.hostKey,
 		Keys:        cfg.keys,
-		ReposDir:    filepath.Join(cfg.dataDir, "repos"),
+		ReposDir:    p.reposDir(),
 		Commands:    p,
 	}, p, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
