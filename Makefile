@@ -5,10 +5,10 @@ LDFLAGS := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test bench lint fmt check
+.PHONY: help build run test bench bench-smoke lint fmt check
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build ./slipway
 	$(GO) build -ldflags "$(LDFLAGS)" -o slipway ./cmd/slipway
@@ -19,8 +19,11 @@ run: build ## run slipway on its embedded default (127.0.0.1:2222, keys from ~/.
 test: ## run every test, with the race detector (needs git, ssh, ssh-keygen)
 	$(GO) test -race -count=1 ./...
 
-bench: ## run the benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## benchmark slipway against git + OpenSSH + a hook; prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk)
+	$(GO) run ./internal/bench -out BENCHMARKS.md $(BENCH_FLAGS)
+
+bench-smoke: ## a short benchmark run (small workload, one run, no nginx/wrk)
+	$(GO) run ./internal/bench -smoke -out /dev/null
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...
