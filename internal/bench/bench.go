@@ -379,10 +379,17 @@ func (b *bench) pushCycle(ctx context.Context, w *workload, dir, srv string, r i
 
 	// 2: one file changed.
 	syncAll()
+	freeBefore, ferr := freeBytes(t.deploy)
 	off = b.slipLogSize(srv)
 	inc, err := timedPush(ctx, b.env, w.repo, t.url, w.inc, false, current)
 	if err != nil {
 		return fmt.Errorf("incremental push: %w", err)
+	}
+	// 7fs: what the filesystem itself lost to the incremental push (its release, the pack,
+	// the logs): unlike inode counting it sees extents shared by reflinks.
+	syncAll()
+	if freeAfter, err := freeBytes(t.deploy); ferr == nil && err == nil {
+		b.add("7fs", sz, srv, float64(freeBefore-freeAfter)/1e6)
 	}
 	b.addPush("2", sz, srv, inc, b.serverTook(srv, off, w.inc, inc))
 

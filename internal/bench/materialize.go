@@ -96,3 +96,12 @@ func releaseDisk(newDir string, olds ...string) (added, full int64, err error) {
 // syncAll flushes every filesystem (between timed runs, so one run's writeback does not
 // land in the next one's time).
 func syncAll() { syscall.Sync() }
+
+// freeBytes is the space left to unprivileged users on the filesystem holding dir.
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
