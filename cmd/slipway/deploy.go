@@ -51,12 +51,12 @@ type deploy struct {
 // safe for whoever asked (the pusher, or the operator's terminal).
 func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 	rel := d.e.rel
+	d.entry.Repo = d.e.cfg.repo
 	previous, err := rel.Current()
 	if err != nil {
 		d.p.log.Error().Err(err).Str("repo", d.entry.Repo).Msg("read current")
 		return errors.New("cannot read the live release: see the server log")
 	}
-	d.entry.Repo = d.e.cfg.repo
 	d.entry.PreviousSHA = previous
 	d.log = d.p.log.With().Str("repo", d.entry.Repo).Str("sha", d.entry.SHA).Str("old_sha", previous).
 		Str("pusher", d.entry.Pusher).Str("key_fp", d.entry.KeyFingerprint).Str("kind", d.entry.Kind).Logger()

@@ -234,8 +234,10 @@ func (e *environment) status() (envStatus, error) {
 		return s, fmt.Errorf("%s: read current: %w", e.cfg.repo, err)
 	}
 	if s.Live != "" {
-		if en, err := liveEntry(e, s.Live); err == nil {
-			s.LiveSince, s.DeployedBy = en.End, en.Pusher
+		if byLive, err := liveEntries(e); err == nil {
+			if en, ok := byLive[s.Live]; ok {
+				s.LiveSince, s.DeployedBy = en.End, en.Pusher
+			}
 		}
 	}
 	if h, err := e.rel.Holder(); err == nil && h != nil {
@@ -247,18 +249,21 @@ func (e *environment) status() (envStatus, error) {
 	return s, nil
 }
 
-// liveEntry is the journal entry that made sha live most recently.
-func liveEntry(e *environment, sha string) (releaser.Entry, error) {
+// liveEntries maps each sha that went live to the journal entry that made it live most
+// recently. It reads the journal once, however many releases the caller looks up.
+func liveEntries(e *environment) (map[string]releaser.Entry, error) {
 	hist, err := e.rel.History(0)
 	if err != nil {
-		return releaser.Entry{}, err
+		return nil, err
 	}
-	for _, en := range hist {
-		if en.SHA == sha && (en.Outcome == releaser.OutcomeLive || en.Outcome == releaser.OutcomeSuperseded || en.Outcome == releaser.OutcomeRolledBack) {
-			return en, nil
+	byLive := map[string]releaser.Entry{}
+	for _, en := range hist { // newest first: the first entry seen for a sha wins
+		wentLive := en.Outcome == releaser.OutcomeLive || en.Outcome == releaser.OutcomeSuperseded || en.Outcome == releaser.OutcomeRolledBack
+		if _, seen := byLive[en.SHA]; wentLive && !seen {
+			byLive[en.SHA] = en
 		}
 	}
-	return releaser.Entry{}, releaser.ErrNotFound
+	return byLive, nil
 }
 
 // releaseInfo is one line of releases.
@@ -276,10 +281,14 @@ func releasesCmd(e *environment, asJSON bool, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s: list releases: %w", e.cfg.repo, err)
 	}
+	byLive, err := liveEntries(e)
+	if err != nil {
+		return fmt.Errorf("%s: read history: %w", e.cfg.repo, err)
+	}
 	list := []releaseInfo{}
 	for _, r := range rels {
 		ri := releaseInfo{SHA: r.SHA, Live: r.Live, Completed: r.Completed, LastLive: r.LastActivated}
-		if en, err := liveEntry(e, r.SHA); err == nil {
+		if en, ok := byLive[r.SHA]; ok {
 			ri.DeployedBy, ri.Deploy = en.Pusher, en.ID
 		}
 		list = append(list, ri)
@@ -381,7 +390,7 @@ func logsCmd(ctx context.Context, e *environment, which string, follow bool, std
 
 // rollback makes the previous (or the named) kept release live again, with no rebuild.
 func (p *pipeline) rollback(ctx context.Context, e *environment, c caller, sha string, stdout io.Writer) error {
-	unlock, err := lock(ctx, e, c.label(), 0)
+	unlock, err := p.lock(ctx, e, c.label(), 0)
 	if err != nil {
 		return err
 	}
@@ -414,7 +423,7 @@ func (p *pipeline) redeploy(ctx context.Context, e *environment, c caller, sha s
 	if err := frozen(e); err != nil {
 		return err
 	}
-	unlock, err := lock(ctx, e, c.label(), 0)
+	unlock, err := p.lock(ctx, e, c.label(), 0)
 	if err != nil {
 		return err
 	}

@@ -163,7 +163,7 @@ func (p *pipeline) Reserve(ctx context.Context, repo, pusher string, wait time.D
 	if err := frozen(e); err != nil {
 		return none, nil, err
 	}
-	unlock, err := lock(ctx, e, pusher, wait)
+	unlock, err := p.lock(ctx, e, pusher, wait)
 	if err != nil {
 		return none, nil, err
 	}
@@ -182,8 +182,9 @@ func (p *pipeline) Reserve(ctx context.Context, repo, pusher string, wait time.D
 }
 
 // lock takes e's deploy lock for holder, waiting up to wait. Busy errors wrap
-// gitserver.ErrBusy and say who holds it since when.
-func lock(ctx context.Context, e *environment, holder string, wait time.Duration) (func(), error) {
+// gitserver.ErrBusy and say who holds it since when; other failures are logged whole and
+// reported without their details.
+func (p *pipeline) lock(ctx context.Context, e *environment, holder string, wait time.Duration) (func(), error) {
 	var unlock func()
 	var err error
 	if wait > 0 {
@@ -198,7 +199,8 @@ func lock(ctx context.Context, e *environment, holder string, wait time.Duration
 	case errors.As(err, &le):
 		return nil, fmt.Errorf("%s is busy: %w%w", e.cfg.repo, err, busyMark{})
 	case err != nil:
-		return nil, fmt.Errorf("%s cannot be locked: %w", e.cfg.repo, err)
+		p.log.Error().Err(err).Str("repo", e.cfg.repo).Msg("take the deploy lock")
+		return nil, fmt.Errorf("%s cannot be locked: see the server log", e.cfg.repo)
 	}
 	return unlock, nil
 }
