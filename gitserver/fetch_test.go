@@ -17,7 +17,6 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
-	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/go-git/go-git/v5/storage/memory"
 )
 
@@ -257,20 +256,8 @@ func TestShallowCloneRefused(t *testing.T) {
 // the server's first answer after the advertisement.
 func uploadRequestERR(t *testing.T, h *harness, lines []string) string {
 	t.Helper()
-	sess, err := h.client().NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("git-upload-pack 'myapp/production'"); err != nil {
-		t.Fatal(err)
-	}
-	out := bufio.NewReader(stdout)
-	if err := packp.NewAdvRefs().Decode(out); err != nil {
-		t.Fatalf("advertisement: %v", err)
-	}
+	g := h.rawGit("git-upload-pack 'myapp/production'")
+	stdin, out := g.stdin, g.out
 	e := pktline.NewEncoder(stdin)
 	for _, l := range lines {
 		e.EncodeString(l)
@@ -425,21 +412,8 @@ func TestFetchWithoutSideband(t *testing.T) {
 	h := start(t, &fakeDeployer{}, nil)
 	work := h.work()
 	head := h.pushed(work)
-	sess, err := h.client().NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("git upload-pack '/myapp/production.git'"); err != nil {
-		t.Fatal(err)
-	}
-	out := bufio.NewReader(stdout)
-	ar := packp.NewAdvRefs()
-	if err := ar.Decode(out); err != nil {
-		t.Fatalf("advertisement: %v", err)
-	}
+	g := h.rawGit("git upload-pack '/myapp/production.git'")
+	sess, stdin, out, ar := g.sess, g.stdin, g.out, g.adv
 	if ar.Head == nil || ar.Head.String() != head || !ar.Capabilities.Supports("symref") || ar.Capabilities.Supports("multi_ack") {
 		t.Errorf("advertisement: head %v, capabilities %s", ar.Head, ar.Capabilities)
 	}

@@ -1,6 +1,7 @@
 package gitserver
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -340,6 +342,44 @@ func (h *harness) client() *gossh.Client {
 	}
 	h.t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// rawGit is a git command driven by hand over an SSH session as alice, already past the
+// ref advertisement: for what the real git client will not send.
+type rawGit struct {
+	sess   *gossh.Session
+	stdin  io.WriteCloser
+	out    *bufio.Reader // the session's stdout, after the advertisement
+	stderr *bytes.Buffer
+	adv    *packp.AdvRefs
+}
+
+// rawGit starts command (e.g. "git-receive-pack 'myapp/production'") and reads the
+// advertisement. The session is closed when the test ends.
+func (h *harness) rawGit(command string) *rawGit {
+	h.t.Helper()
+	sess, err := h.client().NewSession()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { sess.Close() })
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	g := &rawGit{sess: sess, stdin: stdin, out: bufio.NewReader(stdout), stderr: &bytes.Buffer{}, adv: packp.NewAdvRefs()}
+	sess.Stderr = g.stderr
+	if err := sess.Start(command); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := g.adv.Decode(g.out); err != nil {
+		h.t.Fatalf("advertisement: %v", err)
+	}
+	return g
 }
 
 func exitCode(err error) int {

@@ -1,7 +1,6 @@
 package gitserver
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
-	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
 )
 
@@ -114,22 +112,8 @@ func TestPackWithStdinKeptOpen(t *testing.T) {
 			head := h.git(work, "rev-parse", "HEAD")
 			pack := gitPack(t, h, work, head)
 
-			sess, err := h.client().NewSession()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdin, _ := sess.StdinPipe()
-			stdout, _ := sess.StdoutPipe()
-			var stderr bytes.Buffer
-			sess.Stderr = &stderr
-			if err := sess.Start("git-receive-pack '/myapp/production.git'"); err != nil {
-				t.Fatal(err)
-			}
-			out := bufio.NewReader(stdout)
-			ar := packp.NewAdvRefs()
-			if err := ar.Decode(out); err != nil {
-				t.Fatalf("advertisement: %v", err)
-			}
+			g := h.rawGit("git-receive-pack '/myapp/production.git'")
+			sess, stdin, out, stderr, ar := g.sess, g.stdin, g.out, g.stderr, g.adv
 			for _, c := range []string{"report-status", "delete-refs", "ofs-delta", "side-band-64k", "no-thin", "push-options", "quiet", "agent"} {
 				if !ar.Capabilities.Supports(capability.Capability(c)) {
 					t.Errorf("capability %s not advertised: %s", c, ar.Capabilities)
@@ -191,19 +175,8 @@ func TestCorruptPackReportsUnpackError(t *testing.T) {
 	pack := gitPack(t, h, work, head)
 	pack[len(pack)-30] ^= 0xff
 
-	sess, err := h.client().NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("git receive-pack 'myapp/production'"); err != nil {
-		t.Fatal(err)
-	}
-	out := bufio.NewReader(stdout)
-	if err := packp.NewAdvRefs().Decode(out); err != nil {
-		t.Fatal(err)
-	}
+	g := h.rawGit("git receive-pack 'myapp/production'")
+	sess, stdin, out := g.sess, g.stdin, g.out
 	e := pktline.NewEncoder(stdin)
 	e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status side-band-64k", plumbing.ZeroHash, head))
 	e.Flush()

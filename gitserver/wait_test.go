@@ -1,7 +1,6 @@
 package gitserver
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
-	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 )
 
 const busyReason = "myapp/production is busy: bob is deploying since 12:00:01"
@@ -222,25 +220,15 @@ func TestBusyRefusalClientKeepsStdinOpen(t *testing.T) {
 	pack := gitPack(t, h, work, head)
 	d.hold(t, "bob")
 
-	sess, err := h.client().NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, _ := sess.StdinPipe()
-	stdout, _ := sess.StdoutPipe()
-	if err := sess.Start("git-receive-pack 'myapp/production'"); err != nil {
-		t.Fatal(err)
-	}
-	out := bufio.NewReader(stdout)
-	if err := packp.NewAdvRefs().Decode(out); err != nil {
-		t.Fatalf("advertisement: %v", err)
-	}
+	g := h.rawGit("git-receive-pack 'myapp/production'")
+	sess, stdin, out := g.sess, g.stdin, g.out
 	e := pktline.NewEncoder(stdin)
 	e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status", plumbing.ZeroHash, head))
 	e.Flush()
 	stdin.Write(pack) // and stdin stays open
 	done := make(chan struct{})
 	var report string
+	var err error
 	go func() {
 		defer close(done)
 		report, err = readReport(out, false)
