@@ -142,8 +142,12 @@ func OpenObjects(reposDir, repo string) (*filesystem.Storage, error) {
 // is 96 MiB): a deploy reads each blob once, so a large cache only adds to the peak memory.
 const objectCache = 8 * cache.MiByte
 
+// newStorage opens the repository at dir. Its packs stay open while the storage is
+// (KeepDescriptors): otherwise every object lookup opens its pack again, several system
+// calls per file of a checkout. So every storage is closed by whoever opened it.
 func newStorage(dir string) *filesystem.Storage {
-	return filesystem.NewStorage(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRU(objectCache))
+	return filesystem.NewStorageWithOptions(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRU(objectCache),
+		filesystem.Options{KeepDescriptors: true})
 }
 
 // readRefs returns the repository's refs that name an object (HEAD and symbolic refs

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/storer"
+	"golang.org/x/sys/unix"
 )
 
 // Stats is what Materialize wrote.
@@ -88,44 +90,45 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		return Stats{}, fmt.Errorf("tree: %w", err)
 	}
 
-	root, err := os.OpenRoot(r.Dir(sha))
+	top, err := openDir(unix.AT_FDCWD, r.Dir(sha))
 	if err != nil {
 		return Stats{}, err
 	}
-	defer root.Close()
 	// The umask can narrow the modes we create with; only if it does is every entry
 	// chmod-ed to its exact mode.
-	fi, err := root.Stat(".")
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(top.fd, &st); err != nil {
+		top.release()
 		return Stats{}, err
 	}
-	exact := fi.Mode().Perm() != 0o755
+	exact := st.Mode&0o777 != 0o755
 	if exact {
-		if err := root.Chmod(".", 0o755); err != nil {
+		if err := unix.Fchmod(top.fd, 0o755); err != nil {
+			top.release()
 			return Stats{}, err
 		}
 	}
 
 	b := r.openBase(objs, sha)
-	defer b.close()
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	tw := &treeWriter{
 		ctx:      wctx,
 		objs:     objs,
 		base:     b,
-		root:     root,
 		exact:    exact,
 		progress: progress,
 		every:    r.progressEvery,
 		last:     time.Now(),
 		jobs:     make(chan fileJob, 64),
 	}
+	tw.stack = []frame{{dst: top, src: b.top()}}
 	for range writers() {
 		tw.workers.Add(1)
 		go tw.work(cancel)
 	}
 	err = tw.walk(tree)
+	tw.closeDirs()
 	close(tw.jobs)
 	tw.workers.Wait()
 	if err == nil {
@@ -148,7 +151,8 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 	return tw.stats(), nil
 }
 
-// writers is how many goroutines write files: inflating blobs is CPU work.
+// writers is how many goroutines write files: creating files is the kernel's work, and
+// a few writers keep it busy while the walk reads the object store.
 func writers() int {
 	return min(max(runtime.GOMAXPROCS(0), 2), 8)
 }
@@ -166,7 +170,9 @@ func (w *treeWriter) walk(tree *object.Tree) error {
 		if w.ctx.Err() != nil {
 			return nil // the cause is the writers' error or the caller's cancel
 		}
+		w.objMu.Lock()
 		name, entry, err := walker.Next()
+		w.objMu.Unlock()
 		if err == io.EOF {
 			break
 		}
@@ -178,7 +184,9 @@ func (w *treeWriter) walk(tree *object.Tree) error {
 			return fmt.Errorf("%q: entry name contains a slash", name)
 		}
 		if entry.Mode == filemode.Dir {
+			w.objMu.Lock()
 			sub, err := object.GetTree(w.objs, entry.Hash)
+			w.objMu.Unlock()
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
@@ -194,15 +202,18 @@ func (w *treeWriter) walk(tree *object.Tree) error {
 	return nil
 }
 
-// treeWriter writes tree entries into one release through root. The walk reads the object
-// store (go-git's storage is not safe for concurrent use); the writers only read blobs it
-// resolved, each through its own reader, and write files.
+// treeWriter writes tree entries into one release. Every entry is created relative to an
+// open directory that the writer made itself (see dir), never through a path, so nothing
+// in the tree can lead a write outside the release. The walk and the writers share the
+// object store, which is not safe for concurrent use, under objMu; the writers read the
+// blobs the walk resolved, each through its own reader.
 type treeWriter struct {
 	ctx      context.Context
 	objs     storer.EncodedObjectStorer
-	base     *base // the live release, to copy unchanged files from; nil: inflate all
-	root     *os.Root
-	exact    bool // chmod every entry: the umask narrows the create modes
+	objMu    sync.Mutex
+	base     *base   // the live release, to copy unchanged files from; nil: inflate all
+	stack    []frame // the directories the walk is in, the release's top first
+	exact    bool    // chmod every entry: the umask narrows the create modes
 	jobs     chan fileJob
 	workers  sync.WaitGroup
 	progress io.Writer
@@ -214,12 +225,19 @@ type treeWriter struct {
 	last time.Time
 }
 
-// fileJob is one file for the writers: its blob resolved by the walk.
+// fileJob is one file for the writers, with the directories it goes in (and may be
+// copied from), which it holds until it is written.
 type fileJob struct {
-	name  string
-	entry object.TreeEntry
-	blob  *object.Blob
-	perm  fs.FileMode
+	name, leaf string
+	entry      object.TreeEntry
+	blob       *object.Blob // nil when the file is to be copied from the base
+	perm       fs.FileMode
+	dst, src   *dir
+}
+
+func (j fileJob) release() {
+	j.dst.release()
+	j.src.release()
 }
 
 func (w *treeWriter) stats() Stats {
@@ -230,19 +248,49 @@ func (w *treeWriter) stats() Stats {
 func (w *treeWriter) work(fail context.CancelCauseFunc) {
 	defer w.workers.Done()
 	for job := range w.jobs {
-		if w.ctx.Err() != nil {
-			continue // drain: the walk stops at its next entry
+		if w.ctx.Err() == nil {
+			if err := w.writeFile(job); err != nil {
+				fail(fmt.Errorf("%s: %w", job.name, err))
+			}
 		}
-		if err := w.writeFile(job); err != nil {
-			fail(fmt.Errorf("%s: %w", job.name, err))
-		}
+		job.release() // also when draining: the walk stops at its next entry
 	}
+}
+
+// parent returns the frame of the directory name goes in, and name's last element. The
+// walk is depth-first, so that directory is on the stack, under the ones the walk has left,
+// which are closed here. If it is not there, name's path goes through something that is
+// not a directory this writer made (a symlink, a file), and nothing is written.
+func (w *treeWriter) parent(name string) (frame, string, error) {
+	dirPath := path.Dir(name)
+	if dirPath == "." {
+		dirPath = ""
+	}
+	for i := len(w.stack) - 1; i >= 0; i-- {
+		if w.stack[i].path != dirPath {
+			continue
+		}
+		for _, left := range w.stack[i+1:] {
+			left.release()
+		}
+		w.stack = w.stack[:i+1]
+		return w.stack[i], path.Base(name), nil
+	}
+	return frame{}, "", fmt.Errorf("%s is not a directory of this release", dirPath)
+}
+
+// closeDirs closes the directories still on the stack, at the end of the walk.
+func (w *treeWriter) closeDirs() {
+	for _, f := range w.stack {
+		f.release()
+	}
+	w.stack = nil
 }
 
 func (w *treeWriter) write(name string, e object.TreeEntry) error {
 	switch e.Mode {
 	case filemode.Dir, filemode.Submodule:
-		return w.mkdir(name)
+		return w.mkdir(name, e.Mode == filemode.Dir)
 	case filemode.Regular:
 		return w.file(name, e, 0o644)
 	case filemode.Executable:
@@ -254,44 +302,83 @@ func (w *treeWriter) write(name string, e object.TreeEntry) error {
 	}
 }
 
-func (w *treeWriter) mkdir(name string) error {
-	// Mkdir, never MkdirAll: a name that exists already (a duplicate entry, a symlink of
-	// the same name) is an error, so a later entry cannot go through it.
-	if err := w.root.Mkdir(name, 0o755); err != nil {
+// mkdir makes a directory; for a tree (not a submodule's empty directory) it opens it for
+// what goes in it, and the base release's directory of the same path if there is one.
+func (w *treeWriter) mkdir(name string, enter bool) error {
+	f, leaf, err := w.parent(name)
+	if err != nil {
+		return err
+	}
+	// mkdirat, never "mkdir -p": a name that exists already (a duplicate entry, a symlink
+	// of the same name) is an error, so a later entry cannot go through it.
+	if err := unix.Mkdirat(f.dst.fd, leaf, 0o755); err != nil {
+		return err
+	}
+	d, err := openDir(f.dst.fd, leaf)
+	if err != nil {
 		return err
 	}
 	if w.exact {
-		return w.root.Chmod(name, 0o755)
+		if err := unix.Fchmod(d.fd, 0o755); err != nil {
+			d.release()
+			return err
+		}
+	}
+	if !enter {
+		d.release()
+		return nil
+	}
+	var src *dir
+	if f.src != nil {
+		src, _ = openDir(f.src.fd, leaf) // none in the base: nothing to copy from there
+	}
+	w.stack = append(w.stack, frame{path: name, dst: d, src: src})
+	return nil
+}
+
+// file hands a file to the writers: to be copied from the base if the base had it with the
+// same blob and mode, else with its blob resolved.
+func (w *treeWriter) file(name string, e object.TreeEntry, perm fs.FileMode) error {
+	f, leaf, err := w.parent(name)
+	if err != nil {
+		return err
+	}
+	job := fileJob{name: name, leaf: leaf, entry: e, perm: perm}
+	if f.src == nil || !w.base.has(name, e) {
+		if job.blob, err = w.getBlob(e.Hash); err != nil {
+			return err
+		}
+	}
+	job.dst, job.src = f.dst.acquire(), f.src.acquire()
+	select {
+	case w.jobs <- job:
+	case <-w.ctx.Done():
+		job.release()
 	}
 	return nil
 }
 
-// file resolves the blob of a file entry and hands it to the writers.
-func (w *treeWriter) file(name string, e object.TreeEntry, perm fs.FileMode) error {
-	blob, err := object.GetBlob(w.objs, e.Hash)
-	if err != nil {
-		return err
-	}
-	select {
-	case w.jobs <- fileJob{name: name, entry: e, blob: blob, perm: perm}:
-		return nil
-	case <-w.ctx.Done():
-		return nil
-	}
+func (w *treeWriter) getBlob(h plumbing.Hash) (*object.Blob, error) {
+	w.objMu.Lock()
+	defer w.objMu.Unlock()
+	return object.GetBlob(w.objs, h)
 }
 
-// writeFile writes one file: copied from the live release if it holds it untouched,
+// writeFile writes one file: copied from the base if the base still holds it untouched,
 // else inflated from its blob.
 func (w *treeWriter) writeFile(j fileJob) error {
-	copied, err := w.base.copyTo(w.root, j.name, j.entry, j.blob.Size, j.perm, w.exact)
-	if err != nil {
-		return err
-	}
-	if copied {
-		w.reused.Add(1)
-		w.bytes.Add(j.blob.Size)
-		w.done()
-		return nil
+	if j.blob == nil {
+		copied, err := w.base.copyTo(j, w.exact)
+		if err != nil || copied {
+			if copied {
+				w.reused.Add(1)
+				w.done()
+			}
+			return err
+		}
+		if j.blob, err = w.getBlob(j.entry.Hash); err != nil {
+			return err
+		}
 	}
 	rd, err := j.blob.Reader()
 	if err != nil {
@@ -299,15 +386,17 @@ func (w *treeWriter) writeFile(j fileJob) error {
 	}
 	defer rd.Close()
 	// O_EXCL: never write through, or over, anything that exists already.
-	f, err := w.root.OpenFile(j.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, j.perm)
+	fd, err := unix.Openat(j.dst.fd, j.leaf, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(j.perm))
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, &countingReader{w: w, r: rd})
+	buf := copyBufs.Get().(*[]byte)
+	_, err = io.CopyBuffer(fdWriter(fd), &countingReader{w: w, r: rd}, *buf)
+	copyBufs.Put(buf)
 	if err == nil && w.exact {
-		err = f.Chmod(j.perm)
+		err = unix.Fchmod(fd, uint32(j.perm))
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	if err != nil {
@@ -317,8 +406,33 @@ func (w *treeWriter) writeFile(j fileJob) error {
 	return nil
 }
 
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// fdWriter writes to a file descriptor the writers own (no os.File: it would register the
+// descriptor with the poller, for a regular file in vain).
+type fdWriter int
+
+func (f fdWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(int(f), p[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
 func (w *treeWriter) symlink(name string, h plumbing.Hash) error {
-	blob, err := object.GetBlob(w.objs, h)
+	f, leaf, err := w.parent(name)
+	if err != nil {
+		return err
+	}
+	blob, err := w.getBlob(h)
 	if err != nil {
 		return err
 	}
@@ -337,7 +451,7 @@ func (w *treeWriter) symlink(name string, h plumbing.Hash) error {
 	if len(target) > maxSymlinkTarget {
 		return fmt.Errorf("symlink target longer than %d bytes", maxSymlinkTarget)
 	}
-	if err := w.root.Symlink(string(target), name); err != nil {
+	if err := unix.Symlinkat(string(target), f.dst.fd, leaf); err != nil {
 		return err
 	}
 	w.done()

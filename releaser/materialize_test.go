@@ -349,32 +349,30 @@ func TestFormatBytes(t *testing.T) {
 	}
 }
 
-// TestMaterializeRootBackstop drives the writer past the tree walker's and Materialize's
-// own checks: the os.Root on the release still refuses to write through a symlink that
-// leaves it.
-func TestMaterializeRootBackstop(t *testing.T) {
+// TestMaterializeWriterBackstop drives the writer past the tree walker's and
+// Materialize's own checks: it still writes nothing through a symlink that leaves the
+// release, since it creates entries only in directories it made and holds open.
+func TestMaterializeWriterBackstop(t *testing.T) {
 	e := newEnv(t, Config{})
 	g := newRepo(t)
 	dir := filepath.Join(e.base, "release")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	root, err := os.OpenRoot(dir)
+	top, err := openDir(unix.AT_FDCWD, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer root.Close()
-	w := &treeWriter{ctx: t.Context(), objs: g.st, root: root}
-	// Regular files go through writeFile, as Materialize's writers do; the rest through write.
+	w := &treeWriter{ctx: t.Context(), objs: g.st, stack: []frame{{dst: top}}, jobs: make(chan fileJob, 1)}
+	defer w.closeDirs()
+	// Regular files go to a writer, as in Materialize; the rest are written by the walk.
 	write := func(name string, e object.TreeEntry) error {
-		if e.Mode != filemode.Regular {
-			return w.write(name, e)
-		}
-		blob, err := object.GetBlob(g.st, e.Hash)
-		if err != nil {
+		if err := w.write(name, e); err != nil || e.Mode != filemode.Regular {
 			return err
 		}
-		return w.writeFile(fileJob{name: name, entry: e, blob: blob, perm: 0o644})
+		j := <-w.jobs
+		defer j.release()
+		return w.writeFile(j)
 	}
 	for _, target := range []string{"../sentinel", e.sentinel} {
 		if err := os.Remove(filepath.Join(dir, "esc")); err != nil && !os.IsNotExist(err) {

@@ -3,15 +3,13 @@ package releaser
 import (
 	"errors"
 	"io"
-	"io/fs"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/storer"
+	"golang.org/x/sys/unix"
 )
 
 // Writing only what changed: a new release copies each file that the live release holds
@@ -21,9 +19,9 @@ import (
 // writable inode with another, so a build that appends to a file changes only its own.
 //
 // A file is copied only if no build touched it since Materialize wrote it: it is a regular
-// file (not a symlink, opened with O_NOFOLLOW), of its blob's size, with one link, and its
-// ctime (which no process can set back) is not after the moment Materialize finished. It is
-// checked again after the copy. Anything else is inflated from the object store as usual.
+// file (not a symlink, opened with O_NOFOLLOW), with one link, and its ctime (which no
+// process can set back) is not after the moment Materialize finished. It is checked again
+// after the copy. Anything else is inflated from the object store as usual.
 
 // clockGuard separates the end of a checkout from the first write a build can make: file
 // ctimes come from the kernel's coarse clock, which may lag the time Materialize records
@@ -32,7 +30,7 @@ const clockGuard = 20 * time.Millisecond
 
 // base is the live release a new one copies its unchanged files from.
 type base struct {
-	root    *os.Root
+	dir     *dir                        // releases/<live>, for the walk's top frame
 	files   map[string]object.TreeEntry // regular and executable files of its tree, by path
 	written time.Time
 }
@@ -76,56 +74,65 @@ func (r *Releaser) openBase(objs storer.EncodedObjectStorer, sha string) *base {
 			files[name] = e
 		}
 	}
-	root, err := os.OpenRoot(r.Dir(live))
+	d, err := openDir(unix.AT_FDCWD, r.Dir(live))
 	if err != nil {
 		return nil
 	}
 	r.log.Debug().Str("base", live).Int("files", len(files)).Msg("copying unchanged files from the live release")
-	return &base{root: root, files: files, written: rec.Written}
+	return &base{dir: d, files: files, written: rec.Written}
 }
 
-func (b *base) close() {
-	if b != nil {
-		b.root.Close()
-	}
-}
-
-// copyTo writes name into dst from the base if the base holds it untouched with the same
-// blob and mode. It reports whether it did; false with a nil error means: inflate it.
-func (b *base) copyTo(dst *os.Root, name string, e object.TreeEntry, size int64, perm fs.FileMode, exact bool) (bool, error) {
+// top returns the base's top directory for the walk to hold (released with the walk's
+// frame), or nil.
+func (b *base) top() *dir {
 	if b == nil {
-		return false, nil
+		return nil
+	}
+	return b.dir
+}
+
+// has reports whether the base's tree had name with e's blob and mode.
+func (b *base) has(name string, e object.TreeEntry) bool {
+	if b == nil {
+		return false
 	}
 	old, ok := b.files[name]
-	if !ok || old.Hash != e.Hash || old.Mode != e.Mode {
-		return false, nil
-	}
-	src, err := b.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	return ok && old.Hash == e.Hash && old.Mode == e.Mode
+}
+
+// copyTo writes j's file from the base, which had it with the same blob and mode, if the
+// base still holds it untouched. It reports whether it did; false with a nil error means:
+// inflate it.
+func (b *base) copyTo(j fileJob, exact bool) (bool, error) {
+	src, err := unix.Openat(j.src.fd, j.leaf, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false, nil
 	}
-	defer src.Close()
-	if !b.untouched(src, size) {
+	defer unix.Close(src)
+	size, ok := b.untouched(src)
+	if !ok {
 		return false, nil
 	}
 	// O_EXCL: never write through, or over, anything that exists already.
-	f, err := dst.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	dst, err := unix.Openat(j.dst.fd, j.leaf, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(j.perm))
 	if err != nil {
 		return false, err
 	}
-	n, err := io.Copy(f, src) // copy_file_range(2): a reflink where the filesystem can
+	n, err := copyRange(dst, src, size)
 	if err == nil && exact {
-		err = f.Chmod(perm)
+		err = unix.Fchmod(dst, uint32(j.perm))
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := unix.Close(dst); err == nil {
 		err = cerr
 	}
-	if err == nil && (n != size || !b.untouched(src, size)) {
-		err = errChanged
+	if err == nil {
+		if after, ok := b.untouched(src); n != size || !ok || after != size {
+			err = errChanged
+		}
 	}
 	if err != nil {
 		// Whatever went wrong with the copy, the object store still has the blob.
-		if rerr := dst.Remove(name); rerr != nil {
+		if rerr := unix.Unlinkat(j.dst.fd, j.leaf, 0); rerr != nil {
 			return false, errors.Join(err, rerr)
 		}
 		return false, nil
@@ -133,19 +140,36 @@ func (b *base) copyTo(dst *os.Root, name string, e object.TreeEntry, size int64,
 	return true, nil
 }
 
+// copyRange copies size bytes from src to dst with copy_file_range(2): a reflink where
+// the filesystem can, a copy in the kernel elsewhere.
+func copyRange(dst, src int, size int64) (int64, error) {
+	var n int64
+	for n < size {
+		m, err := unix.CopyFileRange(src, nil, dst, nil, int(min(size-n, 1<<30)), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			break // the file shrank: untouched says so
+		}
+		n += int64(m)
+	}
+	return n, nil
+}
+
 // errChanged is a base file that changed while it was copied.
 var errChanged = errors.New("changed while copied")
 
-// untouched reports whether f is still as Materialize wrote it: see the comment at the top.
-func (b *base) untouched(f *os.File, size int64) bool {
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() != size {
-		return false
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || st.Nlink != 1 {
-		return false
+// untouched reports whether fd is still as Materialize wrote it (see the comment at the
+// top), and its size.
+func (b *base) untouched(fd int) (int64, bool) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+		return 0, false
 	}
 	ctime := time.Unix(st.Ctim.Unix())
-	return !ctime.After(b.written)
+	return st.Size, !ctime.After(b.written)
 }

@@ -414,6 +414,7 @@ func (p *pipeline) rollback(ctx context.Context, e *environment, c caller, sha s
 	if err != nil {
 		return err
 	}
+	defer objects.Close()
 	d := &deploy{p: p, e: e, objects: objects, entry: releaser.Entry{Kind: kindRollback, SHA: sha, Pusher: c.label(), KeyFingerprint: c.fingerprint}}
 	return d.run(context.WithoutCancel(ctx), stdout) // a rollback is short and must not stop halfway
 }
@@ -442,6 +443,7 @@ func (p *pipeline) redeploy(ctx context.Context, e *environment, c caller, sha s
 	if err != nil {
 		return err
 	}
+	defer objects.Close()
 	if _, err := object.GetCommit(objects, plumbing.NewHash(sha)); err != nil {
 		return fmt.Errorf("commit %s is not in %s's repository", short(sha), e.cfg.repo)
 	}
