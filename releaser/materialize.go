@@ -35,7 +35,8 @@ const maxSymlinkTarget = 4096
 // object store (no worktree, no index). A leftover incomplete directory of that name is
 // removed first; a release already complete is refused.
 //
-// Regular files get 0644 and executables 0755 whatever the umask, directories 0755;
+// Regular files get 0644 and executables 0755 whatever the umask (0444 and 0555 with
+// LinkFiles), directories 0755;
 // symlinks are created with their target verbatim and never followed by the writer;
 // submodules (gitlinks) become empty directories. Entry names go-git rejects (".", "..",
 // ".git" and its disguises, control characters) and names containing "/" fail the
@@ -116,6 +117,7 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		ctx:      wctx,
 		objs:     objs,
 		base:     b,
+		link:     r.linkFiles,
 		exact:    exact,
 		progress: progress,
 		every:    r.progressEvery,
@@ -213,6 +215,7 @@ type treeWriter struct {
 	objMu    sync.Mutex
 	base     *base   // the live release, to copy unchanged files from; nil: inflate all
 	stack    []frame // the directories the walk is in, the release's top first
+	link     bool    // files read-only, unchanged ones hard-linked from the base
 	exact    bool    // chmod every entry: the umask narrows the create modes
 	jobs     chan fileJob
 	workers  sync.WaitGroup
@@ -291,10 +294,8 @@ func (w *treeWriter) write(name string, e object.TreeEntry) error {
 	switch e.Mode {
 	case filemode.Dir, filemode.Submodule:
 		return w.mkdir(name, e.Mode == filemode.Dir)
-	case filemode.Regular:
-		return w.file(name, e, 0o644)
-	case filemode.Executable:
-		return w.file(name, e, 0o755)
+	case filemode.Regular, filemode.Executable:
+		return w.file(name, e, filePerm(e.Mode, w.link))
 	case filemode.Symlink:
 		return w.symlink(name, e.Hash)
 	default:
@@ -364,11 +365,27 @@ func (w *treeWriter) getBlob(h plumbing.Hash) (*object.Blob, error) {
 	return object.GetBlob(w.objs, h)
 }
 
-// writeFile writes one file: copied from the base if the base still holds it untouched,
-// else inflated from its blob.
+// filePerm is the mode of a file of a release: 0644 or 0755, read-only in link mode.
+func filePerm(m filemode.FileMode, link bool) fs.FileMode {
+	perm := fs.FileMode(0o644)
+	if m == filemode.Executable {
+		perm = 0o755
+	}
+	if link {
+		perm &^= 0o222
+	}
+	return perm
+}
+
+// writeFile writes one file: copied (or linked) from the base if the base still holds it
+// untouched, else inflated from its blob.
 func (w *treeWriter) writeFile(j fileJob) error {
 	if j.blob == nil {
-		copied, err := w.base.copyTo(j, w.exact)
+		reuse := w.base.copyTo
+		if w.link {
+			reuse = w.base.linkTo
+		}
+		copied, err := reuse(j, w.exact)
 		if err != nil || copied {
 			if copied {
 				w.reused.Add(1)

@@ -12,8 +12,9 @@
 // elsewhere) -> Complete -> Activate (LinkShared again first) -> Prune -> Finish, or Discard
 // on a failure before the swap; a rollback to a kept release is LinkShared -> Activate; a
 // rebuild of the live release starts with Hold and ends in Activate, or Restore on failure.
-// Every write of a release goes through an os.Root opened on its directory, so no tree
-// entry, symlink or ".." can make slipway write outside it.
+// Every entry of a release is created relative to a directory Materialize made and holds
+// open, never through a path, so no tree entry, symlink or ".." can make slipway write
+// outside it.
 //
 // Retention and rollback follow the records of activations, never directory names (shas do
 // not sort by time). Another process (the slipway CLI) may read everything here while the
@@ -59,6 +60,13 @@ type Config struct {
 	// PruneGrace keeps a release that was live less than this long ago, so that requests
 	// still running in it can finish. 0 = no grace.
 	PruneGrace time.Duration
+	// LinkFiles makes every file Materialize writes read-only (0444, executables 0555) and
+	// hard-links each file the live release holds unchanged instead of copying it: a new
+	// release costs the files that changed, in time and disk, on any filesystem. Releases
+	// then share those inodes, which only their read-only mode protects: a build that writes
+	// a checked-out file in place fails (EACCES), unless it runs as root or chmods it first.
+	// The caller decides whether that is acceptable; see reuse.go.
+	LinkFiles bool
 }
 
 // Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
@@ -68,10 +76,11 @@ type Config struct {
 // Entry, Holder, Frozen) may be called at any time, from any process, concurrently with the
 // others: every change on disk is an atomic rename or a whole-line append.
 type Releaser struct {
-	path  string
-	keep  int
-	grace time.Duration
-	log   zerolog.Logger
+	path      string
+	keep      int
+	grace     time.Duration
+	linkFiles bool
+	log       zerolog.Logger
 
 	// now is the clock; tests replace it.
 	now func() time.Time
@@ -105,6 +114,7 @@ func New(cfg Config, log zerolog.Logger) (*Releaser, error) {
 		path:          filepath.Clean(cfg.Path),
 		keep:          cfg.KeepReleases,
 		grace:         cfg.PruneGrace,
+		linkFiles:     cfg.LinkFiles,
 		log:           log,
 		now:           time.Now,
 		progressEvery: time.Second,

@@ -3,6 +3,7 @@ package releaser
 import (
 	"errors"
 	"io"
+	"io/fs"
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
@@ -12,16 +13,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Writing only what changed: a new release copies each file that the live release holds
+// Writing only what changed: a new release takes each file that the live release holds
 // unchanged (same path, same blob, same mode) from the live release instead of inflating
-// its blob again. The copy goes through copy_file_range(2), which shares the data
-// (reflink) on XFS and btrfs and copies in the kernel elsewhere; a release never shares a
-// writable inode with another, so a build that appends to a file changes only its own.
+// its blob again.
 //
-// A file is copied only if no build touched it since Materialize wrote it: it is a regular
-// file (not a symlink, opened with O_NOFOLLOW), with one link, and its ctime (which no
-// process can set back) is not after the moment Materialize finished. It is checked again
-// after the copy. Anything else is inflated from the object store as usual.
+// By default it copies it with copy_file_range(2), which shares the data (reflink) on XFS
+// and btrfs and copies in the kernel elsewhere; a release never shares a writable inode
+// with another, so a build that appends to a file changes only its own. A file is copied
+// only if no build touched it since Materialize wrote it: it is a regular file (not a
+// symlink, opened with O_NOFOLLOW), with one link, and its ctime (which no process can set
+// back) is not after the moment Materialize finished. It is checked again after the copy.
+//
+// With LinkFiles it hard-links it: every file Materialize writes is read-only, so the
+// inodes releases share are read-only ones, and a file is linked only if it is still a
+// regular file with exactly its read-only mode and an mtime (which every write moves) not
+// after the moment Materialize finished the release it is in. ctime cannot tell here: a
+// link made or removed by a later release or a prune moves it. The link is made by name,
+// then checked to be the inode that was checked.
+//
+// Anything else is inflated from the object store as usual.
 
 // clockGuard separates the end of a checkout from the first write a build can make: file
 // ctimes come from the kernel's coarse clock, which may lag the time Materialize records
@@ -158,6 +168,47 @@ func copyRange(dst, src int, size int64) (int64, error) {
 		n += int64(m)
 	}
 	return n, nil
+}
+
+// linkTo hard-links j's file from the base, which had it with the same blob and mode, if
+// the base still holds it untouched and read-only. It reports whether it did; false with
+// a nil error means: inflate it.
+func (b *base) linkTo(j fileJob, _ bool) (bool, error) {
+	src, err := unix.Openat(j.src.fd, j.leaf, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, nil
+	}
+	defer unix.Close(src)
+	var st unix.Stat_t
+	if !b.readOnly(src, j.perm, &st) {
+		return false, nil
+	}
+	// linkat without AT_SYMLINK_FOLLOW links whatever has the name now; the new entry is
+	// checked to be the inode just checked, and that inode to be unchanged.
+	if err := unix.Linkat(j.src.fd, j.leaf, j.dst.fd, j.leaf, 0); err != nil {
+		return false, nil
+	}
+	var got, after unix.Stat_t
+	err = unix.Fstatat(j.dst.fd, j.leaf, &got, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && (got.Dev != st.Dev || got.Ino != st.Ino || !b.readOnly(src, j.perm, &after) || after.Mtim != st.Mtim) {
+		err = errChanged
+	}
+	if err != nil {
+		if rerr := unix.Unlinkat(j.dst.fd, j.leaf, 0); rerr != nil {
+			return false, errors.Join(err, rerr)
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// readOnly reports whether fd is a regular file of exactly the read-only mode perm, not
+// written since the base was (see the comment at the top), and fills st.
+func (b *base) readOnly(fd int, perm fs.FileMode, st *unix.Stat_t) bool {
+	if err := unix.Fstat(fd, st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != uint32(perm) {
+		return false
+	}
+	return !time.Unix(st.Mtim.Unix()).After(b.written)
 }
 
 // errChanged is a base file that changed while it was copied.

@@ -1,11 +1,14 @@
 package releaser
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/go-git/go-git/v5/plumbing/filemode"
+	"github.com/rs/zerolog"
 )
 
 // TestMaterializeCopiesUntouchedFiles: a new release copies from the live one exactly the
@@ -114,4 +117,137 @@ func TestMaterializeNoReuseWithoutRecord(t *testing.T) {
 	if stats.Reused != 0 {
 		t.Errorf("reused %d files from a release whose files all look touched", stats.Reused)
 	}
+}
+
+// TestMaterializeLinksUntouchedFiles: with LinkFiles, every file is written read-only and a
+// new release hard-links from the live one exactly the files the build left alone;
+// everything else comes from the object store. Links made and removed later (a third
+// release, a prune) do not stop a file from being linked again.
+func TestMaterializeLinksUntouchedFiles(t *testing.T) {
+	e := newEnv(t, Config{LinkFiles: true})
+	g := newRepo(t)
+	files := map[string]file{
+		"same.txt":      {filemode.Regular, "unchanged"},
+		"dir/deep.txt":  {filemode.Regular, "deep and unchanged"},
+		"run.sh":        {filemode.Executable, "#!/bin/sh\n"},
+		"edited.txt":    {filemode.Regular, "old"},
+		"rewritten.txt": {filemode.Regular, "the build makes me writable, writes, and puts the mode back"},
+		"relinked.txt":  {filemode.Regular, "the build makes me a symlink"},
+		"chmodded.txt":  {filemode.Regular, "the build chmods me"},
+	}
+	first := g.commit(g.treeOf(files))
+	if _, err := e.r.Materialize(t.Context(), g.st, first, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := e.r.Dir(first)
+	assertSnapshot(t, snapshot(t, dir), map[string]string{
+		"same.txt":      "file 0444 unchanged",
+		"dir":           "dir 0755",
+		"dir/deep.txt":  "file 0444 deep and unchanged",
+		"run.sh":        "file 0555 #!/bin/sh\n",
+		"edited.txt":    "file 0444 old",
+		"rewritten.txt": "file 0444 the build makes me writable, writes, and puts the mode back",
+		"relinked.txt":  "file 0444 the build makes me a symlink",
+		"chmodded.txt":  "file 0444 the build chmods me",
+	})
+	if os.Geteuid() != 0 {
+		_, err := os.OpenFile(filepath.Join(dir, "same.txt"), os.O_APPEND|os.O_WRONLY, 0)
+		if !errors.Is(err, fs.ErrPermission) {
+			t.Errorf("appending to a checked-out file: %v, want permission denied", err)
+		}
+	}
+	// What a build does to its own release after the checkout.
+	rewritten := filepath.Join(dir, "rewritten.txt")
+	os.Chmod(rewritten, 0o644)
+	if err := os.WriteFile(rewritten, []byte("changed in place"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(rewritten, 0o444)
+	os.Remove(filepath.Join(dir, "relinked.txt"))
+	os.Symlink("same.txt", filepath.Join(dir, "relinked.txt"))
+	os.Chmod(filepath.Join(dir, "chmodded.txt"), 0o644)
+	if err := e.r.Complete(first); err != nil {
+		t.Fatal(err)
+	}
+	e.activate(first)
+
+	files["edited.txt"] = file{filemode.Regular, "new"}
+	second := g.commit(g.treeOf(files))
+	stats, err := e.r.Materialize(t.Context(), g.st, second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// same.txt, dir/deep.txt and run.sh only.
+	if stats.Reused != 3 || stats.Files != 7 {
+		t.Errorf("stats = %+v, want 3 of 7 files linked", stats)
+	}
+	assertSnapshot(t, snapshot(t, e.r.Dir(second)), map[string]string{
+		"same.txt":      "file 0444 unchanged",
+		"dir":           "dir 0755",
+		"dir/deep.txt":  "file 0444 deep and unchanged",
+		"run.sh":        "file 0555 #!/bin/sh\n",
+		"edited.txt":    "file 0444 new",
+		"rewritten.txt": "file 0444 the build makes me writable, writes, and puts the mode back",
+		"relinked.txt":  "file 0444 the build makes me a symlink",
+		"chmodded.txt":  "file 0444 the build chmods me",
+	})
+	sameInode := func(a, b, name string) bool {
+		fa, errA := os.Stat(filepath.Join(e.r.Dir(a), name))
+		fb, errB := os.Stat(filepath.Join(e.r.Dir(b), name))
+		return errA == nil && errB == nil && os.SameFile(fa, fb)
+	}
+	for _, name := range []string{"same.txt", "dir/deep.txt", "run.sh"} {
+		if !sameInode(first, second, name) {
+			t.Errorf("%s: not linked from the live release", name)
+		}
+	}
+	for _, name := range []string{"edited.txt", "rewritten.txt", "relinked.txt", "chmodded.txt"} {
+		if sameInode(first, second, name) {
+			t.Errorf("%s: linked from the live release, which changed or does not hold it", name)
+		}
+	}
+
+	// A third release, after the first is removed as a prune would: both moved the ctime
+	// of the shared inodes, not their mtime or mode.
+	if err := e.r.Complete(second); err != nil {
+		t.Fatal(err)
+	}
+	e.activate(second)
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	files["added.txt"] = file{filemode.Regular, "added"}
+	third := g.commit(g.treeOf(files))
+	stats, err = e.r.Materialize(t.Context(), g.st, third, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.Reused != 7 || stats.Files != 8 {
+		t.Errorf("third release: stats = %+v, want 7 of 8 files linked", stats)
+	}
+	if !sameInode(second, third, "same.txt") {
+		t.Error("same.txt: not linked into the third release")
+	}
+}
+
+// TestMaterializeCopyModeAfterLinkMode: a live release written with LinkFiles
+// (its files read-only, shared) is never linked or copied into a release written without:
+// that one gets its own writable files.
+func TestMaterializeCopyModeAfterLinkMode(t *testing.T) {
+	e := newEnv(t, Config{LinkFiles: true})
+	g := newRepo(t)
+	first := e.release(g)
+	e.activate(first)
+	r, err := New(Config{Path: e.r.Path()}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := g.commit(g.treeOf(map[string]file{"index.html": {filemode.Regular, "hello"}, "b": {filemode.Regular, "b"}}))
+	if _, err := r.Materialize(t.Context(), g.st, second, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertSnapshot(t, snapshot(t, r.Dir(second)), map[string]string{
+		"index.html": "file 0644 hello",
+		"b":          "file 0644 b",
+	})
 }
