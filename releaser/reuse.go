@@ -88,7 +88,7 @@ func (r *Releaser) openBase(objs storer.EncodedObjectStorer, sha string) *base {
 	if err != nil {
 		return nil
 	}
-	r.log.Debug().Str("base", live).Int("files", len(files)).Msg("copying unchanged files from the live release")
+	r.log.Debug().Str("base", live).Int("files", len(files)).Msg("reusing unchanged files from the live release")
 	return &base{dir: d, files: files, written: rec.Written}
 }
 

@@ -50,6 +50,7 @@ type envConfig struct {
 	branch         string
 	keepReleases   int
 	pruneGrace     time.Duration
+	linkFiles      bool // release_files = "link"
 	commandTimeout time.Duration
 	allow          []string // empty: every authorized key
 	vars           []string // "K=V", sorted by key
@@ -221,7 +222,7 @@ func loadConfig(file string) (*config, error) {
 }
 
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) envConfig {
-	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "shared_files", "shared_dirs",
+	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "after_activate", "command_timeout", "allow", "vars")
 	e := envConfig{
 		repo:           t.str("repo"),
@@ -248,6 +249,13 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) env
 		e.branch = defaultBranch
 	} else if err := plumbing.NewBranchReferenceName(e.branch).Validate(); err != nil || strings.HasPrefix(e.branch, "-") {
 		t.doc.addf(t.key("branch"), "%s: %q is not a valid branch name", t.name("branch"), e.branch)
+	}
+	switch files := t.str("release_files"); files {
+	case "", "copy":
+	case "link":
+		e.linkFiles = true
+	default:
+		t.doc.addf(t.key("release_files"), "%s: %q is neither \"copy\" nor \"link\"", t.name("release_files"), files)
 	}
 	if e.keepReleases < 1 {
 		t.doc.addf(t.key("keep_releases"), "%s must be at least 1 (the live release)", t.name("keep_releases"))

@@ -424,6 +424,9 @@ func (p *pipeline) redeploy(ctx context.Context, e *environment, c caller, sha s
 	if err := frozen(e); err != nil {
 		return err
 	}
+	if err := linkAsRoot(e.cfg); err != nil {
+		return err
+	}
 	unlock, err := p.lock(ctx, e, c.label(), 0)
 	if err != nil {
 		return err

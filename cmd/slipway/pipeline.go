@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -72,6 +73,11 @@ func newPipeline(cfg *config, b *builder.Builder, log zerolog.Logger, recover bo
 // open adds one environment. Callers adding at serve time hold p.mu.
 func (p *pipeline) open(ec envConfig, recover bool) (*environment, error) {
 	log := p.log.With().Str("repo", ec.repo).Logger()
+	if recover { // serving: this process deploys
+		if err := linkAsRoot(ec); err != nil {
+			return nil, err
+		}
+	}
 	if recover {
 		n, err := builder.KillLeftovers("SLIPWAY_DEPLOY_PATH=" + ec.path)
 		if err != nil {
@@ -85,6 +91,7 @@ func (p *pipeline) open(ec envConfig, recover bool) (*environment, error) {
 		Path:         ec.path,
 		KeepReleases: ec.keepReleases,
 		PruneGrace:   ec.pruneGrace,
+		LinkFiles:    ec.linkFiles,
 	}, log.With().Str("component", "releaser").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", ec.repo, err)
@@ -277,6 +284,15 @@ func (p *pipeline) objects(e *environment) (*filesystem.Storage, error) {
 		return nil, fmt.Errorf("open the repository of %s: %w", e.cfg.repo, err)
 	}
 	return st, nil
+}
+
+// linkAsRoot refuses release_files = "link" to a deploying process running as root.
+func linkAsRoot(ec envConfig) error {
+	if ec.linkFiles && os.Geteuid() == 0 {
+		return fmt.Errorf("%s: release_files = \"link\" needs slipway to run as a user other than root: "+
+			"releases share read-only files, and root writes read-only files, so a build could change the live release", ec.repo)
+	}
+	return nil
 }
 
 // reposDir is where gitserver keeps the environments' repositories.
