@@ -19,8 +19,9 @@ import (
 // The servers compared in every figure.
 const (
 	srvSlipway = "slipway"
-	srvSSH     = "ssh"  // stock git over the private OpenSSH sshd, pre-receive hook
-	srvFile    = "file" // the same hook over file:// (no SSH: a lower bound)
+	srvLink    = "slipway-link" // the same slipway process, environments with release_files = "link"
+	srvSSH     = "ssh"          // stock git over the private OpenSSH sshd, pre-receive hook
+	srvFile    = "file"         // the same hook over file:// (no SSH: a lower bound)
 )
 
 // bench is one run of the harness: what it made (to remove) and what it measured.
@@ -247,6 +248,7 @@ func (b *bench) runSize(ctx context.Context, sz size) error {
 	for r := 1; r <= runs; r++ {
 		envs = append(envs,
 			slipwayEnv{repo: fmt.Sprintf("bench/first%d", r), path: filepath.Join(dir, "slipway", "deploy", fmt.Sprintf("first%d", r))},
+			slipwayEnv{repo: fmt.Sprintf("bench/link%d", r), path: filepath.Join(dir, "slipway", "deploy", fmt.Sprintf("link%d", r)), link: true},
 			slipwayEnv{repo: fmt.Sprintf("bench/ingest%d", r), path: filepath.Join(dir, "slipway", "deploy", fmt.Sprintf("ingest%d", r))})
 	}
 	if zd {
@@ -274,7 +276,7 @@ func (b *bench) runSize(ctx context.Context, sz size) error {
 		}
 	}
 
-	servers := []string{srvSlipway, srvSSH, srvFile}
+	servers := []string{srvSlipway, srvLink, srvSSH, srvFile}
 	for r := 1; r <= runs; r++ {
 		for i := range servers {
 			srv := servers[(i+r-1)%len(servers)] // rotate who goes first
@@ -314,7 +316,10 @@ type target struct {
 
 func (b *bench) target(ctx context.Context, srv, dir, name string) (target, error) {
 	switch srv {
-	case srvSlipway:
+	case srvSlipway, srvLink:
+		if srv == srvLink {
+			name = "link" + strings.TrimPrefix(name, "first")
+		}
 		repo := "bench/" + name
 		return target{url: b.slip.url(repo), deploy: filepath.Join(dir, "slipway", "deploy", name), repo: b.slip.repoDir(repo)}, nil
 	default:
@@ -409,15 +414,18 @@ func (b *bench) pushCycle(ctx context.Context, w *workload, dir, srv string, r i
 	if err != nil {
 		return fmt.Errorf("rollback push: %w", err)
 	}
-	if srv == srvSlipway && !strings.Contains(back.Stderr, "is kept") {
+	if isSlipway(srv) && !strings.Contains(back.Stderr, "is kept") {
 		return fmt.Errorf("rollback was not a re-activation of the kept release:\n%s", tail(back.Stderr, 2000))
 	}
 	b.addPush("3", sz, srv, back, b.serverTook(srv, off, w.base, back))
 	return nil
 }
 
+// isSlipway reports whether srv is slipway (in either release_files mode).
+func isSlipway(srv string) bool { return srv == srvSlipway || srv == srvLink }
+
 func (b *bench) slipLogSize(srv string) int64 {
-	if srv != srvSlipway {
+	if !isSlipway(srv) {
 		return 0
 	}
 	return b.slip.logSize()
@@ -426,7 +434,7 @@ func (b *bench) slipLogSize(srv string) int64 {
 // serverTook is the server's own time for a deploy: slipway's Deploy "took" from its log,
 // the hook's runtime for the baselines.
 func (b *bench) serverTook(srv string, off int64, sha string, res pushResult) time.Duration {
-	if srv == srvSlipway {
+	if isSlipway(srv) {
 		return b.slip.deployTook(off, sha)
 	}
 	return res.Server

@@ -31,11 +31,15 @@ type bgProc struct {
 	err  error         // Wait's result, valid once done is closed
 }
 
-// start runs cmd in the background in its own process group (unless its SysProcAttr says
-// otherwise: a new session is a new process group too) and registers it.
+// start runs cmd in the background in its own process group (a new session, if its
+// SysProcAttr asks for one, is a new process group too) and registers it. The rest of
+// its SysProcAttr (a Credential) is kept.
 func (p *procs) start(name string, cmd *exec.Cmd) (*bgProc, error) {
-	if cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setsid {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	if !cmd.SysProcAttr.Setsid {
+		cmd.SysProcAttr.Setpgid = true
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)

@@ -72,6 +72,13 @@ func yesNo(ok bool) string {
 	return "**NO**"
 }
 
+// slipwayVariants are the slipway rows of the figures that depend on release_files: the
+// default (copy) and link.
+var slipwayVariants = []struct{ srv, label string }{
+	{srvSlipway, ""},
+	{srvLink, ` [release_files = "link"]`},
+}
+
 // rows builds the summary table from the medians.
 func (b *bench) rows() []row {
 	var rows []row
@@ -94,21 +101,23 @@ func (b *bench) rows() []row {
 		}},
 		{"3", "3. rollback to a kept release, end to end", nil},
 	} {
-		for _, sz := range b.opts.sizes {
-			s, h, f := med(fig.key, sz.name, srvSlipway), med(fig.key, sz.name, srvSSH), med(fig.key, sz.name, srvFile)
-			if s == 0 && h == 0 {
-				continue
-			}
-			rs, r := ratio(s, h)
-			rw := row{figure: fig.name, size: sz.name, slip: fmtMS(s), ssh: fmtMS(h), file: fmtMS(f), ratio: rs, target: "—", met: "—"}
-			if fig.target != nil {
-				t, ok := fig.target(sz.name)
-				rw.target = t
-				if ok != nil {
-					rw.met = yesNo(ok(s, r))
+		for _, v := range slipwayVariants {
+			for _, sz := range b.opts.sizes {
+				s, h, f := med(fig.key, sz.name, v.srv), med(fig.key, sz.name, srvSSH), med(fig.key, sz.name, srvFile)
+				if s == 0 {
+					continue
 				}
+				rs, r := ratio(s, h)
+				rw := row{figure: fig.name + v.label, size: sz.name, slip: fmtMS(s), ssh: fmtMS(h), file: fmtMS(f), ratio: rs, target: "—", met: "—"}
+				if fig.target != nil {
+					t, ok := fig.target(sz.name)
+					rw.target = t
+					if ok != nil {
+						rw.met = yesNo(ok(s, r))
+					}
+				}
+				rows = append(rows, rw)
 			}
-			rows = append(rows, rw)
 		}
 	}
 	for _, sz := range b.opts.sizes {
@@ -148,29 +157,31 @@ func (b *bench) rows() []row {
 		}
 		rows = append(rows, rw)
 	}
-	for _, sz := range b.opts.sizes {
-		s, h, f := med("7", sz.name, srvSlipway), med("7", sz.name, srvSSH), med("7", sz.name, srvFile)
-		if len(b.get("7", sz.name, srvSlipway)) == 0 {
-			continue
-		}
-		pct := func(srv string, v float64) string {
-			return fmt.Sprintf("%.0f%% (%.1f of %.1f MB)", v, median(b.get("7added", sz.name, srv)), median(b.get("7full", sz.name, srv)))
-		}
-		rs, _ := ratio(s, h)
-		rows = append(rows, row{figure: "7. disk added by an incremental release (hardlinks once), % of a full copy", size: sz.name,
-			slip: pct(srvSlipway, s), ssh: pct(srvSSH, h), file: pct(srvFile, f), ratio: rs, target: "< 10%", met: yesNo(s < 10)})
-		if len(b.get("7fs", sz.name, srvSlipway)) > 0 {
-			full := median(b.get("7full", sz.name, srvSlipway))
-			fsPct := func(srv string) (float64, string) {
-				mb := median(b.get("7fs", sz.name, srv))
-				return 100 * mb / full, fmt.Sprintf("%.0f%% (%.1f MB)", 100*mb/full, mb)
+	for _, v := range slipwayVariants {
+		for _, sz := range b.opts.sizes {
+			s, h, f := med("7", sz.name, v.srv), med("7", sz.name, srvSSH), med("7", sz.name, srvFile)
+			if len(b.get("7", sz.name, v.srv)) == 0 {
+				continue
 			}
-			sv, sc := fsPct(srvSlipway)
-			hv, hc := fsPct(srvSSH)
-			_, fc := fsPct(srvFile)
-			rs, _ := ratio(sv, hv)
-			rows = append(rows, row{figure: "7. free space the incremental push used (statfs; sees reflinks), % of a full copy", size: sz.name,
-				slip: sc, ssh: hc, file: fc, ratio: rs, target: "< 10%", met: yesNo(sv < 10)})
+			pct := func(srv string, v float64) string {
+				return fmt.Sprintf("%.0f%% (%.1f of %.1f MB)", v, median(b.get("7added", sz.name, srv)), median(b.get("7full", sz.name, srv)))
+			}
+			rs, _ := ratio(s, h)
+			rows = append(rows, row{figure: "7. disk added by an incremental release (hardlinks once), % of a full copy" + v.label, size: sz.name,
+				slip: pct(v.srv, s), ssh: pct(srvSSH, h), file: pct(srvFile, f), ratio: rs, target: "< 10%", met: yesNo(s < 10)})
+			if len(b.get("7fs", sz.name, v.srv)) > 0 {
+				full := median(b.get("7full", sz.name, v.srv))
+				fsPct := func(srv string) (float64, string) {
+					mb := median(b.get("7fs", sz.name, srv))
+					return 100 * mb / full, fmt.Sprintf("%.0f%% (%.1f MB)", 100*mb/full, mb)
+				}
+				sv, sc := fsPct(v.srv)
+				hv, hc := fsPct(srvSSH)
+				_, fc := fsPct(srvFile)
+				rs, _ := ratio(sv, hv)
+				rows = append(rows, row{figure: "7. free space the incremental push used (statfs; sees reflinks), % of a full copy" + v.label, size: sz.name,
+					slip: sc, ssh: hc, file: fc, ratio: rs, target: "< 10%", met: yesNo(sv < 10)})
+			}
 		}
 	}
 	if b.fig8 != nil {
@@ -241,7 +252,10 @@ func (b *bench) report() reportOut {
 	w("The baseline is stock `git` receiving over a private OpenSSH `sshd` (127.0.0.1, its own host key and config) into a bare repository whose `pre-receive` hook ")
 	w("does `git archive <sha> | tar -x -C releases/<sha>` (both exit codes checked), links `shared/.env` and `shared/storage`, runs the same build (`%s`), ", buildCommand)
 	w("and swaps `current` with `ln -s` + `mv -T`; a kept release is re-activated without a rebuild, and the 5 newest releases are kept. ")
-	w("`file://` is the same hook with no SSH (a lower bound). slipway runs from its binary with a generated configuration: same build, same shared files, keep_releases = 5. ")
+	w("`file://` is the same hook with no SSH (a lower bound). slipway runs from its binary with a generated configuration: same build, same shared files, keep_releases = 5; ")
+	w("its rows are the default (`release_files = \"copy\"`: each release has its own files, those unchanged copied from the live release with copy_file_range, which reflinks on XFS/btrfs) ")
+	w("and, marked `[release_files = \"link\"]`, environments of the same process whose releases are read-only and hard-link the unchanged files of the live release. ")
+	w("When the harness runs as root, slipway runs as `nobody` (uid %d), as it would in production: it refuses `link` to root, whose writes ignore read-only modes. ", nobody)
 	w("Every push is `git push` with OpenSSH's client (default cipher), from a packed bare clone of the workload; `sync` runs before each timed step (not timed).\n\n")
 	w("1. **First push to live**: from just before `git push` starts until `current` names the new release (polled with readlink every 1 ms). Both servers swap before they report, so push exit is later; it is in the raw data.\n")
 	w("2. **Incremental push**: one text file changed, pushed to the environment of figure 1.\n")
@@ -257,7 +271,7 @@ func (b *bench) report() reportOut {
 	w("`received` = until the server started its deploy (SSH, pack transfer and ingest); `checkout` = writing the release; `build+swap` = shared links, build, (slipway: syncfs and bookkeeping) and the swap; `server` = the server's own deploy time.\n\n")
 	w("| size | server | received | checkout | build+swap | live | push exit | server |\n|---|---|---|---|---|---|---|---|\n")
 	for _, sz := range b.opts.sizes {
-		for _, srv := range []string{srvSlipway, srvSSH, srvFile} {
+		for _, srv := range []string{srvSlipway, srvLink, srvSSH, srvFile} {
 			if len(b.get("1", sz.name, srv)) == 0 {
 				continue
 			}

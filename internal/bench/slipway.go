@@ -30,6 +30,7 @@ type slipwayServer struct {
 type slipwayEnv struct {
 	repo string // APP/ENV
 	path string // deploy root
+	link bool   // release_files = "link"
 }
 
 const slipwayConfig = `listen = "127.0.0.1:0"
@@ -61,6 +62,9 @@ func startSlipway(ctx context.Context, p *procs, bin, dir, authorizedKeys string
 			return nil, err
 		}
 		fmt.Fprintf(&b, slipwayEnvConfig, e.repo, e.path, keepReleases, buildCommand)
+		if e.link {
+			b.WriteString("release_files = \"link\"\n")
+		}
 	}
 	conf := filepath.Join(dir, "slipway.toml")
 	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
@@ -78,6 +82,13 @@ func startSlipway(ctx context.Context, p *procs, bin, dir, authorizedKeys string
 	defer logf.Close()
 	cmd := command(context.WithoutCancel(ctx), nil, dir, bin, "serve", "--config", conf)
 	cmd.Stdout, cmd.Stderr = io.Discard, logf
+	if os.Geteuid() == 0 {
+		// As in production: slipway refuses release_files = "link" to root.
+		if err := unprivileged(dir, bin, authorizedKeys); err != nil {
+			return nil, err
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: nobody, Gid: nobody}
+	}
 	s.proc, err = p.start("slipway", cmd)
 	if err != nil {
 		return nil, err
@@ -95,6 +106,37 @@ func startSlipway(ctx context.Context, p *procs, bin, dir, authorizedKeys string
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// nobody is the user slipway runs as when the harness runs as root.
+const nobody = 65534
+
+// unprivileged gives dir (slipway's configuration, data and deploy roots) to nobody, and
+// lets nobody reach dir, bin and keys through their parent directories.
+func unprivileged(dir, bin, keys string) error {
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, nobody, nobody)
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range []string{dir, bin, keys} {
+		for d := filepath.Dir(p); d != "/"; d = filepath.Dir(d) {
+			fi, err := os.Stat(d)
+			if err != nil {
+				return err
+			}
+			if fi.Mode().Perm()&0o001 == 0 {
+				if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (s *slipwayServer) url(repo string) string {
