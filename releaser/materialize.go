@@ -36,12 +36,11 @@ const maxSymlinkTarget = 4096
 // removed first; a release already complete is refused.
 //
 // Regular files get 0644 and executables 0755 whatever the umask (0444 and 0555 with
-// LinkFiles), directories 0755;
-// symlinks are created with their target verbatim and never followed by the writer;
-// submodules (gitlinks) become empty directories. Entry names go-git rejects (".", "..",
-// ".git" and its disguises, control characters) and names containing "/" fail the
-// whole release, as does any write an os.Root on the release refuses (a path through a
-// symlink that leaves the release).
+// LinkFiles), directories 0755; symlinks are created with their target verbatim and never
+// followed by the writer; submodules (gitlinks) become empty directories. Entry names
+// go-git rejects (".", "..", ".git" and its disguises, control characters) and names
+// containing "/" fail the whole release, as does any entry whose path goes through
+// something other than a directory the writer made (a symlink that leaves the release).
 //
 // On any error, or when ctx is done, the partial directory is removed. progress, if not
 // nil, gets a line about every second of a long write ("  wrote 12000 files, 120 MB") and
