@@ -380,11 +380,7 @@ func filePerm(m filemode.FileMode, link bool) fs.FileMode {
 // untouched, else inflated from its blob.
 func (w *treeWriter) writeFile(j fileJob) error {
 	if j.blob == nil {
-		reuse := w.base.copyTo
-		if w.link {
-			reuse = w.base.linkTo
-		}
-		copied, err := reuse(j, w.exact)
+		copied, err := w.base.reuse(j, w.link, w.exact)
 		if err != nil || copied {
 			if copied {
 				w.reused.Add(1)

@@ -110,15 +110,33 @@ func (b *base) has(name string, e object.TreeEntry) bool {
 	return ok && old.Hash == e.Hash && old.Mode == e.Mode
 }
 
-// copyTo writes j's file from the base, which had it with the same blob and mode, if the
-// base still holds it untouched. It reports whether it did; false with a nil error means:
-// inflate it.
-func (b *base) copyTo(j fileJob, exact bool) (bool, error) {
+// reuse writes j's file from the base, which had it with the same blob and mode: linked
+// (link) or copied, if the base still holds it untouched. It reports whether it did; false
+// with a nil error means: inflate it.
+func (b *base) reuse(j fileJob, link, exact bool) (bool, error) {
+	// O_NOFOLLOW: a symlink a build left in the base's place is no file to reuse.
 	src, err := unix.Openat(j.src.fd, j.leaf, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false, nil
 	}
 	defer unix.Close(src)
+	if link {
+		return b.linkTo(j, src)
+	}
+	return b.copyTo(j, src, exact)
+}
+
+// undo removes the entry a failed reuse made: whatever went wrong, the object store still
+// has the blob.
+func undo(j fileJob, err error) (bool, error) {
+	if rerr := unix.Unlinkat(j.dst.fd, j.leaf, 0); rerr != nil {
+		return false, errors.Join(err, rerr)
+	}
+	return false, nil
+}
+
+// copyTo copies j's file from src, the base's, if it is untouched.
+func (b *base) copyTo(j fileJob, src int, exact bool) (bool, error) {
 	size, ok := b.untouched(src)
 	if !ok {
 		return false, nil
@@ -141,11 +159,7 @@ func (b *base) copyTo(j fileJob, exact bool) (bool, error) {
 		}
 	}
 	if err != nil {
-		// Whatever went wrong with the copy, the object store still has the blob.
-		if rerr := unix.Unlinkat(j.dst.fd, j.leaf, 0); rerr != nil {
-			return false, errors.Join(err, rerr)
-		}
-		return false, nil
+		return undo(j, err)
 	}
 	return true, nil
 }
@@ -170,15 +184,9 @@ func copyRange(dst, src int, size int64) (int64, error) {
 	return n, nil
 }
 
-// linkTo hard-links j's file from the base, which had it with the same blob and mode, if
-// the base still holds it untouched and read-only. It reports whether it did; false with
-// a nil error means: inflate it.
-func (b *base) linkTo(j fileJob, _ bool) (bool, error) {
-	src, err := unix.Openat(j.src.fd, j.leaf, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, nil
-	}
-	defer unix.Close(src)
+// linkTo hard-links j's file from the base, whose open file is src, if it is untouched and
+// read-only.
+func (b *base) linkTo(j fileJob, src int) (bool, error) {
 	var st unix.Stat_t
 	if !b.readOnly(src, j.perm, &st) {
 		return false, nil
@@ -189,15 +197,12 @@ func (b *base) linkTo(j fileJob, _ bool) (bool, error) {
 		return false, nil
 	}
 	var got, after unix.Stat_t
-	err = unix.Fstatat(j.dst.fd, j.leaf, &got, unix.AT_SYMLINK_NOFOLLOW)
+	err := unix.Fstatat(j.dst.fd, j.leaf, &got, unix.AT_SYMLINK_NOFOLLOW)
 	if err == nil && (got.Dev != st.Dev || got.Ino != st.Ino || !b.readOnly(src, j.perm, &after) || after.Mtim != st.Mtim) {
 		err = errChanged
 	}
 	if err != nil {
-		if rerr := unix.Unlinkat(j.dst.fd, j.leaf, 0); rerr != nil {
-			return false, errors.Join(err, rerr)
-		}
-		return false, nil
+		return undo(j, err)
 	}
 	return true, nil
 }
