@@ -426,8 +426,8 @@ func TestFetchWithoutSideband(t *testing.T) {
 		t.Fatalf("answer %q (%v), want NAK", sc.Bytes(), sc.Err())
 	}
 	// commit, tree, blob
-	if n, err := copyPack(io.Discard, out); err != nil || n != 3 {
-		t.Errorf("pack: %d objects, %v; want 3", n, err)
+	if p, err := copyPack(io.Discard, out); err != nil || len(p.objects) != 3 {
+		t.Errorf("pack: %v, %v; want 3 objects", p, err)
 	}
 	if err := sess.Wait(); err != nil {
 		t.Errorf("session: %v", err)

@@ -10,13 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/idxfile"
-	"github.com/go-git/go-git/v5/plumbing/format/packfile"
 
 	"github.com/slipway/slipway/internal/atomicfile"
 )
@@ -28,68 +28,127 @@ func packErrorf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errPack, fmt.Sprintf(format, args...))
 }
 
+// packObject is one object of a pack as it streamed past: where it is, the CRC-32 of its
+// bytes (the index records both), and its id. A whole object's id is known once it has been
+// read; a delta's, and its real type, once resolveDeltas has applied it to its base.
+type packObject struct {
+	offset int64               // of its type/size header in the pack
+	data   int64               // of its zlib stream
+	size   uint64              // inflated size of the stream: the object, or a delta's instructions
+	base   int64               // OFS delta: the offset of its base
+	crc    uint32              // of the object's bytes in the pack, header included
+	typ    plumbing.ObjectType // OFSDeltaObject or REFDeltaObject until resolved
+	hash   plumbing.Hash       // zero for a delta until resolved
+}
+
+// scannedPack is what copyPack learnt from a pack: every object in pack order, the bases of
+// its REF deltas (by object index), and the pack's checksum.
+type scannedPack struct {
+	objects  []packObject
+	refBases map[int]plumbing.Hash
+	sum      plumbing.Hash
+}
+
 // copyPack copies exactly one pack from r to w, following its structure: the 12-byte
 // header with the object count; per object its type/size header, its delta base (offset or
 // object id) and one zlib stream that must inflate to the declared size; then the 20-byte
 // SHA-1 trailer, which must match. It reads nothing after the trailer, so a client that
 // keeps its side open after the pack (libgit2) is not waited for. Nothing is buffered
 // beyond bufio's window, whatever the pack's size.
-func copyPack(w io.Writer, r *bufio.Reader) (objects uint32, err error) {
+//
+// It indexes the pack as it streams: each whole object is hashed as it inflates, and every
+// object's offset and CRC-32 are recorded, so that once the trailer has arrived only the
+// deltas are left to resolve (resolveDeltas).
+func copyPack(w io.Writer, r *bufio.Reader) (*scannedPack, error) {
 	src := &packSource{r: r, w: w, h: sha1.New()}
 	var hdr [12]byte
 	if _, err := io.ReadFull(src, hdr[:]); err != nil {
-		return 0, packReadErr("header", err)
+		return nil, packReadErr("header", err)
 	}
 	if !bytes.Equal(hdr[:4], []byte("PACK")) {
-		return 0, packErrorf("no pack signature")
+		return nil, packErrorf("no pack signature")
 	}
 	if v := binary.BigEndian.Uint32(hdr[4:8]); v != 2 {
-		return 0, packErrorf("unsupported pack version %d", v)
+		return nil, packErrorf("unsupported pack version %d", v)
 	}
-	objects = binary.BigEndian.Uint32(hdr[8:12])
+	count := binary.BigEndian.Uint32(hdr[8:12])
+	// The count is the client's word; let the slice grow with the objects that do arrive.
+	p := &scannedPack{objects: make([]packObject, 0, min(count, 1<<16))}
 
 	var zr io.ReadCloser
-	for i := uint32(0); i < objects; i++ {
-		start := src.n
-		size, err := src.objectHeader(start)
-		if err != nil {
-			return 0, fmt.Errorf("object %d: %w", i, err)
+	buf := make([]byte, 64*1024)
+	for i := uint32(0); i < count; i++ {
+		if err := src.flush(); err != nil {
+			return nil, err
 		}
+		src.crc = 0
+		o := packObject{offset: src.n}
+		base, err := src.objectHeader(&o)
+		if err != nil {
+			return nil, fmt.Errorf("object %d: %w", i, err)
+		}
+		if o.typ == plumbing.REFDeltaObject {
+			if p.refBases == nil {
+				p.refBases = map[int]plumbing.Hash{}
+			}
+			p.refBases[len(p.objects)] = base
+		}
+		o.data = src.n
 		if zr == nil {
 			zr, err = zlib.NewReader(src)
 		} else {
 			err = zr.(zlib.Resetter).Reset(src, nil)
 		}
 		if err != nil {
-			return 0, packReadErr(fmt.Sprintf("object %d", i), err)
+			return nil, packReadErr(fmt.Sprintf("object %d", i), err)
 		}
-		// Inflate at most one byte more than declared: a zlib bomb is caught at its size.
-		n, err := io.CopyN(io.Discard, zr, int64(size)+1)
+		// A whole object is hashed as it inflates; a delta's instructions are only checked.
+		var sink io.Writer = io.Discard
+		var hasher plumbing.Hasher
+		if !isDelta(o.typ) {
+			hasher = plumbing.NewHasher(o.typ, int64(o.size))
+			sink = hasher
+		}
+		// Inflate at most one byte more than declared: a zlib bomb is caught at its size. A
+		// stream that ends where declared was read to its end, so its checksum was checked.
+		n, err := io.CopyBuffer(sink, io.LimitReader(zr, int64(o.size)+1), buf)
 		switch {
-		case err == nil:
-			return 0, packErrorf("object %d inflates to more than its declared %d bytes", i, size)
-		case err != io.EOF:
-			return 0, packReadErr(fmt.Sprintf("object %d", i), err)
-		case n != int64(size):
-			return 0, packErrorf("object %d inflates to %d bytes, declared %d", i, n, size)
+		case err != nil:
+			return nil, packReadErr(fmt.Sprintf("object %d", i), err)
+		case n > int64(o.size):
+			return nil, packErrorf("object %d inflates to more than its declared %d bytes", i, o.size)
+		case n != int64(o.size):
+			return nil, packErrorf("object %d inflates to %d bytes, declared %d", i, n, o.size)
 		}
+		if err := src.flush(); err != nil {
+			return nil, err
+		}
+		o.crc = src.crc
+		if !isDelta(o.typ) {
+			o.hash = hasher.Sum()
+		}
+		p.objects = append(p.objects, o)
 	}
 
 	if err := src.flush(); err != nil {
-		return 0, err
+		return nil, err
 	}
-	sum := src.h.Sum(nil)
+	copy(p.sum[:], src.h.Sum(nil))
 	var trailer [sha1.Size]byte
 	if _, err := io.ReadFull(r, trailer[:]); err != nil {
-		return 0, packReadErr("trailer", err)
+		return nil, packReadErr("trailer", err)
 	}
-	if !bytes.Equal(sum, trailer[:]) {
-		return 0, packErrorf("checksum mismatch")
+	if !bytes.Equal(p.sum[:], trailer[:]) {
+		return nil, packErrorf("checksum mismatch")
 	}
 	if _, err := w.Write(trailer[:]); err != nil {
-		return 0, err
+		return nil, err
 	}
-	return objects, nil
+	return p, nil
+}
+
+func isDelta(t plumbing.ObjectType) bool {
+	return t == plumbing.OFSDeltaObject || t == plumbing.REFDeltaObject
 }
 
 // packReadErr tells a truncated pack (the client's fault) from other read errors.
@@ -113,6 +172,7 @@ type packSource struct {
 	r       *bufio.Reader
 	w       io.Writer
 	h       hash.Hash
+	crc     uint32 // CRC-32 of the bytes written since the caller last zeroed it
 	n       int64  // bytes consumed
 	pending []byte // consumed bytes not yet hashed and copied (batches ReadByte)
 	werr    error  // sticky error from w
@@ -165,70 +225,73 @@ func (s *packSource) write(p []byte) {
 		return
 	}
 	s.h.Write(p)
+	s.crc = crc32.Update(s.crc, crc32.IEEETable, p)
 	_, s.werr = s.w.Write(p)
 }
 
 // maxObjectSize is what an object header may declare; larger is a corrupt or hostile pack.
 const maxObjectSize = 1 << 40
 
-// objectHeader reads one object's type/size header and its delta base, and returns the
-// declared (inflated) size. start is the object's offset in the pack.
-func (s *packSource) objectHeader(start int64) (uint64, error) {
+// objectHeader reads one object's type/size header and its delta base into o (whose
+// offset is set), and returns the base's id for a REF delta.
+func (s *packSource) objectHeader(o *packObject) (plumbing.Hash, error) {
+	var ref plumbing.Hash
 	c, err := s.ReadByte()
 	if err != nil {
-		return 0, packReadErr("header", err)
+		return ref, packReadErr("header", err)
 	}
 	typ := plumbing.ObjectType((c >> 4) & 7)
 	size := uint64(c & 0x0f)
 	for shift := 4; c&0x80 != 0; shift += 7 {
 		if c, err = s.ReadByte(); err != nil {
-			return 0, packReadErr("header", err)
+			return ref, packReadErr("header", err)
 		}
 		if shift > 40 {
-			return 0, packErrorf("object size header too long")
+			return ref, packErrorf("object size header too long")
 		}
 		size |= uint64(c&0x7f) << shift
 	}
 	if size > maxObjectSize {
-		return 0, packErrorf("object size %d too large", size)
+		return ref, packErrorf("object size %d too large", size)
 	}
+	o.typ, o.size = typ, size
 	switch typ {
 	case plumbing.CommitObject, plumbing.TreeObject, plumbing.BlobObject, plumbing.TagObject:
 	case plumbing.OFSDeltaObject:
 		// Offset encoding from git's pack format: big-endian 7-bit groups, each continuation
 		// adding one so that every value has a single encoding.
 		if c, err = s.ReadByte(); err != nil {
-			return 0, packReadErr("delta base", err)
+			return ref, packReadErr("delta base", err)
 		}
 		off := int64(c & 0x7f)
 		for c&0x80 != 0 {
 			if c, err = s.ReadByte(); err != nil {
-				return 0, packReadErr("delta base", err)
+				return ref, packReadErr("delta base", err)
 			}
-			if off >= start {
-				return 0, packErrorf("delta base offset out of range")
+			if off >= o.offset {
+				return ref, packErrorf("delta base offset out of range")
 			}
 			off = (off+1)<<7 | int64(c&0x7f)
 		}
-		if off <= 0 || off > start-12 {
-			return 0, packErrorf("delta base offset out of range")
+		if off <= 0 || off > o.offset-12 {
+			return ref, packErrorf("delta base offset out of range")
 		}
+		o.base = o.offset - off
 	case plumbing.REFDeltaObject:
-		var base [20]byte
-		if _, err := io.ReadFull(s, base[:]); err != nil {
-			return 0, packReadErr("delta base", err)
+		if _, err := io.ReadFull(s, ref[:]); err != nil {
+			return ref, packReadErr("delta base", err)
 		}
 	default:
-		return 0, packErrorf("unknown object type %d", typ)
+		return ref, packErrorf("unknown object type %d", typ)
 	}
-	return size, nil
+	return ref, nil
 }
 
 // storePack reads one pack from r into the bare repository at dir: written to a temporary
-// file under objects/pack while it is checked, indexed with go-git's parser, then published
-// as pack-<sum>.idx and pack-<sum>.pack (in that order, because go-git finds packs by their
-// .pack file). A pack with no objects stores nothing. On error nothing is left behind.
-// received is called once the whole pack has been read from r, before indexing.
+// file under objects/pack while it is checked and indexed (copyPack, resolveDeltas), then
+// published as pack-<sum>.idx and pack-<sum>.pack (in that order, because go-git finds
+// packs by their .pack file). A pack with no objects stores nothing. On error nothing is left behind.
+// received is called once the whole pack has been read from r, before its deltas are resolved.
 func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, err error) {
 	packDir := filepath.Join(dir, "objects", "pack")
 	if err := os.MkdirAll(packDir, 0o755); err != nil {
@@ -250,7 +313,7 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	}()
 
 	bw := bufio.NewWriterSize(f, 64*1024)
-	objects, err = copyPack(bw, r)
+	pack, err := copyPack(bw, r)
 	if err != nil {
 		return 0, err
 	}
@@ -258,28 +321,16 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	if err := bw.Flush(); err != nil {
 		return 0, err
 	}
-	if objects == 0 {
+	if len(pack.objects) == 0 {
 		f.Close()
 		return 0, os.Remove(f.Name())
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
+	if err := resolveDeltas(f, pack); err != nil {
 		return 0, err
 	}
-
-	idxw := new(idxfile.Writer)
-	parser, err := packfile.NewParser(packfile.NewScanner(f), idxw)
+	idx, err := pack.index()
 	if err != nil {
 		return 0, err
-	}
-	sum, err := parser.Parse()
-	if err != nil {
-		// The structure and checksum were fine, so this is about the objects themselves,
-		// e.g. a delta against an object that is not in the pack (a thin pack).
-		return 0, packErrorf("%v", err)
-	}
-	idx, err := idxw.Index()
-	if err != nil {
-		return 0, packErrorf("%v", err)
 	}
 
 	xf, err := os.CreateTemp(packDir, "tmp_idx_")
@@ -308,7 +359,7 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 		return 0, err
 	}
 
-	base := filepath.Join(packDir, "pack-"+sum.String())
+	base := filepath.Join(packDir, "pack-"+pack.sum.String())
 	os.Chmod(idxName, 0o444)
 	os.Chmod(f.Name(), 0o444)
 	if err := os.Rename(idxName, base+".idx"); err != nil {
@@ -318,5 +369,5 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	if err := os.Rename(f.Name(), base+".pack"); err != nil {
 		return 0, err
 	}
-	return objects, atomicfile.SyncDir(packDir)
+	return uint32(len(pack.objects)), atomicfile.SyncDir(packDir)
 }

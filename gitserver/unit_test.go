@@ -274,9 +274,9 @@ func TestCopyPackStopsAtTrailer(t *testing.T) {
 		[][]byte{[]byte("hello\n"), bytes.Repeat([]byte("big blob "), 10000)})
 	r := bufio.NewReader(io.MultiReader(bytes.NewReader(pack), strings.NewReader("AFTER")))
 	var out bytes.Buffer
-	n, err := copyPack(&out, r)
-	if err != nil || n != 2 {
-		t.Fatalf("copyPack = %d, %v", n, err)
+	p, err := copyPack(&out, r)
+	if err != nil || len(p.objects) != 2 {
+		t.Fatalf("copyPack = %v, %v", p, err)
 	}
 	if !bytes.Equal(out.Bytes(), pack) {
 		t.Error("copied bytes differ from the pack")
