@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
@@ -455,5 +456,43 @@ func TestDeltaWindow(t *testing.T) {
 	}
 	if _, err := deltaWindow(st, []plumbing.Hash{plumbing.NewHash(strings.Repeat("ab", 20))}); err == nil {
 		t.Error("missing object: no error")
+	}
+}
+
+// TestManyPushesKeepPacksBounded: every push stores a pack, and once there are more than
+// maxPacks a push merges them; the repository stays whole for git and for a clone.
+func TestManyPushesKeepPacksBounded(t *testing.T) {
+	t.Parallel()
+	d := &fakeDeployer{}
+	h := start(t, d, nil)
+	work := h.work()
+	content := ""
+	var head string
+	for i := 0; i < 2*maxPacks+3; i++ {
+		content += fmt.Sprintf("line %d: %s\n", i, strings.Repeat("text that deltas well ", 20))
+		h.commit(work, "a.txt", content)
+		h.commit(work, fmt.Sprintf("f%d.txt", i), content)
+		head = h.pushed(work)
+	}
+	clone := filepath.Join(h.dir, "clone")
+	if _, stderr, err := h.exec(h.dir, h.alice, "git", "clone", "-q", h.url("myapp/production"), clone); err != nil {
+		t.Fatalf("clone: %v\n%s", err, stderr)
+	}
+	if got := h.git(clone, "rev-parse", "HEAD"); got != head {
+		t.Errorf("clone HEAD = %s, want %s", got, head)
+	}
+	sameFiles(t, work, clone)
+
+	h.stop(5 * time.Second) // the last push's session, and its merge, are over
+	repo := filepath.Join(h.reposDir, "myapp", "production.git")
+	packs, err := listPacks(filepath.Join(repo, "objects", "pack"))
+	if err != nil || len(packs) > maxPacks || len(packs) == 0 {
+		t.Errorf("%d packs after %d pushes (%v), want 1 to %d", len(packs), 2*maxPacks+3, err, maxPacks)
+	}
+	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", repo, "fsck", "--full", "--strict", "--no-dangling"); err != nil {
+		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
+	}
+	if n := h.git(h.dir, "--git-dir", repo, "rev-list", "--count", "main"); n != fmt.Sprint(1+2*(2*maxPacks+3)) {
+		t.Errorf("server main has %s commits", n)
 	}
 }

@@ -301,14 +301,10 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	if err != nil {
 		return 0, err
 	}
-	var idxName string
 	defer func() {
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
-			if idxName != "" {
-				os.Remove(idxName)
-			}
 		}
 	}()
 
@@ -328,16 +324,33 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 	if err := resolveDeltas(f, pack); err != nil {
 		return 0, err
 	}
+	if err := publishPack(f, pack); err != nil {
+		return 0, err
+	}
+	return uint32(len(pack.objects)), nil
+}
+
+// publishPack makes the complete pack written to the temporary file f (under objects/pack)
+// part of the repository: its index is written next to it, both are synced, made read-only
+// and renamed to pack-<sum>.idx and pack-<sum>.pack, in that order (go-git finds packs by
+// their .pack file), and the directory is synced. f is closed; on error the caller removes
+// it, and no index is left behind.
+func publishPack(f *os.File, pack *scannedPack) (err error) {
 	idx, err := pack.index()
 	if err != nil {
-		return 0, err
+		return err
 	}
-
+	packDir := filepath.Dir(f.Name())
 	xf, err := os.CreateTemp(packDir, "tmp_idx_")
 	if err != nil {
-		return 0, err
+		return err
 	}
-	idxName = xf.Name()
+	idxName := xf.Name()
+	defer func() {
+		if err != nil && idxName != "" {
+			os.Remove(idxName)
+		}
+	}()
 	xw := bufio.NewWriter(xf)
 	_, err = idxfile.NewEncoder(xw).Encode(idx)
 	if err == nil {
@@ -350,24 +363,24 @@ func storePack(dir string, r *bufio.Reader, received func()) (objects uint32, er
 		err = cerr
 	}
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return 0, err
+		return err
 	}
 	if err := f.Close(); err != nil {
-		return 0, err
+		return err
 	}
 
 	base := filepath.Join(packDir, "pack-"+pack.sum.String())
 	os.Chmod(idxName, 0o444)
 	os.Chmod(f.Name(), 0o444)
 	if err := os.Rename(idxName, base+".idx"); err != nil {
-		return 0, err
+		return err
 	}
 	idxName = ""
 	if err := os.Rename(f.Name(), base+".pack"); err != nil {
-		return 0, err
+		return err // an index without its pack is ignored by go-git and git alike
 	}
-	return uint32(len(pack.objects)), atomicfile.SyncDir(packDir)
+	return atomicfile.SyncDir(packDir)
 }

@@ -209,7 +209,34 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *r
 		rec.outcome = "unpack-failed"
 	}
 	stopKeepalive()
-	return s.sendReport(w, req, unpackStatus, statuses, rec)
+	code := s.sendReport(w, req, unpackStatus, statuses, rec)
+	if needsPack(req.Commands) && unpackStatus == "ok" {
+		// After the report, as git's auto gc: the pusher has its answer, and the
+		// environment is still held, so no deploy reads the packs meanwhile.
+		s.consolidate(env.dir, repo)
+	}
+	return code
+}
+
+// consolidate merges the packs of repo's repository when pushes have left too many
+// (consolidatePacks). Packs a fetch may be reading are left in place. A failure is the
+// operator's to know of, and costs nothing but speed: the packs stay as they were.
+func (s *Server) consolidate(dir, repo string) {
+	start := time.Now()
+	packs := s.locks.packs(repo)
+	stats, err := consolidatePacks(dir, func() (func(), bool) {
+		if !packs.TryLock() {
+			return nil, false
+		}
+		return packs.Unlock, true
+	})
+	switch {
+	case err != nil:
+		s.log.Error().Err(err).Str("repo", repo).Msg("merge packs")
+	case stats.packs > 0:
+		s.log.Info().Str("repo", repo).Int("packs", stats.packs).Int("objects", stats.objects).
+			Dur("took", time.Since(start)).Msg("packs merged")
+	}
 }
 
 // refusePush refuses a whole push once its commands have been read. git sends the pack

@@ -24,15 +24,16 @@ import (
 // concurrent use, and receive, deploy and ref update form one critical section anyway.
 // Fetches do not take an environment's lock (each session has its own storage, and packs
 // appear by rename), but they read refs under its refs lock, because go-git rewrites a ref
-// file in place.
+// file in place, and hold its packs lock, because a push may remove packs it has merged.
 type repoLocks struct {
 	mu sync.Mutex           // guards m
 	m  map[string]*repoLock // one per environment; entries are never removed
 }
 
 type repoLock struct {
-	sem  chan struct{} // a one-slot semaphore held by the push that owns the environment
-	refs sync.RWMutex  // write-held while a ref or HEAD is written; read-held by readers without sem
+	sem   chan struct{} // a one-slot semaphore held by the push that owns the environment
+	refs  sync.RWMutex  // write-held while a ref or HEAD is written; read-held by readers without sem
+	packs sync.RWMutex  // read-held by a fetch for its whole session; write-held to remove packs
 }
 
 func (l *repoLocks) get(repo string) *repoLock {
@@ -69,6 +70,12 @@ func (l *repoLocks) tryLock(repo string) (unlock func(), ok bool) {
 	default:
 		return nil, false
 	}
+}
+
+// packs is repo's packs lock: a fetch holds it to read, so that packs it may open are not
+// removed under it (they are merged, not removed, while it runs).
+func (l *repoLocks) packs(repo string) *sync.RWMutex {
+	return &l.get(repo).packs
 }
 
 // refs is repo's refs lock.

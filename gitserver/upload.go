@@ -52,6 +52,9 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		return 1
 	}
 	nothingYet := fmt.Sprintf("nothing has been pushed to %s yet", repo)
+	packs := s.locks.packs(repo)
+	packs.RLock()
+	defer packs.RUnlock()
 	st, err := s.openExisting(repo)
 	if errors.Is(err, ErrNoRepo) {
 		rec.refused(zerolog.InfoLevel, errors.New(nothingYet))

@@ -1,0 +1,381 @@
+package gitserver
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha1"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/format/idxfile"
+
+	"github.com/slipway/slipway/internal/atomicfile"
+)
+
+// maxPacks is how many packs a repository may hold before a push merges them. Every push
+// adds one, and go-git looks an object up in each pack's index in turn and keeps every
+// pack of an open repository open: a checkout after a thousand pushes would search a
+// thousand indexes per file.
+const maxPacks = 8
+
+// packFile is one pack of a repository: base + ".pack" and base + ".idx".
+type packFile struct {
+	base string
+	size int64
+}
+
+// mergeStats is what a merge did.
+type mergeStats struct {
+	packs   int           // packs merged
+	objects int           // objects in the new pack
+	dropped int           // copies of an object already taken from an earlier pack
+	rebased int           // OFS deltas whose base was such a copy, pointed at the kept one
+	sum     plumbing.Hash // the new pack's checksum (its name)
+}
+
+// consolidatePacks keeps the number of packs of the repository at dir bounded. When it
+// holds more than maxPacks, the smaller ones (packsToMerge) are merged into one new pack,
+// and then removed if mayRemove allows it: a reader that listed them may still open them.
+// A pack left in place holds nothing the new one lacks, and is merged again next time.
+func consolidatePacks(dir string, mayRemove func() (done func(), ok bool)) (mergeStats, error) {
+	packDir := filepath.Join(dir, "objects", "pack")
+	packs, err := listPacks(packDir)
+	if err != nil || len(packs) <= maxPacks {
+		return mergeStats{}, err
+	}
+	merge := packsToMerge(packs)
+	if len(merge) < 2 {
+		return mergeStats{}, nil
+	}
+	stats, err := mergePacks(packDir, merge)
+	if err != nil {
+		return stats, fmt.Errorf("merge %d packs: %w", len(merge), err)
+	}
+	done, ok := mayRemove()
+	if !ok {
+		return stats, nil
+	}
+	defer done()
+	for _, p := range merge {
+		if p.base == filepath.Join(packDir, "pack-"+stats.sum.String()) {
+			continue // the merge reproduced a pack byte for byte
+		}
+		// .pack first: go-git and git find packs by it, and ignore an index alone.
+		if err := os.Remove(p.base + ".pack"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return stats, err
+		}
+		if err := os.Remove(p.base + ".idx"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return stats, err
+		}
+	}
+	return stats, atomicfile.SyncDir(packDir)
+}
+
+// listPacks returns the packs in packDir that have their index, largest first.
+func listPacks(packDir string) ([]packFile, error) {
+	entries, err := os.ReadDir(packDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var packs []packFile
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".pack")
+		if !ok || !strings.HasPrefix(name, "pack-") {
+			continue
+		}
+		base := filepath.Join(packDir, name)
+		fi, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(base + ".idx"); err != nil {
+			continue
+		}
+		packs = append(packs, packFile{base: base, size: fi.Size()})
+	}
+	slices.SortFunc(packs, func(a, b packFile) int {
+		if a.size != b.size {
+			return int(b.size - a.size)
+		}
+		return strings.Compare(a.base, b.base)
+	})
+	return packs, nil
+}
+
+// packsToMerge picks from packs, largest first, those to merge, as git's geometric repack
+// does with factor 2: a pack at least twice the size of all smaller ones together stays,
+// and so do the ones larger than it; from the first pack that is not, all are merged. So
+// the big pack of the first push is not copied again for every few small ones, and the
+// packs that stay number at most about log2 of the repository's size.
+func packsToMerge(packs []packFile) []packFile {
+	rest := int64(0)
+	for _, p := range packs {
+		rest += p.size
+	}
+	for i, p := range packs {
+		rest -= p.size
+		if p.size < 2*rest {
+			return packs[i:]
+		}
+	}
+	return nil
+}
+
+// mergePacks writes the objects of packs, each once, into one new pack under packDir,
+// published like a pushed one. Nothing is inflated or recompressed: each object is copied as
+// stored, an OFS delta with its base's offset rewritten for the new pack. An object held by
+// two packs is kept the first time; a delta based on the dropped copy is based on the kept
+// one, which has the same content.
+func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) {
+	indexes := make([][]idxfile.Entry, len(packs))
+	distinct := map[plumbing.Hash]struct{}{}
+	for i, p := range packs {
+		if indexes[i], err = readIndex(p.base + ".idx"); err != nil {
+			return stats, err
+		}
+		for _, e := range indexes[i] {
+			distinct[e.Hash] = struct{}{}
+		}
+	}
+
+	f, err := os.CreateTemp(packDir, "tmp_pack_")
+	if err != nil {
+		return stats, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	out := &packWriter{w: bufio.NewWriterSize(f, 256*1024), h: sha1.New()}
+	var hdr [12]byte
+	copy(hdr[:], "PACK")
+	binary.BigEndian.PutUint32(hdr[4:], 2)
+	binary.BigEndian.PutUint32(hdr[8:], uint32(len(distinct)))
+	out.Write(hdr[:])
+
+	m := &packMerge{out: out, kept: make(map[plumbing.Hash]int64, len(distinct)),
+		objects: make([]packObject, 0, len(distinct))}
+	for i, p := range packs {
+		if err := m.copyPack(p, indexes[i]); err != nil {
+			return stats, fmt.Errorf("%s: %w", filepath.Base(p.base), err)
+		}
+	}
+	if len(m.objects) != len(distinct) {
+		return stats, fmt.Errorf("merged %d objects, counted %d", len(m.objects), len(distinct))
+	}
+	pack := &scannedPack{objects: m.objects}
+	copy(pack.sum[:], out.h.Sum(nil))
+	out.w.Write(pack.sum[:])
+	if err := out.w.Flush(); err != nil {
+		return stats, err
+	}
+	if err := publishPack(f, pack); err != nil {
+		return stats, err
+	}
+	return mergeStats{packs: len(packs), objects: len(m.objects), dropped: m.dropped, rebased: m.rebased, sum: pack.sum}, nil
+}
+
+// readIndex returns the entries of the pack index at path, in pack order.
+func readIndex(path string) ([]idxfile.Entry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	idx := idxfile.NewMemoryIndex()
+	if err := idxfile.NewDecoder(bufio.NewReader(f)).Decode(idx); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Base(path), err)
+	}
+	iter, err := idx.EntriesByOffset()
+	if err != nil {
+		return nil, err
+	}
+	defer iter.Close()
+	var entries []idxfile.Entry
+	for {
+		e, err := iter.Next()
+		if err == io.EOF {
+			return entries, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, *e)
+	}
+}
+
+// packMerge is a merge in progress: the new pack, and where each object kept in it is.
+type packMerge struct {
+	out     *packWriter
+	kept    map[plumbing.Hash]int64 // object id -> offset in the new pack
+	objects []packObject
+	dropped int
+	rebased int
+}
+
+// copyPack appends the objects of pack p, whose index entries are entries in pack order,
+// to the new pack.
+func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
+	f, err := os.Open(p.base + ".pack")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 256*1024)
+	var hdr [12]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return err
+	}
+	if !bytes.Equal(hdr[:4], []byte("PACK")) || binary.BigEndian.Uint32(hdr[4:8]) != 2 ||
+		binary.BigEndian.Uint32(hdr[8:]) != uint32(len(entries)) {
+		return errors.New("pack header does not match its index")
+	}
+	end := p.size - sha1.Size
+	newAt := make(map[int64]int64, len(entries)) // offset in p -> offset in the new pack
+	dropped := map[int64]bool{}                  // offsets in p of the copies left out
+	pos := int64(len(hdr))
+	for k, e := range entries {
+		next := end
+		if k+1 < len(entries) {
+			next = int64(entries[k+1].Offset)
+		}
+		if int64(e.Offset) != pos {
+			return fmt.Errorf("index entry at %d does not fit the pack", e.Offset)
+		}
+		head, base, n, err := readObjectHead(br, pos)
+		if err != nil {
+			return fmt.Errorf("object at %d: %w", pos, err)
+		}
+		data := next - pos - int64(n) // the zlib stream, copied as it is
+		if data <= 0 {
+			return fmt.Errorf("object at %d: no data after its header", pos)
+		}
+		if at, ok := m.kept[e.Hash]; ok {
+			newAt[pos], dropped[pos] = at, true
+			m.dropped++
+			if _, err := br.Discard(int(data)); err != nil {
+				return err
+			}
+			pos = next
+			continue
+		}
+
+		at := m.out.n
+		newAt[pos], m.kept[e.Hash] = at, at
+		crc := crc32.NewIEEE()
+		w := io.MultiWriter(m.out, crc)
+		w.Write(head)
+		if base >= 0 {
+			newBase, ok := newAt[base]
+			if !ok {
+				return fmt.Errorf("object at %d: delta base %d is not an object", pos, base)
+			}
+			if dropped[base] {
+				m.rebased++
+			}
+			w.Write(appendOfs(nil, at-newBase))
+		}
+		if _, err := io.CopyN(w, br, data); err != nil {
+			return err
+		}
+		m.objects = append(m.objects, packObject{offset: at, crc: crc.Sum32(), hash: e.Hash})
+		pos = next
+	}
+	return nil
+}
+
+// readObjectHead reads the header of the object at pos: it returns the bytes to copy as
+// they are (the type and size, and a REF delta's base id), an OFS delta's base offset (-1
+// for any other object), and the header's length in the pack.
+func readObjectHead(br *bufio.Reader, pos int64) (head []byte, base int64, n int, err error) {
+	c, err := br.ReadByte()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	head = append(head, c)
+	for c&0x80 != 0 {
+		if len(head) > 10 {
+			return nil, 0, 0, errors.New("object size header too long")
+		}
+		if c, err = br.ReadByte(); err != nil {
+			return nil, 0, 0, err
+		}
+		head = append(head, c)
+	}
+	n = len(head)
+	switch plumbing.ObjectType((head[0] >> 4) & 7) {
+	case plumbing.OFSDeltaObject:
+		if c, err = br.ReadByte(); err != nil {
+			return nil, 0, 0, err
+		}
+		n++
+		off := int64(c & 0x7f)
+		for c&0x80 != 0 {
+			if c, err = br.ReadByte(); err != nil {
+				return nil, 0, 0, err
+			}
+			n++
+			if off >= pos {
+				return nil, 0, 0, errors.New("delta base offset out of range")
+			}
+			off = (off+1)<<7 | int64(c&0x7f)
+		}
+		if off <= 0 || off > pos-12 {
+			return nil, 0, 0, errors.New("delta base offset out of range")
+		}
+		return head, pos - off, n, nil
+	case plumbing.REFDeltaObject:
+		var ref [20]byte
+		if _, err := io.ReadFull(br, ref[:]); err != nil {
+			return nil, 0, 0, err
+		}
+		return append(head, ref[:]...), -1, n + len(ref), nil
+	}
+	return head, -1, n, nil
+}
+
+// appendOfs appends the encoding of an OFS delta's distance to its base: big-endian 7-bit
+// groups, each continuation adding one.
+func appendOfs(b []byte, off int64) []byte {
+	var enc [10]byte
+	i := len(enc) - 1
+	enc[i] = byte(off & 0x7f)
+	for off >>= 7; off > 0; off >>= 7 {
+		off--
+		i--
+		enc[i] = 0x80 | byte(off&0x7f)
+	}
+	return append(b, enc[i:]...)
+}
+
+// packWriter writes a pack, hashing and counting what it writes.
+type packWriter struct {
+	w   *bufio.Writer
+	h   hash.Hash
+	n   int64
+	err error
+}
+
+func (p *packWriter) Write(b []byte) (int, error) {
+	if p.err != nil {
+		return 0, p.err
+	}
+	p.h.Write(b)
+	p.n += int64(len(b))
+	_, p.err = p.w.Write(b)
+	return len(b), p.err
+}
