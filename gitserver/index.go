@@ -3,9 +3,13 @@ package gitserver
 import (
 	"bufio"
 	"compress/zlib"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/idxfile"
@@ -15,11 +19,12 @@ import (
 // resolveDeltas gives every delta of p its id and real type by applying it to its base,
 // read back from the stored pack at ra. It walks down from each whole object that some delta
 // is based on, so a base is inflated once for all of its deltas, and a chain's bases are
-// held in memory only while their descendants are resolved. A delta whose base is not in
-// the pack (a thin pack, which the advertisement's no-thin forbids) or does not apply is a
-// bad pack.
+// held in memory only while their descendants are resolved. The walks are independent, and
+// run on up to deltaWorkers cores. A delta whose base is not in the pack (a thin pack, which
+// the advertisement's no-thin forbids) or does not apply is a bad pack.
 func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
-	r := &deltaResolver{p: p, in: packReader{ra: ra}}
+	r := &deltaResolver{p: p, claimed: make([]atomic.Bool, len(p.objects))}
+	deltas := 0
 	for i := range p.objects {
 		o := &p.objects[i]
 		switch o.typ {
@@ -28,72 +33,115 @@ func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
 				r.byOffset = map[int64][]int{}
 			}
 			r.byOffset[o.base] = append(r.byOffset[o.base], i)
-			r.pending++
+			deltas++
 		case plumbing.REFDeltaObject:
 			if r.byHash == nil {
 				r.byHash = map[plumbing.Hash][]int{}
 			}
 			b := p.refBases[i]
 			r.byHash[b] = append(r.byHash[b], i)
-			r.pending++
+			deltas++
 		}
 	}
-	for i := 0; i < len(p.objects) && r.pending > 0; i++ {
-		o := &p.objects[i]
-		if isDelta(o.typ) || !r.hasDeltas(o) {
-			continue
-		}
-		content, err := r.in.inflate(o.data, o.size)
-		if err != nil {
-			return fmt.Errorf("read object at %d: %w", o.offset, err)
-		}
-		if err := r.resolve(o, content); err != nil {
-			return err
+	if deltas == 0 {
+		return nil
+	}
+	var roots []int
+	for i := range p.objects {
+		if o := &p.objects[i]; !isDelta(o.typ) && r.hasDeltas(o) {
+			roots = append(roots, i)
 		}
 	}
-	if r.pending > 0 {
-		return packErrorf("%d deltas have no base in the pack", r.pending)
+
+	var (
+		next     atomic.Int64
+		resolved atomic.Int64
+		failed   atomic.Bool
+		wg       sync.WaitGroup
+		errs     = make([]error, min(runtime.GOMAXPROCS(0), deltaWorkers))
+	)
+	for w := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in := &packReader{ra: ra}
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= len(roots) {
+					return
+				}
+				o := &p.objects[roots[i]]
+				content, err := in.inflate(o.data, o.size)
+				if err == nil {
+					var n int
+					n, err = r.resolve(in, o, content)
+					resolved.Add(int64(n))
+				}
+				if err != nil {
+					errs[w] = err
+					failed.Store(true)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if left := deltas - int(resolved.Load()); left > 0 {
+		return packErrorf("%d deltas have no base in the pack", left)
 	}
 	return nil
 }
 
-// deltaResolver holds the deltas still to resolve, by the base they name.
+// deltaWorkers bounds the walks resolveDeltas runs at once, and so the bases held.
+const deltaWorkers = 4
+
+// deltaResolver holds the deltas of a pack by the base they name. The maps are only read
+// while walks run; each delta is claimed by the one walk that resolves it (an object held
+// twice in a pack has the same id twice, and its REF deltas would otherwise be met twice).
 type deltaResolver struct {
 	p        *scannedPack
-	in       packReader
 	byOffset map[int64][]int         // OFS deltas by their base's offset
 	byHash   map[plumbing.Hash][]int // REF deltas by their base's id
-	pending  int
+	claimed  []atomic.Bool
 }
 
 func (r *deltaResolver) hasDeltas(o *packObject) bool {
 	return len(r.byOffset[o.offset]) > 0 || len(r.byHash[o.hash]) > 0
 }
 
-// resolve resolves the deltas based on o, whose content is base, and theirs in turn.
-func (r *deltaResolver) resolve(o *packObject, base []byte) error {
-	children := append(r.byOffset[o.offset], r.byHash[o.hash]...)
-	delete(r.byOffset, o.offset)
-	delete(r.byHash, o.hash)
-	for _, i := range children {
-		d := &r.p.objects[i]
-		delta, err := r.in.inflate(d.data, d.size)
-		if err != nil {
-			return fmt.Errorf("read object at %d: %w", d.offset, err)
-		}
-		content, err := packfile.PatchDelta(base, delta)
-		if err != nil {
-			return packErrorf("delta at %d: %v", d.offset, err)
-		}
-		d.typ, d.hash = o.typ, plumbing.ComputeHash(o.typ, content)
-		r.pending--
-		if r.hasDeltas(d) {
-			if err := r.resolve(d, content); err != nil {
-				return err
+// resolve resolves the deltas based on o, whose content is base, and theirs in turn, and
+// returns how many it resolved.
+func (r *deltaResolver) resolve(in *packReader, o *packObject, base []byte) (int, error) {
+	n := 0
+	for _, children := range [][]int{r.byOffset[o.offset], r.byHash[o.hash]} {
+		for _, i := range children {
+			if r.claimed[i].Swap(true) {
+				continue
+			}
+			d := &r.p.objects[i]
+			delta, err := in.inflate(d.data, d.size)
+			if err != nil {
+				return n, fmt.Errorf("read object at %d: %w", d.offset, err)
+			}
+			content, err := packfile.PatchDelta(base, delta)
+			if err != nil {
+				return n, packErrorf("delta at %d: %v", d.offset, err)
+			}
+			d.typ, d.hash = o.typ, plumbing.ComputeHash(o.typ, content)
+			n++
+			if r.hasDeltas(d) {
+				m, err := r.resolve(in, d, content)
+				n += m
+				if err != nil {
+					return n, err
+				}
 			}
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // index is the pack's index (.idx version 2), once every object has its id.
