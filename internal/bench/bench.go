@@ -296,6 +296,18 @@ func (b *bench) runSize(ctx context.Context, sz size) error {
 	if err := b.ingest(ctx, w, dir, runs); err != nil {
 		return fmt.Errorf("pack ingest: %w", err)
 	}
+	if !b.opts.smoke && sz.name == b.opts.sizes[len(b.opts.sizes)-1].name {
+		// Once per run, with the last workload's slipway: the pack of a past (deltas).
+		b.logf("history: generating %d commits", historyCommits+1)
+		hw, err := generateHistory(ctx, b.env, dir)
+		if err != nil {
+			return fmt.Errorf("history: %w", err)
+		}
+		if err := b.ingest(ctx, hw, dir, runs); err != nil {
+			return fmt.Errorf("pack ingest (history): %w", err)
+		}
+		os.RemoveAll(hw.repo)
+	}
 	if err := b.materialise(ctx, w, dir, runs); err != nil {
 		return fmt.Errorf("materialise: %w", err)
 	}

@@ -120,14 +120,18 @@ func (b *bench) rows() []row {
 			}
 		}
 	}
-	for _, sz := range b.opts.sizes {
-		s, h, f := med("4", sz.name, srvSlipway), med("4", sz.name, srvSSH), med("4", sz.name, srvFile)
+	for _, name := range append(sizeNames(b.opts.sizes), "history") {
+		s, h, f := med("4", name, srvSlipway), med("4", name, srvSSH), med("4", name, srvFile)
 		if s == 0 {
 			continue
 		}
 		rs, _ := ratio(s, h)
-		rows = append(rows, row{figure: fmt.Sprintf("4. pack ingest, MB/s (%s MB pack; ssh: receive-pack via sshd; file://: local index-pack)", b.extra["pack|"+sz.name]),
-			size: sz.name, slip: fmtNum(s, "MB/s"), ssh: fmtNum(h, "MB/s"), file: fmtNum(f, "MB/s"), ratio: rs, target: "—", met: "—"})
+		what := fmt.Sprintf("%s MB pack", b.extra["pack|"+name])
+		if name == "history" {
+			what = fmt.Sprintf("%s MB pack of %d commits, mostly deltas", b.extra["pack|"+name], historyCommits+2)
+		}
+		rows = append(rows, row{figure: fmt.Sprintf("4. pack ingest, MB/s (%s; ssh: receive-pack via sshd; file://: local index-pack)", what),
+			size: name, slip: fmtNum(s, "MB/s"), ssh: fmtNum(h, "MB/s"), file: fmtNum(f, "MB/s"), ratio: rs, target: "—", met: "—"})
 	}
 	for _, m := range []struct{ key, name string }{
 		{"archive", `git archive \| tar -x`},
@@ -261,7 +265,7 @@ func (b *bench) report() reportOut {
 	w("2. **Incremental push**: one text file changed, pushed to the environment of figure 1.\n")
 	w("3. **Rollback** to the release of figure 1 (still kept) by `git push -f <sha>:main`. Server side: slipway's own `took` of the deploy (its JSON log, `deploy finished`); the hook's own runtime for the baselines. End to end: as figure 1.\n")
 	w("4. **Pack ingest**: the same pack (what a first push sends, %s) sent by a minimal receive-pack client (Go, `%s` on both servers, so the transport costs little on either side) ", "`git pack-objects --revs --thin --delta-base-offset`", ingestCipher)
-	w("from the first byte of the request until the server has stored and indexed it: slipway's `-----> deploying` line (its gitserver does not expose ingest as a function) or git's `unpack ok` report. `file://` column: `git index-pack --stdin` on the pack, locally. MB/s = pack size / time.\n")
+	w("from the first byte of the request until the server has stored and indexed it: slipway's `-----> deploying` line (its gitserver does not expose ingest as a function) or git's `unpack ok` report. `file://` column: `git index-pack --stdin` on the pack, locally. MB/s = pack size / time. The `history` row is the first push of an application with a past, generated once per run (%d files, then %d commits editing %d of them each, by git fast-import), so that most of its objects are deltas, which the workloads' one-commit packs lack.\n", historyFiles, historyCommits, historyEdits)
 	w("5. **Materialise**: writing the tree of the first commit from a bare repository (a `git clone --bare --no-local`, i.e. the pack a push makes): slipway's `releaser.Materialize` called in-process, against `git archive | tar -x`, `git worktree add --detach`, and `cp -a` of a tree already written. Page cache warm, no fsync in any method.\n")
 	w("6. **Peak memory** during the first push: slipway's VmHWM (a fresh process per workload); for the baselines, the peak of the summed RSS of the server's processes (ssh: every process under the private sshd; file://: git receive-pack and its children), sampled every 10 ms on the first run. Shared pages count once per process, so the baseline's sum overstates a little.\n")
 	w("7. **Disk per incremental release**: the allocated blocks of the inodes of `releases/<new>` that `releases/<old>` does not share (a hardlinked file counts nothing), against the full size of the release.\n")
@@ -371,4 +375,12 @@ func rawName(k string) string {
 func commandLine() string {
 	args := append([]string{"go run ./internal/bench"}, os.Args[1:]...)
 	return strings.Join(args, " ")
+}
+
+func sizeNames(sizes []size) []string {
+	var names []string
+	for _, s := range sizes {
+		names = append(names, s.name)
+	}
+	return names
 }

@@ -265,3 +265,94 @@ func makePack(ctx context.Context, env []string, repo, sha, out string) (int64, 
 	}
 	return fi.Size(), nil
 }
+
+// History is figure 4's second pack: what the first push of an application with a past
+// sends. Most of its objects are deltas, which the workloads above (one commit) lack.
+const (
+	historyFiles   = 1000 // text files of the first commit
+	historyCommits = 3000 // commits after it, each editing historyEdits files
+	historyEdits   = 8
+)
+
+// generateHistory writes a repository of historyCommits commits with git fast-import (fixed
+// seed: the same ids on every run): text files that grow and change a few lines at a time,
+// as source code does, repacked with deltas. Its bad commit, on top, is rejected by slipway
+// at once, as figure 4 needs.
+func generateHistory(ctx context.Context, env []string, dir string) (*workload, error) {
+	w := &workload{size: size{name: "history"}, repo: filepath.Join(dir, "history.git")}
+	if _, err := run(ctx, env, dir, time.Minute, "git", "init", "-q", "--bare", "-b", "main", w.repo); err != nil {
+		return nil, err
+	}
+	ctx2, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := command(ctx2, env, w.repo, "git", "fast-import", "--quiet", "--done")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	werr := writeHistory(bufio.NewWriterSize(stdin, 1<<20))
+	stdin.Close()
+	if err := cmd.Wait(); err != nil || werr != nil {
+		return nil, fmt.Errorf("git fast-import: %v %v: %s", werr, err, tail(errb.String(), 2000))
+	}
+	// As a developer's repository is after git gc: fast-import stores most blobs whole.
+	if _, err := run(ctx, env, w.repo, 15*time.Minute, "git", "repack", "-a", "-d", "-f", "-q"); err != nil {
+		return nil, err
+	}
+	if w.bad, err = run(ctx, env, w.repo, time.Minute, "git", "rev-parse", "refs/heads/bad"); err != nil {
+		return nil, err
+	}
+	w.bad = strings.TrimSpace(w.bad)
+	return w, nil
+}
+
+func writeHistory(bw *bufio.Writer) error {
+	r := rand.New(rand.NewPCG(0x4157, 1))
+	words := vocabulary(r)
+	line := func() string { return string(textFile(r, words, 40+r.IntN(60))) + "\n" }
+	files := make([][]string, historyFiles)
+	for i := range files {
+		for range 20 + r.IntN(200) {
+			files[i] = append(files[i], line())
+		}
+	}
+	const ident = "Bench <bench@slipway.invalid>"
+	when := 1700000000
+	put := func(i int) {
+		data := strings.Join(files[i], "")
+		fmt.Fprintf(bw, "M 100644 inline src/m%02d/f%04d.php\ndata %d\n%s\n", i%25, i, len(data), data)
+	}
+	for c := 0; c <= historyCommits; c++ {
+		msg := fmt.Sprintf("commit %d", c)
+		fmt.Fprintf(bw, "commit refs/heads/main\nauthor %s %d +0000\ncommitter %s %d +0000\ndata %d\n%s\n",
+			ident, when, ident, when, len(msg), msg)
+		when += 600
+		if c == 0 {
+			for i := range files {
+				put(i)
+			}
+			continue
+		}
+		for range historyEdits {
+			i := r.IntN(historyFiles)
+			f := files[i]
+			for range 3 {
+				at := r.IntN(len(f) + 1)
+				f = append(f[:at], append([]string{line()}, f[at:]...)...)
+			}
+			f = append(f[:0:0], f...)
+			f[r.IntN(len(f))] = line()
+			files[i] = f
+			put(i)
+		}
+	}
+	bad := "build = [\"true\"]\nbench_unknown_key = 1\n"
+	fmt.Fprintf(bw, "commit refs/heads/bad\nauthor %s %d +0000\ncommitter %s %d +0000\ndata 3\nbad\nfrom refs/heads/main\nM 100644 inline slipway.toml\ndata %d\n%s\ndone\n",
+		ident, when, ident, when, len(bad), bad)
+	return bw.Flush()
+}
