@@ -16,7 +16,10 @@
 //   - A fetch never creates or changes a repository, except for that alignment, and sends
 //     only objects reachable from the refs it advertised.
 //   - The pack is read by its own structure (header, object count, trailer), never until end
-//     of stream, so clients that keep their side open (libgit2) work.
+//     of stream, so clients that keep their side open (libgit2) work. It is indexed as it
+//     streams (copyPack, then resolveDeltas), and appears in the repository whole or not at
+//     all. A push that leaves more than maxPacks packs merges the smaller ones, and never
+//     removes a pack a fetch may be reading.
 package gitserver
 
 import (
