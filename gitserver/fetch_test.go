@@ -496,3 +496,34 @@ func TestManyPushesKeepPacksBounded(t *testing.T) {
 		t.Errorf("server main has %s commits", n)
 	}
 }
+
+// TestPushRemovesTempPacks: the temporary files of a pack whose push was cut short by a
+// crash are removed by the next push, and the stored packs stay.
+func TestPushRemovesTempPacks(t *testing.T) {
+	t.Parallel()
+	h := start(t, &fakeDeployer{}, nil)
+	work := h.work()
+	h.pushed(work)
+	packDir := filepath.Join(h.reposDir, "myapp", "production.git", "objects", "pack")
+	for _, name := range []string{"tmp_pack_123", "tmp_idx_456"} {
+		if err := os.WriteFile(filepath.Join(packDir, name), []byte("half a pack"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.commit(work, "b.txt", "second\n")
+	head := h.pushed(work)
+	entries, _ := os.ReadDir(packDir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+		if strings.HasPrefix(e.Name(), "tmp_") {
+			t.Errorf("%s left after the next push", e.Name())
+		}
+	}
+	if len(names) != 4 {
+		t.Errorf("objects/pack holds %v, want the two pushes' packs and indexes", names)
+	}
+	if got := h.serverRef("refs/heads/main"); got != head {
+		t.Errorf("server main = %s, want %s", got, head)
+	}
+}

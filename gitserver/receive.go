@@ -396,6 +396,9 @@ func (s *Server) openForPush(ctx context.Context, repo string, target Target) (*
 		unlock()
 		return nil, &refusal{"cannot open the repository (see the server log)", zerolog.ErrorLevel, "error", err}
 	}
+	if err := removeTempPacks(dir); err != nil {
+		s.log.Warn().Err(err).Str("repo", repo).Msg("remove temporary pack files")
+	}
 	if err := s.alignBranch(st, repo, branchRef, target.Live); err != nil {
 		st.Close()
 		unlock()

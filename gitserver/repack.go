@@ -80,6 +80,29 @@ func consolidatePacks(dir string, mayRemove func() (done func(), ok bool)) (merg
 	return stats, atomicfile.SyncDir(packDir)
 }
 
+// removeTempPacks removes the temporary files a push or a merge interrupted by a crash left
+// under objects/pack of the repository at dir. Only the holder of the repository's lock
+// writes them, so the caller holds it.
+func removeTempPacks(dir string) error {
+	packDir := filepath.Join(dir, "objects", "pack")
+	entries, err := os.ReadDir(packDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "tmp_pack_") || strings.HasPrefix(e.Name(), "tmp_idx_") {
+			if err := os.Remove(filepath.Join(packDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // listPacks returns the packs in packDir that have their index, largest first.
 func listPacks(packDir string) ([]packFile, error) {
 	entries, err := os.ReadDir(packDir)
