@@ -180,25 +180,14 @@ func rawPack(objs ...rawObject) []byte {
 	binary.Write(&b, binary.BigEndian, uint32(len(objs)))
 	for _, o := range objs {
 		start := int64(b.Len())
-		size := len(o.data)
-		c := byte(o.typ)<<4 | byte(size&0x0f)
-		for size >>= 4; size > 0; size >>= 7 {
-			b.WriteByte(c | 0x80)
-			c = byte(size & 0x7f)
-		}
-		b.WriteByte(c)
+		head := appendObjectHeader(nil, o.typ, uint64(len(o.data)))
 		switch o.typ {
 		case plumbing.OFSDeltaObject:
-			off := start - o.ofsTo
-			enc := []byte{byte(off & 0x7f)}
-			for off >>= 7; off > 0; off >>= 7 {
-				off--
-				enc = append([]byte{0x80 | byte(off&0x7f)}, enc...)
-			}
-			b.Write(enc)
+			head = appendOfs(head, start-o.ofsTo)
 		case plumbing.REFDeltaObject:
-			b.Write(o.ref[:])
+			head = append(head, o.ref[:]...)
 		}
+		b.Write(head)
 		zw := zlib.NewWriter(&b)
 		zw.Write(o.data)
 		zw.Close()

@@ -83,15 +83,16 @@ func copyPack(w io.Writer, r *bufio.Reader) (*scannedPack, error) {
 		}
 		src.crc = 0
 		o := packObject{offset: src.n}
-		base, err := src.objectHeader(&o)
+		h, err := readObjectHeader(src, o.offset)
 		if err != nil {
 			return nil, fmt.Errorf("object %d: %w", i, err)
 		}
+		o.typ, o.size, o.base = h.typ, h.size, h.base
 		if o.typ == plumbing.REFDeltaObject {
 			if p.refBases == nil {
 				p.refBases = map[int]plumbing.Hash{}
 			}
-			p.refBases[len(p.objects)] = base
+			p.refBases[len(p.objects)] = h.ref
 		}
 		o.data = src.n
 		if zr == nil {
@@ -232,59 +233,102 @@ func (s *packSource) write(p []byte) {
 // maxObjectSize is what an object header may declare; larger is a corrupt or hostile pack.
 const maxObjectSize = 1 << 40
 
-// objectHeader reads one object's type/size header and its delta base into o (whose
-// offset is set), and returns the base's id for a REF delta.
-func (s *packSource) objectHeader(o *packObject) (plumbing.Hash, error) {
-	var ref plumbing.Hash
-	c, err := s.ReadByte()
-	if err != nil {
-		return ref, packReadErr("header", err)
+// objectHeader is the header of one object of a pack.
+type objectHeader struct {
+	typ  plumbing.ObjectType
+	size uint64        // inflated size of the zlib stream that follows
+	base int64         // OFS delta: the offset of its base in the pack
+	ref  plumbing.Hash // REF delta: the id of its base
+	len  int           // bytes the header takes in the pack
+}
+
+// readObjectHeader reads the header of the object at offset pos of a pack: its type and
+// size, and a delta's base.
+func readObjectHeader(r io.ByteReader, pos int64) (objectHeader, error) {
+	var h objectHeader
+	next := func(what string) (byte, error) {
+		c, err := r.ReadByte()
+		if err != nil {
+			return 0, packReadErr(what, err)
+		}
+		h.len++
+		return c, nil
 	}
-	typ := plumbing.ObjectType((c >> 4) & 7)
-	size := uint64(c & 0x0f)
+	c, err := next("header")
+	if err != nil {
+		return h, err
+	}
+	h.typ = plumbing.ObjectType((c >> 4) & 7)
+	h.size = uint64(c & 0x0f)
 	for shift := 4; c&0x80 != 0; shift += 7 {
-		if c, err = s.ReadByte(); err != nil {
-			return ref, packReadErr("header", err)
+		if c, err = next("header"); err != nil {
+			return h, err
 		}
 		if shift > 40 {
-			return ref, packErrorf("object size header too long")
+			return h, packErrorf("object size header too long")
 		}
-		size |= uint64(c&0x7f) << shift
+		h.size |= uint64(c&0x7f) << shift
 	}
-	if size > maxObjectSize {
-		return ref, packErrorf("object size %d too large", size)
+	if h.size > maxObjectSize {
+		return h, packErrorf("object size %d too large", h.size)
 	}
-	o.typ, o.size = typ, size
-	switch typ {
+	switch h.typ {
 	case plumbing.CommitObject, plumbing.TreeObject, plumbing.BlobObject, plumbing.TagObject:
 	case plumbing.OFSDeltaObject:
 		// Offset encoding from git's pack format: big-endian 7-bit groups, each continuation
 		// adding one so that every value has a single encoding.
-		if c, err = s.ReadByte(); err != nil {
-			return ref, packReadErr("delta base", err)
+		if c, err = next("delta base"); err != nil {
+			return h, err
 		}
 		off := int64(c & 0x7f)
 		for c&0x80 != 0 {
-			if c, err = s.ReadByte(); err != nil {
-				return ref, packReadErr("delta base", err)
+			if c, err = next("delta base"); err != nil {
+				return h, err
 			}
-			if off >= o.offset {
-				return ref, packErrorf("delta base offset out of range")
+			if off >= pos {
+				return h, packErrorf("delta base offset out of range")
 			}
 			off = (off+1)<<7 | int64(c&0x7f)
 		}
-		if off <= 0 || off > o.offset-12 {
-			return ref, packErrorf("delta base offset out of range")
+		if off <= 0 || off > pos-12 {
+			return h, packErrorf("delta base offset out of range")
 		}
-		o.base = o.offset - off
+		h.base = pos - off
 	case plumbing.REFDeltaObject:
-		if _, err := io.ReadFull(s, ref[:]); err != nil {
-			return ref, packReadErr("delta base", err)
+		for i := range h.ref {
+			if h.ref[i], err = next("delta base"); err != nil {
+				return h, err
+			}
 		}
 	default:
-		return ref, packErrorf("unknown object type %d", typ)
+		return h, packErrorf("unknown object type %d", h.typ)
 	}
-	return ref, nil
+	return h, nil
+}
+
+// appendObjectHeader appends the encoding of an object's type and size (without a delta's
+// base) to b.
+func appendObjectHeader(b []byte, typ plumbing.ObjectType, size uint64) []byte {
+	c := byte(typ)<<4 | byte(size&0x0f)
+	for size >>= 4; size > 0; size >>= 7 {
+		b = append(b, c|0x80)
+		c = byte(size & 0x7f)
+	}
+	return append(b, c)
+}
+
+// appendOfs appends the encoding of an OFS delta's distance to its base: big-endian 7-bit
+// groups, each continuation adding one.
+func appendOfs(b []byte, off int64) []byte {
+	var enc [10]byte
+	i := len(enc) - 1
+	enc[i] = byte(off & 0x7f)
+	for off >>= 7; off > 0; off >>= 7 {
+		off--
+		i--
+		enc[i] = 0x80 | byte(off&0x7f)
+	}
+	return append(b, enc[i:]...)
 }
 
 // storePack reads one pack from r into the bare repository at dir: written to a temporary

@@ -279,11 +279,11 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		if int64(e.Offset) != pos {
 			return fmt.Errorf("index entry at %d does not fit the pack", e.Offset)
 		}
-		head, base, n, err := readObjectHead(br, pos)
+		h, err := readObjectHeader(br, pos)
 		if err != nil {
 			return fmt.Errorf("object at %d: %w", pos, err)
 		}
-		data := next - pos - int64(n) // the zlib stream, copied as it is
+		data := next - pos - int64(h.len) // the zlib stream, copied as it is
 		if data <= 0 {
 			return fmt.Errorf("object at %d: no data after its header", pos)
 		}
@@ -301,17 +301,21 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		newAt[pos], m.kept[e.Hash] = at, at
 		crc := crc32.NewIEEE()
 		w := io.MultiWriter(m.out, crc)
-		w.Write(head)
-		if base >= 0 {
-			newBase, ok := newAt[base]
+		head := appendObjectHeader(nil, h.typ, h.size)
+		switch h.typ {
+		case plumbing.OFSDeltaObject:
+			newBase, ok := newAt[h.base]
 			if !ok {
-				return fmt.Errorf("object at %d: delta base %d is not an object", pos, base)
+				return fmt.Errorf("object at %d: delta base %d is not an object", pos, h.base)
 			}
-			if dropped[base] {
+			if dropped[h.base] {
 				m.rebased++
 			}
-			w.Write(appendOfs(nil, at-newBase))
+			head = appendOfs(head, at-newBase)
+		case plumbing.REFDeltaObject:
+			head = append(head, h.ref[:]...)
 		}
+		w.Write(head)
 		if _, err := io.CopyN(w, br, data); err != nil {
 			return err
 		}
@@ -319,70 +323,6 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		pos = next
 	}
 	return nil
-}
-
-// readObjectHead reads the header of the object at pos: it returns the bytes to copy as
-// they are (the type and size, and a REF delta's base id), an OFS delta's base offset (-1
-// for any other object), and the header's length in the pack.
-func readObjectHead(br *bufio.Reader, pos int64) (head []byte, base int64, n int, err error) {
-	c, err := br.ReadByte()
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	head = append(head, c)
-	for c&0x80 != 0 {
-		if len(head) > 10 {
-			return nil, 0, 0, errors.New("object size header too long")
-		}
-		if c, err = br.ReadByte(); err != nil {
-			return nil, 0, 0, err
-		}
-		head = append(head, c)
-	}
-	n = len(head)
-	switch plumbing.ObjectType((head[0] >> 4) & 7) {
-	case plumbing.OFSDeltaObject:
-		if c, err = br.ReadByte(); err != nil {
-			return nil, 0, 0, err
-		}
-		n++
-		off := int64(c & 0x7f)
-		for c&0x80 != 0 {
-			if c, err = br.ReadByte(); err != nil {
-				return nil, 0, 0, err
-			}
-			n++
-			if off >= pos {
-				return nil, 0, 0, errors.New("delta base offset out of range")
-			}
-			off = (off+1)<<7 | int64(c&0x7f)
-		}
-		if off <= 0 || off > pos-12 {
-			return nil, 0, 0, errors.New("delta base offset out of range")
-		}
-		return head, pos - off, n, nil
-	case plumbing.REFDeltaObject:
-		var ref [20]byte
-		if _, err := io.ReadFull(br, ref[:]); err != nil {
-			return nil, 0, 0, err
-		}
-		return append(head, ref[:]...), -1, n + len(ref), nil
-	}
-	return head, -1, n, nil
-}
-
-// appendOfs appends the encoding of an OFS delta's distance to its base: big-endian 7-bit
-// groups, each continuation adding one.
-func appendOfs(b []byte, off int64) []byte {
-	var enc [10]byte
-	i := len(enc) - 1
-	enc[i] = byte(off & 0x7f)
-	for off >>= 7; off > 0; off >>= 7 {
-		off--
-		i--
-		enc[i] = 0x80 | byte(off&0x7f)
-	}
-	return append(b, enc[i:]...)
 }
 
 // packWriter writes a pack, hashing and counting what it writes.

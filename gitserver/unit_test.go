@@ -3,9 +3,7 @@ package gitserver
 import (
 	"bufio"
 	"bytes"
-	"compress/zlib"
 	"crypto/sha1"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -245,27 +243,11 @@ func TestHostKeyStable(t *testing.T) {
 // buildPack makes a version-2 pack of whole (non-delta) objects by hand.
 func buildPack(t *testing.T, objs []plumbing.ObjectType, data [][]byte) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	b.WriteString("PACK")
-	binary.Write(&b, binary.BigEndian, uint32(2))
-	binary.Write(&b, binary.BigEndian, uint32(len(objs)))
+	raw := make([]rawObject, len(objs))
 	for i, typ := range objs {
-		size := len(data[i])
-		c := byte(typ)<<4 | byte(size&0x0f)
-		size >>= 4
-		for size > 0 {
-			b.WriteByte(c | 0x80)
-			c = byte(size & 0x7f)
-			size >>= 7
-		}
-		b.WriteByte(c)
-		zw := zlib.NewWriter(&b)
-		zw.Write(data[i])
-		zw.Close()
+		raw[i] = rawObject{typ: typ, data: data[i]}
 	}
-	sum := sha1.Sum(b.Bytes())
-	b.Write(sum[:])
-	return b.Bytes()
+	return rawPack(raw...)
 }
 
 func TestCopyPackStopsAtTrailer(t *testing.T) {
