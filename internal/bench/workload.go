@@ -92,25 +92,9 @@ func textFile(r *rand.Rand, words []string, n int) []byte {
 // seed: the commit ids are the same on every run) and packs it with git repack.
 func generate(ctx context.Context, env []string, dir string, sz size) (*workload, error) {
 	w := &workload{size: sz, repo: filepath.Join(dir, "app.git")}
-	if _, err := run(ctx, env, dir, time.Minute, "git", "init", "-q", "--bare", "-b", "main", w.repo); err != nil {
-		return nil, err
-	}
-	ctx2, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cmd := command(ctx2, env, w.repo, "git", "fast-import", "--quiet", "--done")
-	stdin, err := cmd.StdinPipe()
+	err := fastImport(ctx, env, w.repo, func(bw *bufio.Writer) error { return writeStream(bw, sz, w) })
 	if err != nil {
 		return nil, err
-	}
-	var errb strings.Builder
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	werr := writeStream(bufio.NewWriterSize(stdin, 1<<20), sz, w)
-	stdin.Close()
-	if err := cmd.Wait(); err != nil || werr != nil {
-		return nil, fmt.Errorf("git fast-import: %v %v: %s", werr, err, tail(errb.String(), 2000))
 	}
 	if _, err := run(ctx, env, w.repo, 15*time.Minute, "git", "repack", "-a", "-d", "-q"); err != nil {
 		return nil, err
@@ -133,6 +117,32 @@ func generate(ctx context.Context, env []string, dir string, sz size) (*workload
 		return nil, fmt.Errorf("fast-import made refs %v", byRef)
 	}
 	return w, nil
+}
+
+// fastImport makes the bare repository repo (branch main) from the git fast-import stream
+// that write writes.
+func fastImport(ctx context.Context, env []string, repo string, write func(*bufio.Writer) error) error {
+	if _, err := run(ctx, env, filepath.Dir(repo), time.Minute, "git", "init", "-q", "--bare", "-b", "main", repo); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := command(ctx, env, repo, "git", "fast-import", "--quiet", "--done")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	werr := write(bufio.NewWriterSize(stdin, 1<<20))
+	stdin.Close()
+	if err := cmd.Wait(); err != nil || werr != nil {
+		return fmt.Errorf("git fast-import: %v %v: %s", werr, err, tail(errb.String(), 2000))
+	}
+	return nil
 }
 
 // writeStream writes the fast-import stream of sz: the base tree, then one commit per
@@ -280,25 +290,9 @@ const (
 // at once, as figure 4 needs.
 func generateHistory(ctx context.Context, env []string, dir string) (*workload, error) {
 	w := &workload{size: size{name: "history"}, repo: filepath.Join(dir, "history.git")}
-	if _, err := run(ctx, env, dir, time.Minute, "git", "init", "-q", "--bare", "-b", "main", w.repo); err != nil {
-		return nil, err
-	}
-	ctx2, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cmd := command(ctx2, env, w.repo, "git", "fast-import", "--quiet", "--done")
-	stdin, err := cmd.StdinPipe()
+	err := fastImport(ctx, env, w.repo, writeHistory)
 	if err != nil {
 		return nil, err
-	}
-	var errb strings.Builder
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	werr := writeHistory(bufio.NewWriterSize(stdin, 1<<20))
-	stdin.Close()
-	if err := cmd.Wait(); err != nil || werr != nil {
-		return nil, fmt.Errorf("git fast-import: %v %v: %s", werr, err, tail(errb.String(), 2000))
 	}
 	// As a developer's repository is after git gc: fast-import stores most blobs whole.
 	if _, err := run(ctx, env, w.repo, 15*time.Minute, "git", "repack", "-a", "-d", "-f", "-q"); err != nil {
