@@ -19,7 +19,7 @@ import (
 )
 
 // gitIn runs git in dir with stdin and returns its stdout.
-func gitIn(t *testing.T, dir, stdin string, args ...string) []byte {
+func gitIn(t testing.TB, dir, stdin string, args ...string) []byte {
 	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
@@ -36,7 +36,7 @@ func gitIn(t *testing.T, dir, stdin string, args ...string) []byte {
 
 // historyRepo makes a bare repository whose history packs into long delta chains: ten files
 // that each grow by a line in each of 60 commits, and an annotated tag.
-func historyRepo(t *testing.T) string {
+func historyRepo(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "history.git")
 	gitIn(t, "", "", "init", "-q", "--bare", dir)

@@ -15,7 +15,7 @@ import (
 )
 
 // packHashes returns the ids of every object in the packs of the repository at dir.
-func packHashes(t *testing.T, dir string) []string {
+func packHashes(t testing.TB, dir string) []string {
 	t.Helper()
 	packs, err := listPacks(filepath.Join(dir, "objects", "pack"))
 	if err != nil {
@@ -189,4 +189,47 @@ func TestMergePacksRebasesDeltas(t *testing.T) {
 		t.Errorf("the merged pack holds %d objects, the packs %d", len(got), len(want))
 	}
 	gitIn(t, dir, "", "fsck", "--strict", "--no-dangling")
+}
+
+// BenchmarkObjectLookup reads every object of a 60-commit history through go-git's storage,
+// as a checkout or a fetch does: stored as the 60 packs of one-commit pushes, and merged.
+//
+//	go test ./gitserver -run '^$' -bench ObjectLookup
+func BenchmarkObjectLookup(b *testing.B) {
+	src := historyRepo(b)
+	for _, merged := range []bool{false, true} {
+		dir := filepath.Join(b.TempDir(), "r.git")
+		if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
+			b.Fatal(err)
+		}
+		for i := 59; i >= 0; i-- {
+			revs := fmt.Sprintf("main~%d\n", i)
+			if i < 59 {
+				revs += fmt.Sprintf("^main~%d\n", i+1)
+			}
+			pack := gitIn(b, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")
+			if _, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ids := packHashes(b, dir)
+		if merged {
+			if _, err := consolidatePacks(dir, func() (func(), bool) { return func() {}, true }); err != nil {
+				b.Fatal(err)
+			}
+		}
+		packs, _ := listPacks(filepath.Join(dir, "objects", "pack"))
+		b.Run(fmt.Sprintf("packs=%d", len(packs)), func(b *testing.B) {
+			for b.Loop() {
+				st := newStorage(dir)
+				for _, id := range ids {
+					if _, err := st.EncodedObject(plumbing.AnyObject, plumbing.NewHash(id)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				st.Close()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/object")
+		})
+	}
 }
