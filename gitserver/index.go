@@ -145,6 +145,8 @@ func (r *deltaResolver) resolve(in *packReader, o *packObject, base []byte) (int
 }
 
 // index is the pack's index (.idx version 2), once every object has its id.
+// An object may appear once: git never sends one twice, and an index with fewer entries
+// than its pack has objects could not be merged (mergePacks walks a pack by its index).
 func (p *scannedPack) index() (*idxfile.MemoryIndex, error) {
 	w := new(idxfile.Writer)
 	w.OnHeader(uint32(len(p.objects)))
@@ -154,7 +156,18 @@ func (p *scannedPack) index() (*idxfile.MemoryIndex, error) {
 	if err := w.OnFooter(p.sum); err != nil {
 		return nil, err
 	}
-	return w.Index()
+	idx, err := w.Index()
+	if err != nil {
+		return nil, err
+	}
+	n, err := idx.Count()
+	if err != nil {
+		return nil, err
+	}
+	if n != int64(len(p.objects)) {
+		return nil, packErrorf("%d objects appear more than once", int64(len(p.objects))-n)
+	}
+	return idx, nil
 }
 
 // packReader inflates objects of a stored pack.

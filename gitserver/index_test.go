@@ -115,10 +115,10 @@ func TestStorePackMatchesGitIndexPack(t *testing.T) {
 	}
 }
 
-// TestStorePackRefusesUnresolvableDeltas: a thin pack (deltas on objects the pack lacks), a
-// delta whose instructions do not fit its base, and an OFS delta whose base offset is inside
-// another object are bad packs, and leave nothing behind.
-func TestStorePackRefusesUnresolvableDeltas(t *testing.T) {
+// TestStorePackRefusesBadObjects: a thin pack (deltas on objects the pack lacks), a delta
+// whose instructions do not fit its base, an OFS delta whose base offset is inside another
+// object, and an object sent twice are bad packs, and leave nothing behind.
+func TestStorePackRefusesBadObjects(t *testing.T) {
 	t.Parallel()
 	src := historyRepo(t)
 	thin := gitIn(t, src, "main\n^main~5\n", "pack-objects", "--revs", "--thin", "--stdout", "-q")
@@ -134,7 +134,9 @@ func TestStorePackRefusesUnresolvableDeltas(t *testing.T) {
 	inside := rawPack(rawObject{typ: plumbing.BlobObject, data: base},
 		rawObject{typ: plumbing.OFSDeltaObject, ofsTo: 13, data: goodDelta})
 
-	for name, pack := range map[string][]byte{"thin": thin, "bad delta": badRef, "base inside an object": inside} {
+	twice := rawPack(rawObject{typ: plumbing.BlobObject, data: base}, rawObject{typ: plumbing.BlobObject, data: base})
+
+	for name, pack := range map[string][]byte{"thin": thin, "bad delta": badRef, "base inside an object": inside, "twice": twice} {
 		dir := filepath.Join(t.TempDir(), "r.git")
 		if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
 			t.Fatal(err)
