@@ -527,3 +527,48 @@ func TestPushRemovesTempPacks(t *testing.T) {
 		t.Errorf("server main = %s, want %s", got, head)
 	}
 }
+
+// TestPushHistory: a first push of a history sends most objects as deltas on others in the
+// pack; they are resolved, the repository is whole for git, and a clone gets it all back.
+func TestPushHistory(t *testing.T) {
+	t.Parallel()
+	h := start(t, &fakeDeployer{}, nil)
+	work := h.work()
+	content := strings.Repeat("a line of the file that does not change\n", 300)
+	for i := 0; i < 40; i++ {
+		content += fmt.Sprintf("line %d\n", i)
+		h.commit(work, fmt.Sprintf("f%d.txt", i%4), content)
+	}
+	h.git(work, "gc", "-q")
+	stderr, err := h.push(work, "--progress", "production", "main")
+	if err != nil {
+		t.Fatalf("push: %v\n%s", err, stderr)
+	}
+	m := regexp.MustCompile(`Total (\d+) \(delta (\d+)\)`).FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("no pack totals in\n%s", stderr)
+	}
+	if total, deltas := atoi(t, m[1]), atoi(t, m[2]); deltas < total/3 {
+		t.Fatalf("the push sent %d deltas of %d objects; want a pack of mostly deltas", deltas, total)
+	}
+	repo := filepath.Join(h.reposDir, "myapp", "production.git")
+	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", repo, "fsck", "--full", "--strict", "--no-dangling"); err != nil {
+		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
+	}
+	clone := filepath.Join(h.dir, "clone")
+	if _, stderr, err := h.exec(h.dir, h.alice, "git", "clone", "-q", h.url("myapp/production"), clone); err != nil {
+		t.Fatalf("clone: %v\n%s", err, stderr)
+	}
+	if a, b := h.git(work, "rev-list", "--objects", "--all"), h.git(clone, "rev-list", "--objects", "--all"); a != b {
+		t.Error("the clone's objects differ from the pushed history's")
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
