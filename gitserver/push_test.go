@@ -162,18 +162,22 @@ func TestBigOutput(t *testing.T) {
 	}
 }
 
+// TestSilentDeployOutlivesIdleTimeout: a deploy that prints nothing for over twice the idle
+// timeout survives, on keepalives. The idle timeout is 2 s, not less: before the pack
+// arrives it is the client that must speak, and a loaded machine (go test -race of every
+// package at once) can keep git from starting its pack for over a second.
 func TestSilentDeployOutlivesIdleTimeout(t *testing.T) {
 	t.Parallel()
 	d := &fakeDeployer{deploy: func(ctx context.Context, p Push, out io.Writer) error {
 		select {
-		case <-time.After(3 * time.Second): // the deploy's own silent work
+		case <-time.After(5 * time.Second): // the deploy's own silent work
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}}
 	h := start(t, d, func(c *Config) {
-		c.IdleTimeout = time.Second
+		c.IdleTimeout = 2 * time.Second
 		c.Keepalive = 200 * time.Millisecond
 	})
 	work := h.work()
