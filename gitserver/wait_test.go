@@ -159,11 +159,13 @@ func TestBusyWaitTimesOut(t *testing.T) {
 }
 
 // TestLongWaitOutlivesIdleTimeout: keepalives run while a push waits, and the wait is capped.
+// The idle timeout is 2 s, as in TestSilentDeployOutlivesIdleTimeout: until the server
+// waits, it is the client that must speak, and a loaded machine can delay it.
 func TestLongWaitOutlivesIdleTimeout(t *testing.T) {
 	t.Parallel()
 	d := &fakeDeployer{waiting: make(chan time.Duration, 1)}
 	h := start(t, d, func(c *Config) {
-		c.IdleTimeout = time.Second
+		c.IdleTimeout = 2 * time.Second
 		c.Keepalive = 200 * time.Millisecond
 	})
 	work := h.work()
@@ -172,8 +174,8 @@ func TestLongWaitOutlivesIdleTimeout(t *testing.T) {
 		if w := <-d.waiting; w != time.Hour {
 			t.Errorf("Reserve waited up to %v, want the 1h cap", w)
 		}
-		// The other deploy runs on for longer than the idle timeout.
-		time.AfterFunc(2500*time.Millisecond, release)
+		// The other deploy runs on for over twice the idle timeout.
+		time.AfterFunc(5*time.Second, release)
 	}()
 	stderr, err := h.push(work, "-o", "wait=5h", "production", "main")
 	if err != nil {
