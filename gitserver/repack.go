@@ -163,13 +163,14 @@ func packsToMerge(packs []packFile) []packFile {
 // one, which has the same content.
 func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) {
 	indexes := make([][]idxfile.Entry, len(packs))
-	distinct := map[plumbing.Hash]struct{}{}
+	// Every object, once: its offset in the new pack once copied, -1 until then.
+	kept := map[plumbing.Hash]int64{}
 	for i, p := range packs {
 		if indexes[i], err = readIndex(p.base + ".idx"); err != nil {
 			return stats, err
 		}
 		for _, e := range indexes[i] {
-			distinct[e.Hash] = struct{}{}
+			kept[e.Hash] = -1
 		}
 	}
 
@@ -187,18 +188,17 @@ func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) 
 	var hdr [12]byte
 	copy(hdr[:], "PACK")
 	binary.BigEndian.PutUint32(hdr[4:], 2)
-	binary.BigEndian.PutUint32(hdr[8:], uint32(len(distinct)))
+	binary.BigEndian.PutUint32(hdr[8:], uint32(len(kept)))
 	out.Write(hdr[:])
 
-	m := &packMerge{out: out, kept: make(map[plumbing.Hash]int64, len(distinct)),
-		objects: make([]packObject, 0, len(distinct))}
+	m := &packMerge{out: out, kept: kept, objects: make([]packObject, 0, len(kept))}
 	for i, p := range packs {
 		if err := m.copyPack(p, indexes[i]); err != nil {
 			return stats, fmt.Errorf("%s: %w", filepath.Base(p.base), err)
 		}
 	}
-	if len(m.objects) != len(distinct) {
-		return stats, fmt.Errorf("merged %d objects, counted %d", len(m.objects), len(distinct))
+	if len(m.objects) != len(kept) {
+		return stats, fmt.Errorf("merged %d objects, counted %d", len(m.objects), len(kept))
 	}
 	pack := &scannedPack{objects: m.objects}
 	copy(pack.sum[:], out.h.Sum(nil))
@@ -244,7 +244,7 @@ func readIndex(path string) ([]idxfile.Entry, error) {
 // packMerge is a merge in progress: the new pack, and where each object kept in it is.
 type packMerge struct {
 	out     *packWriter
-	kept    map[plumbing.Hash]int64 // object id -> offset in the new pack
+	kept    map[plumbing.Hash]int64 // every object id -> its offset in the new pack, -1 until copied
 	objects []packObject
 	dropped int
 	rebased int
@@ -287,7 +287,7 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		if data <= 0 {
 			return fmt.Errorf("object at %d: no data after its header", pos)
 		}
-		if at, ok := m.kept[e.Hash]; ok {
+		if at := m.kept[e.Hash]; at >= 0 {
 			newAt[pos], dropped[pos] = at, true
 			m.dropped++
 			if _, err := br.Discard(int(data)); err != nil {
