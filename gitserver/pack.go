@@ -53,8 +53,8 @@ type scannedPack struct {
 // header with the object count; per object its type/size header, its delta base (offset or
 // object id) and one zlib stream that must inflate to the declared size; then the 20-byte
 // SHA-1 trailer, which must match. It reads nothing after the trailer, so a client that
-// keeps its side open after the pack (libgit2) is not waited for. Nothing is buffered
-// beyond bufio's window, whatever the pack's size.
+// keeps its side open after the pack (libgit2) is not waited for. No object is held in
+// memory, whatever its size: past bufio's window, only a small record per object.
 //
 // It indexes the pack as it streams: each whole object is hashed as it inflates, and every
 // object's offset and CRC-32 are recorded, so that once the trailer has arrived only the
