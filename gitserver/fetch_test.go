@@ -489,9 +489,7 @@ func TestManyPushesKeepPacksBounded(t *testing.T) {
 	if err != nil || len(packs) > maxPacks || len(packs) == 0 {
 		t.Errorf("%d packs after %d pushes (%v), want 1 to %d", len(packs), 2*maxPacks+3, err, maxPacks)
 	}
-	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", repo, "fsck", "--full", "--strict", "--no-dangling"); err != nil {
-		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
-	}
+	h.fsckServer("--full", "--strict", "--no-dangling")
 	if n := h.git(h.dir, "--git-dir", repo, "rev-list", "--count", "main"); n != fmt.Sprint(1+2*(2*maxPacks+3)) {
 		t.Errorf("server main has %s commits", n)
 	}
@@ -551,10 +549,7 @@ func TestPushHistory(t *testing.T) {
 	if total, deltas := atoi(t, m[1]), atoi(t, m[2]); deltas < total/3 {
 		t.Fatalf("the push sent %d deltas of %d objects; want a pack of mostly deltas", deltas, total)
 	}
-	repo := filepath.Join(h.reposDir, "myapp", "production.git")
-	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", repo, "fsck", "--full", "--strict", "--no-dangling"); err != nil {
-		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
-	}
+	h.fsckServer("--full", "--strict", "--no-dangling")
 	clone := filepath.Join(h.dir, "clone")
 	if _, stderr, err := h.exec(h.dir, h.alice, "git", "clone", "-q", h.url("myapp/production"), clone); err != nil {
 		t.Fatalf("clone: %v\n%s", err, stderr)

@@ -313,6 +313,16 @@ func (h *harness) serverRef(ref string) string {
 	return strings.TrimSpace(out)
 }
 
+// fsckServer runs git fsck with flags on the server's myapp/production repo, and fails the
+// test (going on) if git finds anything.
+func (h *harness) fsckServer(flags ...string) {
+	h.t.Helper()
+	repo := filepath.Join(h.reposDir, "myapp", "production.git")
+	if _, errOut, err := h.exec(h.dir, h.alice, "git", append([]string{"--git-dir", repo, "fsck"}, flags...)...); err != nil {
+		h.t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
+	}
+}
+
 // ssh runs the real ssh client against the server with a remote command.
 func (h *harness) ssh(key string, args ...string) (stdout, stderr string, err error) {
 	h.t.Helper()

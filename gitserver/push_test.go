@@ -73,9 +73,7 @@ func TestPushDeploys(t *testing.T) {
 	if got := h.serverRef("refs/heads/main"); got != head {
 		t.Errorf("server main = %q, want %q", got, head)
 	}
-	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", h.reposDir+"/myapp/production.git", "fsck", "--full", "--strict"); err != nil {
-		t.Errorf("git fsck on the server repo: %v\n%s", err, errOut)
-	}
+	h.fsckServer("--full", "--strict")
 	h.stop(5 * time.Second) // a session releases its environment after the client has its report
 	if r, rel := d.counts(); r != 1 || rel != 1 {
 		t.Errorf("reserves=%d releases=%d, want 1 and 1", r, rel)
@@ -555,9 +553,7 @@ func TestBigPack(t *testing.T) {
 	if got := h.serverRef("refs/heads/main"); got != head {
 		t.Errorf("main = %q, want %q", got, head)
 	}
-	if _, errOut, err := h.exec(h.dir, h.alice, "git", "--git-dir", h.reposDir+"/myapp/production.git", "fsck", "--full"); err != nil {
-		t.Errorf("git fsck: %v\n%s", err, errOut)
-	}
+	h.fsckServer("--full")
 }
 
 // TestBranchFollowsLive: when the branch does not name the live release (a crash came
