@@ -94,7 +94,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("start %s: output pipe: %w", c.Name, err)
 	}
-	defer pr.Close()
+	defer pr.Close() // the read end: closing it loses nothing
 
 	log := b.log.With().Str("step", c.Name).Logger()
 	procs := newTracked(tag)
@@ -118,7 +118,9 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	cmd.WaitDelay = b.cfg.KillGrace
 
 	err = cmd.Start()
-	pw.Close() // the children hold their copies; ours would keep the pipe open forever
+	// The children hold their copies; ours would keep the pipe open forever. Closing the
+	// write end of a pipe loses nothing.
+	pw.Close()
 	if err != nil {
 		if runCtx.Err() != nil { // exec does not start a command whose ctx is done
 			return result(ctx, runCtx, c, nil, err, true)
@@ -153,6 +155,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 
 	// Every process carrying the tag is gone, so the pipe reaches EOF at once unless a
 	// process that escaped the tag still holds it: give that one KillGrace, no more.
+	// It cannot fail: the ends of an os.Pipe are pollable.
 	_ = pr.SetReadDeadline(time.Now().Add(b.cfg.KillGrace))
 	<-drained
 
@@ -160,7 +163,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	if endErr != nil {
 		ev = log.Error().Err(endErr)
 	}
-	ev.Dur("took", time.Since(start)).Int("killed", procs.count()).Msg("command finished")
+	ev.Int64("took_ms", time.Since(start).Milliseconds()).Int("killed", procs.count()).Msg("command finished")
 	if werr != nil {
 		log.Warn().Err(werr).Msg("output discarded")
 	}

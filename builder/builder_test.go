@@ -136,7 +136,8 @@ func TestRunExit(t *testing.T) {
 		{"success", "true", 0, "", ""},
 		{"false", "false", 1, "", "build 1/2: exit status 1"},
 		{"exit 3", "echo out; exit 3", 3, "", "build 1/2: exit status 3"},
-		{"not found", "no-such-command-anywhere", 127, "", "build 1/2: exit status 127"},
+		{"not found", "no-such-command-anywhere", 127, "", "build 1/2: exit status 127 (command not found)"},
+		{"not executable", ": > script; ./script", 126, "", "build 1/2: exit status 126 (not executable)"},
 		{"killed", "kill -KILL $$", -1, "killed", "build 1/2: killed by signal KILL"},
 		{"terminated", "kill -TERM $$", -1, "terminated", "build 1/2: killed by signal TERM"},
 	}
@@ -431,7 +432,7 @@ read x <escaped`
 	took := time.Since(start)
 	for _, p := range values(out.Lines(), "pid") {
 		if pid, err := strconv.Atoi(p); err == nil {
-			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH: gone already, as it should be
 		}
 	}
 	if err != nil {
@@ -543,6 +544,7 @@ func TestKillLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
+			// Kill fails on one dead already and Wait reports the signal: only the reaping matters.
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		})

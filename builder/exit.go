@@ -22,6 +22,9 @@ type ExitError struct {
 
 // Error is short and safe to show the pusher: "build 1/2: exit status 2",
 // "test 1/1: timed out after 30s", "build 1/1: cancelled", "build 1/1: killed by signal KILL".
+// An exit status that sh sets when it could not run the command is explained after it:
+// "build 1/2: exit status 127 (command not found)", "build 1/2: exit status 126 (not
+// executable)"; "exit status N" always comes first, for scripts that look for it.
 func (e *ExitError) Error() string {
 	switch {
 	case e.TimedOut:
@@ -30,9 +33,24 @@ func (e *ExitError) Error() string {
 		return e.Name + ": cancelled"
 	case e.Signal != "":
 		return fmt.Sprintf("%s: killed by signal %s", e.Name, signalName(e.Signal))
-	default:
-		return fmt.Sprintf("%s: exit status %d", e.Name, e.Code)
 	}
+	msg := fmt.Sprintf("%s: exit status %d", e.Name, e.Code)
+	if meaning := shellStatus(e.Code); meaning != "" {
+		msg += " (" + meaning + ")"
+	}
+	return msg
+}
+
+// shellStatus is what sh means by an exit status it sets itself when it could not run the
+// command at all (POSIX, "Command Search and Execution"); "" for any other status.
+func shellStatus(code int) string {
+	switch code {
+	case 126:
+		return "not executable"
+	case 127:
+		return "command not found"
+	}
+	return ""
 }
 
 // Unwrap returns the underlying cause.

@@ -79,7 +79,7 @@ func (t *tracked) terminate(pgid int, procs []proc) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if pgid > 0 && !t.groupTermed {
-		_ = unix.Kill(-pgid, unix.SIGTERM)
+		_ = unix.Kill(-pgid, unix.SIGTERM) // ESRCH: the group is gone already, as wanted
 		t.groupTermed = true
 	}
 	for _, p := range procs {
@@ -101,7 +101,7 @@ func (t *tracked) killAll(pgid int, procs []proc) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if pgid > 0 {
-		_ = unix.Kill(-pgid, unix.SIGKILL)
+		_ = unix.Kill(-pgid, unix.SIGKILL) // ESRCH: the group is gone already, as wanted
 	}
 	for _, p := range procs {
 		if unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0) == nil {
@@ -211,7 +211,7 @@ type proc struct {
 
 func closeAll(procs []proc) {
 	for _, p := range procs {
-		_ = unix.Close(p.fd)
+		_ = unix.Close(p.fd) // a pidfd: closing it loses nothing
 	}
 }
 
@@ -234,7 +234,7 @@ func (s *scanner) find() ([]proc, error) {
 		return nil, fmt.Errorf("scan processes: %w", err)
 	}
 	names, err := d.Readdirnames(-1)
-	d.Close()
+	d.Close() // read only: closing it loses nothing
 	if err != nil {
 		return nil, fmt.Errorf("scan processes: %w", err)
 	}
@@ -256,12 +256,12 @@ func (s *scanner) find() ([]proc, error) {
 		// alive afterwards, the pid still named it when they were read.
 		env, err := s.environ(pid)
 		if err != nil || !hasEntry(env, s.kv) {
-			_ = unix.Close(fd)
+			_ = unix.Close(fd) // a pidfd: closing it loses nothing
 			continue
 		}
 		pgid, err := unix.Getpgid(pid)
 		if err != nil || unix.PidfdSendSignal(fd, 0, nil, 0) != nil {
-			_ = unix.Close(fd)
+			_ = unix.Close(fd) // a pidfd: closing it loses nothing
 			continue
 		}
 		procs = append(procs, proc{pid: pid, pgid: pgid, fd: fd})
@@ -275,7 +275,7 @@ func (s *scanner) environ(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
+	defer unix.Close(fd) // read only: closing it loses nothing
 	s.buf = s.buf[:0]
 	for {
 		if len(s.buf) == cap(s.buf) {

@@ -168,7 +168,7 @@ func (r *Releaser) swapCurrent(name string) error {
 	// rename(2) replaces the symlink current itself, never an entry inside its target
 	// (unlike mv without -T). If current is a real directory, it fails.
 	if err := os.Rename(tmp, r.currentLink()); err != nil {
-		os.Remove(tmp)
+		os.Remove(tmp) // if this fails too, the next swap's removeTempLinks removes it
 		return err
 	}
 	return atomicfile.SyncDir(r.path)
@@ -256,7 +256,7 @@ func syncFS(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer d.Close() // opened for syncfs only: closing it loses nothing
 	if err := unix.Syncfs(int(d.Fd())); err != nil {
 		return fmt.Errorf("syncfs %s: %w", dir, err)
 	}

@@ -143,7 +143,9 @@ func (g *repo) blob(content string) plumbing.Hash {
 	if _, err := w.Write([]byte(content)); err != nil {
 		g.t.Fatal(err)
 	}
-	w.Close()
+	if err := w.Close(); err != nil {
+		g.t.Fatal(err)
+	}
 	h, err := g.st.SetEncodedObject(obj)
 	if err != nil {
 		g.t.Fatal(err)
@@ -222,7 +224,10 @@ func snapshot(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
 		if rel == "." {
 			return nil
 		}
@@ -268,6 +273,14 @@ func assertSnapshot(t *testing.T, got, want map[string]string) {
 		if _, ok := want[k]; !ok {
 			t.Errorf("%s: unexpected %q", k, got[k])
 		}
+	}
+}
+
+// must fails the test at once if err is not nil: for the steps that set a test up.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -67,7 +67,7 @@ func (r *Releaser) hold(sha string) error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 	// A hold that current does not name is a leftover: a crash before the swap.
 	if err := removeAll(root, holdName(sha)); err != nil {
 		return err
@@ -76,6 +76,8 @@ func (r *Releaser) hold(sha string) error {
 		return err
 	}
 	if err := r.swapCurrent(holdName(sha)); err != nil {
+		// The swap's error is the one to return; a hold left here is removed by the
+		// next Hold or Recover.
 		removeAll(root, holdName(sha))
 		return err
 	}
@@ -150,7 +152,7 @@ func (r *Releaser) restore(sha string) error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 	if err := removeAll(root, sha); err != nil {
 		return err
 	}
@@ -182,16 +184,17 @@ func (r *Releaser) restore(sha string) error {
 // src, durably: the copy is made under a temporary name, synced, then renamed to dst.
 func (r *Releaser) publishCopy(root *os.Root, src, dst string) error {
 	tmp := tmpTreePrefix + randSuffix()
+	// On failure, tmp goes, if it can: else Recover removes it, as a stray.
 	if err := linkTree(root, src, tmp); err != nil {
-		removeAll(root, tmp)
+		removeAll(root, tmp) // see above
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	if err := syncFS(r.releasesDir()); err != nil {
-		removeAll(root, tmp)
+		removeAll(root, tmp) // see above
 		return err
 	}
 	if err := root.Rename(tmp, dst); err != nil {
-		removeAll(root, tmp)
+		removeAll(root, tmp) // see above
 		return err
 	}
 	return atomicfile.SyncDir(r.releasesDir())
@@ -246,7 +249,7 @@ func (r *Releaser) removeHolds() error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), holdPrefix) {

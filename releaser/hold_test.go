@@ -114,7 +114,7 @@ func (f *holdFixture) linkTree(src, dst string) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 	if err := linkTree(root, src, dst); err != nil {
 		f.t.Fatal(err)
 	}
@@ -223,8 +223,8 @@ func TestHoldActivate(t *testing.T) {
 	if got := f.marker(); got != "new" {
 		t.Errorf("live build %q, want new", got)
 	}
-	if at, _ := f.r.ActivatedAt(f.s); !at.Equal(f.clock) {
-		t.Errorf("ActivatedAt = %v, want %v", at, f.clock)
+	if at, err := f.r.ActivatedAt(f.s); err != nil || !at.Equal(f.clock) {
+		t.Errorf("ActivatedAt = %v, %v; want %v", at, err, f.clock)
 	}
 	if prev, err := f.r.Previous(); err != nil || prev != f.p {
 		t.Errorf("Previous() after the rebuild = %q, %v; want p", prev, err)

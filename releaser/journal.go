@@ -41,11 +41,59 @@ type Entry struct {
 	Log            string    `json:"log,omitempty"`    // absolute path of its log file; "" once the log was pruned
 }
 
-// Step is one step of a deploy.
+// MarshalJSON adds to Entry's fields "duration_ms": End-Start in whole milliseconds, left
+// out while End is zero. It is computed, never read back.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	type fields Entry // Entry's fields, without this method
+	var ms *int64
+	if !e.End.IsZero() {
+		d := e.End.Sub(e.Start).Milliseconds()
+		ms = &d
+	}
+	return json.Marshal(struct {
+		fields
+		DurationMS *int64 `json:"duration_ms,omitempty"`
+	}{fields(e), ms})
+}
+
+// Step is one step of a deploy. Its JSON, in the journal and wherever it is marshaled, is
+// {"name": "build 1/2", "took_ms": 1500, "exit": 0}: Took in whole milliseconds.
 type Step struct {
-	Name string        `json:"name"` // "checkout", "build 1/2", "test 1/1", "activate", "after_activate 1/1"
-	Took time.Duration `json:"took"`
-	Exit int           `json:"exit"` // 0 ok; the exit status; -1 killed / not run to the end
+	Name string        // "checkout", "build 1/2", "test 1/1", "activate", "after_activate 1/1"
+	Took time.Duration // in JSON: took_ms, truncated to the millisecond
+	Exit int           // 0 ok; the exit status; -1 killed / not run to the end
+}
+
+// stepJSON is a Step as JSON. TookNS is "took", in nanoseconds, as journals written before
+// took_ms have it: read, never written.
+type stepJSON struct {
+	Name   string `json:"name"`
+	TookMS *int64 `json:"took_ms,omitempty"`
+	TookNS *int64 `json:"took,omitempty"`
+	Exit   int    `json:"exit"`
+}
+
+// MarshalJSON writes took_ms, never took.
+func (s Step) MarshalJSON() ([]byte, error) {
+	ms := s.Took.Milliseconds()
+	return json.Marshal(stepJSON{Name: s.Name, TookMS: &ms, Exit: s.Exit})
+}
+
+// UnmarshalJSON reads took_ms and, from an older journal, took (nanoseconds); took_ms
+// wins if both are there.
+func (s *Step) UnmarshalJSON(b []byte) error {
+	var v stepJSON
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = Step{Name: v.Name, Exit: v.Exit}
+	switch {
+	case v.TookMS != nil:
+		s.Took = time.Duration(*v.TookMS) * time.Millisecond
+	case v.TookNS != nil:
+		s.Took = time.Duration(*v.TookNS)
+	}
+	return nil
 }
 
 // Outcomes. Begin records OutcomeRunning; Finish records live, failed or cancelled.
@@ -78,6 +126,7 @@ const (
 )
 
 // journalLine is one line of history.jsonl as read; each event sets some of the fields.
+// It is never marshaled: Entry's MarshalJSON, promoted, would drop Event and Time.
 type journalLine struct {
 	Event string    `json:"event"`
 	Time  time.Time `json:"time,omitzero"`
@@ -87,6 +136,16 @@ type journalLine struct {
 type beginLine struct {
 	Event string `json:"event"`
 	Entry
+}
+
+// MarshalJSON writes the event and the entry's fields: Entry's own MarshalJSON, promoted,
+// would write the bare entry, without its event.
+func (l beginLine) MarshalJSON() ([]byte, error) {
+	type fields Entry // Entry's fields, without its methods
+	return json.Marshal(struct {
+		Event string `json:"event"`
+		fields
+	}{l.Event, fields(l.Entry)})
 }
 
 type finishLine struct {
@@ -181,8 +240,9 @@ func (r *Releaser) Begin(e Entry) (Entry, *os.File, error) {
 	})
 	if err != nil {
 		if f != nil {
-			f.Close()
-			os.Remove(e.Log)
+			// Nothing refers to the log; one left behind is truncated by the next Begin.
+			f.Close()        // empty: closing it loses nothing
+			os.Remove(e.Log) // see above
 		}
 		return Entry{}, nil, fmt.Errorf("begin: %w", err)
 	}
@@ -324,7 +384,7 @@ func (r *Releaser) readJournal() ([]journalLine, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer f.Close() // read only: closing it loses nothing
 	lines, _, err := r.parseJournal(f)
 	return lines, err
 }
@@ -363,7 +423,7 @@ func (r *Releaser) appendJournal(add func(lines []journalLine) ([]any, error)) e
 	if err != nil {
 		return err
 	}
-	defer f.Close() // drops the flock
+	defer f.Close() // drops the flock; what was written is synced, or an error returned already
 	if err := flock(f, unix.LOCK_EX); err != nil {
 		return fmt.Errorf("lock %s: %w", r.journalPath(), err)
 	}
@@ -396,7 +456,8 @@ func (r *Releaser) appendJournal(add func(lines []journalLine) ([]any, error)) e
 		buf = append(append(buf, b...), '\n')
 	}
 	if _, err := f.Write(buf); err != nil {
-		f.Truncate(complete) // no half line left behind, if we can help it
+		// No half line left behind, if we can help it; if not, the next writer cuts it off.
+		f.Truncate(complete)
 		return err
 	}
 	if err := f.Sync(); err != nil {

@@ -95,8 +95,12 @@ func TestBeginFinish(t *testing.T) {
 		if f.Name() != wantLog {
 			t.Errorf("log file %s, want %s", f.Name(), wantLog)
 		}
-		fmt.Fprintf(f, "output of %d\n", en.ID)
-		f.Close()
+		if _, err := fmt.Fprintf(f, "output of %d\n", en.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
 		begun = append(begun, en)
 	}
 	e.tick(time.Minute)
@@ -175,15 +179,15 @@ func TestBeginFinish(t *testing.T) {
 	if got := len(e.journalLines()); got != len(lines) {
 		t.Errorf("refusals wrote to the journal: %d lines, want %d", got, len(lines))
 	}
-	if logs, _ := os.ReadDir(filepath.Join(e.r.Path(), ".slipway", "logs")); len(logs) != 3 {
-		t.Errorf("logs/ has %d files, want 3", len(logs))
+	if logs, err := os.ReadDir(filepath.Join(e.r.Path(), ".slipway", "logs")); err != nil || len(logs) != 3 {
+		t.Errorf("logs/ has %d files (%v), want 3", len(logs), err)
 	}
 }
 
 func entriesEqual(a, b Entry) bool {
-	ja, _ := json.Marshal(a)
-	jb, _ := json.Marshal(b)
-	return string(ja) == string(jb)
+	ja, erra := json.Marshal(a)
+	jb, errb := json.Marshal(b)
+	return erra == nil && errb == nil && string(ja) == string(jb)
 }
 
 // TestJournalTornLine: a crash in the middle of an append leaves a line without its
@@ -196,8 +200,12 @@ func TestJournalTornLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString(`{"event":"begin","id":2,"kind":"push","sha":"bb`)
-	f.Close()
+	if _, err := f.WriteString(`{"event":"begin","id":2,"kind":"push","sha":"bb`); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	if got := e.outcomes(); !slices.Equal(got, []string{OutcomeCancelled}) {
 		t.Errorf("outcomes with a torn line: %v", got)
@@ -234,7 +242,7 @@ func TestJournalLineInProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer f.Close() // every write is checked; closing loses nothing
 	for i, part := range [][]byte{b[:len(b)/2], b[len(b)/2 : len(b)-1], b[len(b)-1:]} {
 		if _, err := f.Write(part); err != nil {
 			t.Fatal(err)
@@ -275,7 +283,7 @@ func TestJournalConcurrentReader(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			f.Close()
+			f.Close() // nothing written to it: closing loses nothing
 			if err := e.r.Finish(en.ID, OutcomeFailed, []Step{{Name: "build 1/1", Exit: 1}}, "build failed"); err != nil {
 				t.Error(err)
 				return
@@ -471,7 +479,9 @@ func TestHistoryOutcomes(t *testing.T) {
 			finished := map[int64]bool{}
 			for _, l := range e.journalLines() {
 				var jl journalLine
-				json.Unmarshal([]byte(l), &jl)
+				if err := json.Unmarshal([]byte(l), &jl); err != nil {
+					t.Fatalf("journal line %q: %v", l, err)
+				}
 				if jl.Event == eventFinish {
 					finished[jl.ID] = true
 				}
@@ -626,5 +636,136 @@ func TestJournalFormat(t *testing.T) {
 	}
 	if _, ok := got[0]["end"]; ok {
 		t.Errorf("begin line has an end: %v", got[0])
+	}
+	// Durations are whole milliseconds, named so.
+	steps, _ := got[2]["steps"].([]any) // not a list: the check below reports it
+	if step, _ := firstOf(steps).(map[string]any); step["took_ms"] != 1.0 || step["took"] != nil {
+		t.Errorf("finish line's step: %v, want took_ms 1 and no took", got[2]["steps"])
+	}
+	for i, m := range got {
+		if _, ok := m["duration_ms"]; ok {
+			t.Errorf("line %d has a duration_ms, which only Entry's JSON has: %v", i, m)
+		}
+	}
+}
+
+// firstOf returns the first element of l, nil if l is empty.
+func firstOf(l []any) any {
+	if len(l) == 0 {
+		return nil
+	}
+	return l[0]
+}
+
+// TestStepJSON: a Step is {"name", "took_ms", "exit"}, and reads "took" (nanoseconds) from
+// journals written before took_ms.
+func TestStepJSON(t *testing.T) {
+	b, err := json.Marshal(Step{Name: "build 1/2", Took: 1500*time.Millisecond + 700*time.Microsecond, Exit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"name":"build 1/2","took_ms":1500,"exit":2}`; string(b) != want {
+		t.Errorf("Step as JSON: %s, want %s", b, want)
+	}
+	tests := []struct {
+		in   string
+		want Step
+	}{
+		{`{"name":"build 1/2","took_ms":1500,"exit":2}`, Step{Name: "build 1/2", Took: 1500 * time.Millisecond, Exit: 2}},
+		{`{"name":"checkout","took":2500000123,"exit":0}`, Step{Name: "checkout", Took: 2500000123}},
+		{`{"name":"test 1/1","took_ms":3,"took":9,"exit":-1}`, Step{Name: "test 1/1", Took: 3 * time.Millisecond, Exit: -1}},
+		{`{"name":"activate","exit":0}`, Step{Name: "activate"}},
+	}
+	for _, tt := range tests {
+		var got Step
+		if err := json.Unmarshal([]byte(tt.in), &got); err != nil || got != tt.want {
+			t.Errorf("Unmarshal(%s) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+// TestEntryJSON: an Entry's JSON has duration_ms, End-Start in milliseconds, once it has
+// an End; its steps have took_ms.
+func TestEntryJSON(t *testing.T) {
+	start := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	en := Entry{ID: 7, Kind: "push", SHA: fakeSHA("aa"), Start: start, Outcome: OutcomeRunning}
+	m := marshalMap(t, en)
+	if _, ok := m["duration_ms"]; ok {
+		t.Errorf("running entry has a duration_ms: %v", m)
+	}
+	en.End = start.Add(90*time.Second + 500*time.Millisecond + 999*time.Microsecond)
+	en.Steps = []Step{{Name: "checkout", Took: 40 * time.Millisecond}}
+	en.Outcome = OutcomeLive
+	m = marshalMap(t, en)
+	steps, _ := m["steps"].([]any) // not a list: the check below reports it
+	if m["duration_ms"] != 90500.0 || m["id"] != 7.0 || m["outcome"] != "live" || m["end"] == nil {
+		t.Errorf("finished entry: %v, want duration_ms 90500 among its fields", m)
+	}
+	if step, _ := firstOf(steps).(map[string]any); step["took_ms"] != 40.0 {
+		t.Errorf("entry's steps: %v, want took_ms 40", m["steps"])
+	}
+	en.End = start
+	if m := marshalMap(t, en); m["duration_ms"] != 0.0 {
+		t.Errorf("entry that took no time: duration_ms %v, want 0", m["duration_ms"])
+	}
+	// It reads back; duration_ms is ignored.
+	b, err := json.Marshal(en)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Entry
+	if err := json.Unmarshal(b, &back); err != nil || !entriesEqual(back, en) {
+		t.Errorf("round trip: %+v, %v; want %+v", back, err, en)
+	}
+}
+
+func marshalMap(t *testing.T, v any) map[string]any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestJournalOldSteps: a journal written before took_ms, with steps' "took" in
+// nanoseconds, reads as it did; what is appended to it has took_ms.
+func TestJournalOldSteps(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := fakeSHA("aa")
+	old := `{"event":"begin","id":1,"kind":"push","repo":"app/prod","sha":"` + a + `","previous_sha":"","pusher":"alice","key_fp":"SHA256:abc","start":"2026-11-22T10:00:00Z","outcome":"running","log":"x"}
+{"event":"finish","id":1,"outcome":"failed","end":"2026-11-22T10:01:00Z","steps":[{"name":"checkout","took":1500000,"exit":0},{"name":"build 1/1","took":2000000000,"exit":2}],"reason":"build 1/1: exit status 2"}
+`
+	if err := os.WriteFile(e.r.journalPath(), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	en, err := e.r.Entry("1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Step{{Name: "checkout", Took: 1500 * time.Microsecond}, {Name: "build 1/1", Took: 2 * time.Second, Exit: 2}}
+	if !slices.Equal(en.Steps, want) || en.Outcome != OutcomeFailed {
+		t.Errorf("old entry: %+v, want steps %+v", en, want)
+	}
+	if m := marshalMap(t, en); m["duration_ms"] != 60000.0 {
+		t.Errorf("old entry's duration_ms: %v, want 60000", m["duration_ms"])
+	}
+
+	next := e.begin("push", a)
+	if err := e.r.Finish(next.ID, OutcomeFailed, []Step{{Name: "build 1/1", Took: 3 * time.Second, Exit: 1}}, "no"); err != nil {
+		t.Fatal(err)
+	}
+	lines := e.journalLines()
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, `"steps":[{"name":"build 1/1","took_ms":3000,"exit":1}]`) || strings.Contains(last, `"took":`) {
+		t.Errorf("new finish line: %s", last)
+	}
+	hist, err := e.r.History(0)
+	if err != nil || len(hist) != 2 || !slices.Equal(hist[1].Steps, want) || hist[0].Steps[0].Took != 3*time.Second {
+		t.Errorf("History() = %+v, %v", hist, err)
 	}
 }

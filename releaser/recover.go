@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/slipway/slipway/internal/atomicfile"
 )
@@ -41,153 +42,255 @@ func (r *Releaser) Recover() error {
 	defer unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.recover(); err != nil {
+	if err := r.repair(); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 	return nil
 }
 
-func (r *Releaser) recover() error {
+// repair is Recover for a caller holding the deploy lock and r.mu. Its phases run in this
+// order, each relying on the invariants the ones before it restored; the records are
+// changed in memory and written once, before the journal is settled.
+func (r *Releaser) repair() error {
 	if _, _, err := r.loadState(); err != nil {
 		return err // an unreadable record: change nothing
 	}
-	if fi, err := os.Lstat(r.currentLink()); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		if sha, held, err := r.target(); err == nil && held && isDir(r.Dir(holdName(sha))) {
-			r.log.Warn().Str("sha", sha).Msg("restoring the release held for a rebuild that did not finish")
-			if err := r.restore(sha); err != nil {
-				return fmt.Errorf("restore held release %s: %w", sha, err)
-			}
+	if err := r.restoreHold(); err != nil {
+		return err
+	}
+	rp, err := r.inspect()
+	if err != nil {
+		return err
+	}
+	rp.adoptLive()
+	if err := rp.sweepReleases(); err != nil {
+		return err
+	}
+	rp.forgetMissing()
+	if err := r.removeDebris(); err != nil {
+		return err
+	}
+	if err := rp.repairCurrent(); err != nil {
+		return err
+	}
+	rp.alignRecords()
+	if rp.changed {
+		if err := r.saveState(rp.st); err != nil {
+			return err
 		}
 	}
+	return r.settleJournal(rp.live)
+}
+
+// repairing is what repair learns of the deploy root and the records it mends, between
+// its phases.
+type repairing struct {
+	r       *Releaser
+	st      *state
+	exists  bool      // releases.json exists: a missing one is records lost, see adoptLive
+	now     time.Time // the time of every record repair writes
+	changed bool      // st differs from releases.json
+
+	// hasCurrent: current exists (and is a symlink). live: the sha it names, "" if none;
+	// after repairCurrent, the live release. liveErr: why current names no release
+	// directory, if it cannot be read or names a (missing) hold.
+	hasCurrent bool
+	live       string
+	liveErr    error
+	present    map[string]bool // complete releases whose directory is in releases/
+}
+
+// restoreHold gives up a rebuild of the live release that a crash interrupted (see Hold).
+// Invariant restored: current names no hold whose tree exists; if it named one, the held
+// tree is back at releases/<sha> with its record, and current names it, as after Restore.
+func (r *Releaser) restoreHold() error {
+	fi, err := os.Lstat(r.currentLink())
+	if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		return nil // no current, or not a symlink: inspect reports what is wrong with it
+	}
+	sha, held, err := r.target()
+	if err != nil || !held || !isDir(r.Dir(holdName(sha))) {
+		return nil // a current that names no hold, or a hold that is gone: inspect's case
+	}
+	r.log.Warn().Str("sha", sha).Msg("restoring the release held for a rebuild that did not finish")
+	if err := r.restore(sha); err != nil {
+		return fmt.Errorf("restore held release %s: %w", sha, err)
+	}
+	return nil
+}
+
+// inspect reads the records and current. current that exists and is not a symlink is an
+// error: repair does not remove what it did not make. A current that names a hold now
+// names one that is gone (restoreHold put back any other): it dangles.
+func (r *Releaser) inspect() (*repairing, error) {
 	st, exists, err := r.loadState()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	now := r.now().UTC()
-	changed := false
-
+	rp := &repairing{r: r, st: st, exists: exists, now: r.now().UTC()}
 	fi, err := os.Lstat(r.currentLink())
-	currentExists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return nil, err
 	}
-	if currentExists && fi.Mode()&fs.ModeSymlink == 0 {
-		return fmt.Errorf("%s is not a symlink: move it away", r.currentLink())
+	rp.hasCurrent = err == nil
+	if !rp.hasCurrent {
+		return rp, nil
 	}
-	live, held, liveErr := "", false, error(nil)
-	if currentExists {
-		live, held, liveErr = r.target()
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return nil, fmt.Errorf("%s is not a symlink: move it away", r.currentLink())
 	}
+	var held bool
+	rp.live, held, rp.liveErr = r.target()
 	if held {
-		// A hold that is gone: current dangles.
-		liveErr = fmt.Errorf("current names %s, which is missing", r.Dir(holdName(live)))
+		rp.liveErr = fmt.Errorf("current names %s, which is missing", r.Dir(holdName(rp.live)))
 	}
+	return rp, nil
+}
 
-	if !exists && live != "" && liveErr == nil && isDir(r.Dir(live)) {
-		r.log.Warn().Str("sha", live).Str("file", r.statePath()).
-			Msg("release records missing: adopting the live release as complete")
-		st.Releases[live] = &record{Completed: now}
-		st.activated(live, now)
-		changed = true
+// adoptLive handles lost records. Invariant restored: if releases.json does not exist
+// while current names an existing release, that release is recorded complete and live,
+// rather than deleted by sweepReleases as incomplete.
+func (rp *repairing) adoptLive() {
+	if rp.exists || rp.live == "" || rp.liveErr != nil || !isDir(rp.r.Dir(rp.live)) {
+		return
 	}
+	rp.r.log.Warn().Str("sha", rp.live).Str("file", rp.r.statePath()).
+		Msg("release records missing: adopting the live release as complete")
+	rp.st.Releases[rp.live] = &record{Completed: rp.now}
+	rp.st.activated(rp.live, rp.now)
+	rp.changed = true
+}
 
-	// releases/ holds complete release directories only.
-	root, err := os.OpenRoot(r.releasesDir())
+// sweepReleases empties releases/ of all but complete releases. Invariant restored:
+// releases/ holds only directories named by a full sha and recorded complete; incomplete
+// releases, holds (restoreHold put back the one that served), temporary trees, and any
+// other entry are removed. It fills present.
+func (rp *repairing) sweepReleases() error {
+	root, err := os.OpenRoot(rp.r.releasesDir())
 	if err != nil {
 		return err
 	}
-	defer root.Close()
-	entries, err := os.ReadDir(r.releasesDir())
+	defer root.Close() // a directory: closing it loses nothing
+	entries, err := os.ReadDir(rp.r.releasesDir())
 	if err != nil {
 		return err
 	}
-	present := map[string]bool{}
+	rp.present = map[string]bool{}
 	for _, e := range entries {
 		name := e.Name()
-		if validSHA(name) && e.Type().IsDir() && st.Releases[name] != nil {
-			present[name] = true
+		release := validSHA(name) && e.Type().IsDir()
+		if release && rp.st.Releases[name] != nil {
+			rp.present[name] = true
 			continue
 		}
 		msg := "removing stray entry from releases"
-		if validSHA(name) && e.Type().IsDir() {
+		if release {
 			msg = "removing incomplete release"
 		}
-		r.log.Warn().Str("name", name).Msg(msg)
+		rp.r.log.Warn().Str("name", name).Msg(msg)
 		if err := removeAll(root, name); err != nil {
 			return err
 		}
 	}
-	for sha := range st.Releases {
-		if !present[sha] {
-			r.log.Warn().Str("sha", sha).Msg("forgetting complete release whose directory is gone")
-			delete(st.Releases, sha)
-			changed = true
+	return nil
+}
+
+// forgetMissing drops the records of releases whose directory is gone. Invariant
+// restored: every record names a directory in releases/.
+func (rp *repairing) forgetMissing() {
+	for sha := range rp.st.Releases {
+		if !rp.present[sha] {
+			rp.r.log.Warn().Str("sha", sha).Msg("forgetting complete release whose directory is gone")
+			delete(rp.st.Releases, sha)
+			rp.changed = true
 		}
 	}
+}
 
+// removeDebris removes what writes interrupted by a crash left behind. Invariant restored:
+// no temporary link beside current, no temporary file in .slipway/.
+func (r *Releaser) removeDebris() error {
 	if err := r.removeTempLinks(); err != nil {
 		return err
 	}
-	if err := atomicfile.RemoveStale(r.metaDir()); err != nil {
+	return atomicfile.RemoveStale(r.metaDir())
+}
+
+// repairCurrent makes current name a complete release. Invariant restored: current names
+// a release in present, or there is no current and no release ever went live. A current
+// that dangles, names an incomplete release or names none, and a missing current while
+// some release has been live, are repointed to the most recently activated complete
+// release, or removed if there is none.
+func (rp *repairing) repairCurrent() error {
+	best := rp.lastLive()
+	broken := (rp.hasCurrent && (rp.liveErr != nil || !rp.present[rp.live])) || (!rp.hasCurrent && best != "")
+	if !broken {
+		return nil
+	}
+	r := rp.r
+	ev := r.log.Warn().Str("old_target", readlink(r.currentLink())).AnErr("current_error", rp.liveErr)
+	if best == "" {
+		if err := os.Remove(r.currentLink()); err != nil {
+			return err
+		}
+		if err := atomicfile.SyncDir(r.path); err != nil {
+			return err
+		}
+		rp.live = ""
+		ev.Msg("current did not name a complete release and none was ever live: removed it")
+		return nil
+	}
+	if err := r.swapCurrent(best); err != nil {
 		return err
 	}
+	rp.st.activated(best, rp.now)
+	rp.changed = true
+	rp.live = best
+	ev.Str("sha", best).Msg("current did not name a complete release: repointed to the last one live")
+	return nil
+}
 
-	// current must name a complete release.
+// lastLive returns the complete release activated last, by activation order; "" if none
+// ever was.
+func (rp *repairing) lastLive() string {
 	var best string
-	for sha, rec := range st.Releases {
-		if rec.Seq > 0 && (best == "" || rec.Seq > st.Releases[best].Seq) {
+	for sha, rec := range rp.st.Releases {
+		if rec.Seq > 0 && (best == "" || rec.Seq > rp.st.Releases[best].Seq) {
 			best = sha
 		}
 	}
-	broken := (currentExists && (liveErr != nil || !present[live])) || (!currentExists && best != "")
-	if broken {
-		ev := r.log.Warn().Str("old_target", readlink(r.currentLink())).AnErr("current_error", liveErr)
-		if best != "" {
-			if err := r.swapCurrent(best); err != nil {
-				return err
-			}
-			st.activated(best, now)
-			changed = true
-			live = best
-			ev.Str("sha", best).Msg("current did not name a complete release: repointed to the last one live")
-		} else {
-			if err := os.Remove(r.currentLink()); err != nil {
-				return err
-			}
-			if err := atomicfile.SyncDir(r.path); err != nil {
-				return err
-			}
-			live = ""
-			ev.Msg("current did not name a complete release and none was ever live: removed it")
-		}
-	}
-
-	if st.Hold != nil {
-		// current does not name a hold any more: the rebuild went live, or was given up.
-		st.Hold = nil
-		changed = true
-	}
-	// A crash between a swap and its record leaves the records behind current.
-	if st.Live != live {
-		if live != "" {
-			st.activated(live, now)
-		} else {
-			if rec := st.Releases[st.Live]; rec != nil {
-				rec.Deactivated = now
-			}
-			st.Live = ""
-		}
-		changed = true
-	}
-	if changed {
-		if err := r.saveState(st); err != nil {
-			return err
-		}
-	}
-	return r.settleJournal(live)
+	return best
 }
 
+// alignRecords brings the records in line with current, which repairCurrent made the
+// truth. Invariants restored: no hold is recorded (current names none now: the rebuild
+// went live, or was given up), and the release recorded live is the one current names; a
+// crash between a swap and its record leaves the records behind current.
+func (rp *repairing) alignRecords() {
+	st := rp.st
+	if st.Hold != nil {
+		st.Hold = nil
+		rp.changed = true
+	}
+	if st.Live == rp.live {
+		return
+	}
+	if rp.live != "" {
+		st.activated(rp.live, rp.now)
+	} else {
+		if rec := st.Releases[st.Live]; rec != nil {
+			rec.Deactivated = rp.now
+		}
+		st.Live = ""
+	}
+	rp.changed = true
+}
+
+// readlink returns the target of the symlink name, for a log line; "" if it has none.
 func readlink(name string) string {
-	t, _ := os.Readlink(name)
+	t, err := os.Readlink(name)
+	if err != nil {
+		return "" // not a symlink, or gone: nothing to show
+	}
 	return t
 }

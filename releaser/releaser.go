@@ -12,6 +12,8 @@
 // elsewhere) -> Complete -> Activate (LinkShared again first) -> Prune -> Finish, or Discard
 // on a failure before the swap; a rollback to a kept release is LinkShared -> Activate; a
 // rebuild of the live release starts with Hold and ends in Activate, or Restore on failure.
+// Destroy, also under Lock, removes the whole root; a Lock that waited for it then fails
+// with ErrDestroyed.
 // Every entry of a release is created relative to a directory Materialize made and holds
 // open, never through a path, so no tree entry, symlink or ".." can make slipway write
 // outside it.
@@ -23,7 +25,8 @@
 //
 // Nothing of the releaser's own lives in releases/ or shared/. Under <path>/.slipway/:
 //
-//	deploy.lock      flock(2) target of Lock; permanent, never unlinked, always empty
+//	deploy.lock      flock(2) target of Lock; permanent (only Destroy removes it, with the
+//	                 whole root), always empty
 //	deploy.holder    who holds Lock and since when (JSON, for humans); its holder keeps an
 //	                 flock(2) on it, so one left by a killed process is recognised as stale
 //	releases.json    the records: which releases are complete, when each was completed,
@@ -70,11 +73,12 @@ type Config struct {
 }
 
 // Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
-// Materialize, LinkShared, Complete, Activate, Hold, Restore, Discard, Prune) are meant to
-// run under Lock, one deploy at a time; Recover takes the lock itself. Freeze and Unfreeze
-// need no lock. The readers (Current, IsComplete, Releases, Previous, ActivatedAt, History,
-// Entry, Holder, Frozen) may be called at any time, from any process, concurrently with the
-// others: every change on disk is an atomic rename or a whole-line append.
+// Materialize, LinkShared, Complete, Activate, Hold, Restore, Discard, Prune, Destroy) are
+// meant to run under Lock, one deploy at a time; Recover takes the lock itself. Freeze
+// and Unfreeze need no lock. The readers (Current, IsComplete, Releases, Previous,
+// ActivatedAt, History, Entry, Holder, Frozen) may be called at any time, from any
+// process, concurrently with the others: every change on disk is an atomic rename or a
+// whole-line append.
 type Releaser struct {
 	path      string
 	keep      int
@@ -89,6 +93,9 @@ type Releaser struct {
 	// lockBusy, if set, is called by LockWait after each attempt that found the lock
 	// taken; tests use it to know that a waiter waits.
 	lockBusy func()
+	// lockOpened, if set, is called by Lock between opening deploy.lock and trying its
+	// flock; tests use it to destroy the root in that window.
+	lockOpened func()
 
 	// mu serializes read-modify-write cycles of releases.json within this process; across
 	// processes the deploy lock does. It also guards written.
@@ -168,6 +175,6 @@ func validSHA(s string) bool {
 
 func randSuffix() string {
 	var b [8]byte
-	rand.Read(b[:])
+	rand.Read(b[:]) // never returns an error: it crashes the program instead (Go 1.24)
 	return hex.EncodeToString(b[:])
 }

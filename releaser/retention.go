@@ -102,7 +102,7 @@ func (r *Releaser) Prune() (removed []string, err error) {
 					stopped = now // its end was not recorded: count from now
 				}
 				if left := r.grace - now.Sub(stopped); left > 0 {
-					r.log.Debug().Str("sha", sha).Dur("grace_left", left).Msg("prune deferred")
+					r.log.Debug().Str("sha", sha).Int64("grace_left_ms", left.Milliseconds()).Msg("prune deferred")
 					continue
 				}
 			}
@@ -166,7 +166,7 @@ func (r *Releaser) removeRelease(name string) error {
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 	return removeAll(root, name)
 }
 

@@ -119,7 +119,10 @@ func TestPrune(t *testing.T) {
 			}
 			slices.Sort(s)
 			wantRemoved, wantLeft := tt.run(e, s)
-			live, _ := e.r.Current()
+			live, err := e.r.Current()
+			if err != nil {
+				t.Fatal(err)
+			}
 
 			removed, err := e.r.Prune()
 			if err != nil {
@@ -138,8 +141,8 @@ func TestPrune(t *testing.T) {
 					t.Errorf("%s still on disk: %v", sha, err)
 				}
 			}
-			if cur, _ := e.r.Current(); cur != live {
-				t.Errorf("current changed: %s -> %s", live, cur)
+			if cur, err := e.r.Current(); err != nil || cur != live {
+				t.Errorf("current changed: %s -> %s (%v)", live, cur, err)
 			}
 
 			if tt.secondPrune != 0 {

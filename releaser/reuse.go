@@ -119,7 +119,7 @@ func (b *base) reuse(j fileJob, link, exact bool) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	defer unix.Close(src)
+	defer unix.Close(src) // read only: closing it loses nothing
 	if link {
 		return b.linkTo(j, src)
 	}

@@ -41,11 +41,12 @@ func TestMaterializeCopiesUntouchedFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString(" and more")
-	f.Close()
-	os.Remove(filepath.Join(dir, "relinked.txt"))
-	os.Symlink("same.txt", filepath.Join(dir, "relinked.txt"))
-	os.Chmod(filepath.Join(dir, "chmodded.txt"), 0o600)
+	_, err = f.WriteString(" and more")
+	must(t, err)
+	must(t, f.Close())
+	must(t, os.Remove(filepath.Join(dir, "relinked.txt")))
+	must(t, os.Symlink("same.txt", filepath.Join(dir, "relinked.txt")))
+	must(t, os.Chmod(filepath.Join(dir, "chmodded.txt"), 0o600))
 	if err := e.r.Complete(first); err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +77,11 @@ func TestMaterializeCopiesUntouchedFiles(t *testing.T) {
 		"added.txt":       "file 0644 added",
 	})
 	for _, name := range []string{"same.txt", "dir/deep.txt", "run.sh"} {
-		a, _ := os.Stat(filepath.Join(e.r.Dir(first), name))
-		b, _ := os.Stat(filepath.Join(e.r.Dir(second), name))
+		a, erra := os.Stat(filepath.Join(e.r.Dir(first), name))
+		b, errb := os.Stat(filepath.Join(e.r.Dir(second), name))
+		if err := errors.Join(erra, errb); err != nil {
+			t.Fatal(err)
+		}
 		if os.SameFile(a, b) {
 			t.Errorf("%s: the two releases share an inode", name)
 		}
@@ -87,10 +91,11 @@ func TestMaterializeCopiesUntouchedFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString(" but not here")
-	f.Close()
-	if b, _ := os.ReadFile(filepath.Join(e.r.Dir(first), "same.txt")); string(b) != "unchanged" {
-		t.Errorf("the live release's same.txt became %q", b)
+	_, err = f.WriteString(" but not here")
+	must(t, err)
+	must(t, f.Close())
+	if b, err := os.ReadFile(filepath.Join(e.r.Dir(first), "same.txt")); err != nil || string(b) != "unchanged" {
+		t.Errorf("the live release's same.txt became %q (%v)", b, err)
 	}
 }
 
@@ -158,14 +163,14 @@ func TestMaterializeLinksUntouchedFiles(t *testing.T) {
 	}
 	// What a build does to its own release after the checkout.
 	rewritten := filepath.Join(dir, "rewritten.txt")
-	os.Chmod(rewritten, 0o644)
+	must(t, os.Chmod(rewritten, 0o644))
 	if err := os.WriteFile(rewritten, []byte("changed in place"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(rewritten, 0o444)
-	os.Remove(filepath.Join(dir, "relinked.txt"))
-	os.Symlink("same.txt", filepath.Join(dir, "relinked.txt"))
-	os.Chmod(filepath.Join(dir, "chmodded.txt"), 0o644)
+	must(t, os.Chmod(rewritten, 0o444))
+	must(t, os.Remove(filepath.Join(dir, "relinked.txt")))
+	must(t, os.Symlink("same.txt", filepath.Join(dir, "relinked.txt")))
+	must(t, os.Chmod(filepath.Join(dir, "chmodded.txt"), 0o644))
 	if err := e.r.Complete(first); err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 	if err != nil {
 		return fmt.Errorf("link shared: %w", err)
 	}
-	defer root.Close()
+	defer root.Close() // a directory: closing it loses nothing
 
 	// The shared side first, so that a missing file leaves the release as it was.
 	for _, l := range links {
