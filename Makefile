@@ -1,7 +1,12 @@
 # slipway: `make` lists the targets.
-GO      ?= go
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+GO          ?= go
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Where `make run` keeps the embedded default's state (.slipway/) and deployments (deploy/):
+# outside the source checkout, so that `go test ./...` never compiles a deployed app and
+# `git clean` never deletes one.
+RUN_DIR     ?= $(or $(XDG_STATE_HOME),$(HOME)/.local/state)/slipway
 
 .DEFAULT_GOAL := help
 
@@ -13,21 +18,24 @@ help: ## list the targets
 build: ## build ./slipway
 	$(GO) build -ldflags "$(LDFLAGS)" -o slipway ./cmd/slipway
 
-run: build ## run slipway on its embedded default (127.0.0.1:2222, keys from ~/.ssh)
-	./slipway serve --log-format console
+run: build ## run slipway on its embedded default (127.0.0.1:2222, keys from ~/.ssh, state in RUN_DIR)
+	@mkdir -p "$(RUN_DIR)"
+	@echo "state and deployments: $(RUN_DIR) (set RUN_DIR to change it)"
+	cd "$(RUN_DIR)" && "$(CURDIR)/slipway" serve --log-format console
 
 test: ## run every test, with the race detector (needs git, ssh, ssh-keygen)
 	$(GO) test -race -count=1 ./...
 
 bench: ## benchmark slipway against git + OpenSSH + a hook; prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk)
-	$(GO) run ./internal/bench -out BENCHMARKS.md $(BENCH_FLAGS)
+	$(GO) run ./cmd/slipway-bench -out BENCHMARKS.md $(BENCH_FLAGS)
 
 bench-smoke: ## a short benchmark run (small workload, one run, no nginx/wrk)
-	$(GO) run ./internal/bench -smoke -out /dev/null
+	$(GO) run ./cmd/slipway-bench -smoke -out /dev/null
 
-lint: ## go vet and gofmt
+lint: ## go vet, gofmt and staticcheck
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
 
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')

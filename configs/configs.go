@@ -1,4 +1,4 @@
-package main
+package configs
 
 import (
 	"errors"
@@ -12,74 +12,93 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/slipway/slipway/gitserver"
+
+	"github.com/slipway/slipway/internal/authkeys"
+	"github.com/slipway/slipway/internal/reponame"
 )
 
 // Defaults of the server configuration (SPEC section 2).
 const (
+	// DefaultFile is the configuration file used without --config, if it exists.
+	DefaultFile = "slipway.toml"
+	// DefaultBranch is an environment's deploy branch unless it sets one.
+	DefaultBranch = "main"
+
 	defaultListen         = "127.0.0.1:2222"
-	defaultBranch         = "main"
 	defaultKeepReleases   = 5
 	defaultCommandTimeout = 30 * time.Minute
-	defaultConfigFile     = "slipway.toml"
 	defaultShutdown       = 30 * time.Second
 )
 
+// Find loads file; without one, ./slipway.toml if it exists, else the embedded default.
+func Find(file string) (*Server, error) {
+	if file != "" {
+		return Load(file)
+	}
+	if _, err := os.Stat(DefaultFile); err == nil {
+		return Load(DefaultFile)
+	}
+	return Default()
+}
+
 // config is the whole server configuration, resolved: paths absolute, keys parsed.
-type config struct {
-	file    string // the config file; "" for the embedded default
-	listen  string
-	dataDir string
-	hostKey string
-	keys    []gitserver.Key
+type Server struct {
+	File    string // the config file; "" for the embedded default
+	Listen  string
+	DataDir string
+	HostKey string
+	Keys    []authkeys.Key
 	// shutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
-	shutdownTimeout time.Duration
-	envs            []envConfig
+	ShutdownTimeout time.Duration
+	Envs            []Env
 	// notes are what the operator should know at start (keys skipped, none found).
-	notes []string
+	Notes []string
 	// auto is the embedded default: an environment is created the first time an authorized
 	// key pushes to it, and deployed under deployRoot/APP/ENV.
-	auto       bool
-	deployRoot string
+	Auto       bool
+	DeployRoot string
 }
 
-// envConfig is one [[env]] of the server configuration.
-type envConfig struct {
-	repo           string
-	path           string
-	branch         string
-	keepReleases   int
-	pruneGrace     time.Duration
-	linkFiles      bool // release_files = "link"
-	commandTimeout time.Duration
-	allow          []string // empty: every authorized key
-	vars           []string // "K=V", sorted by key
-	recipe         recipe
+// Env is one [[env]] of the server configuration.
+type Env struct {
+	Repo           string
+	Path           string
+	Branch         string
+	KeepReleases   int
+	PruneGrace     time.Duration
+	LinkFiles      bool // release_files = "link"
+	CommandTimeout time.Duration
+	Allow          []string // empty: every authorized key
+	Vars           []string // "K=V", sorted by key
+	Recipe         Recipe
 }
 
-// recipe is what a deploy runs. It is set by the server's [[env]] and by the pushed tree's
+// Recipe is what a deploy runs. It is set by the server's [[env]] and by the pushed tree's
 // own slipway.toml; the server wins key by key, and a key set to an empty list counts as set.
-type recipe struct {
-	build, test, afterActivate []string
-	sharedFiles, sharedDirs    []string
-	set                        map[string]bool
+type Recipe struct {
+	Build         []string // shell commands run in the release after checkout
+	Test          []string // run after Build; any failure rejects the push
+	AfterActivate []string // run after current names the release
+	SharedFiles   []string // paths inside the release linked to <path>/shared/
+	SharedDirs    []string
+	set           map[string]bool // the keys the file set, even to an empty list
 }
 
 var recipeKeys = []string{"build", "test", "after_activate", "shared_files", "shared_dirs"}
 
 // readRecipe reads the recipe keys of t.
-func readRecipe(t table) recipe {
-	r := recipe{set: map[string]bool{}}
+func readRecipe(t table) Recipe {
+	r := Recipe{set: map[string]bool{}}
 	for _, k := range recipeKeys {
 		if t.has(k) {
 			r.set[k] = true
 		}
 	}
-	r.build = t.strings("build")
-	r.test = t.strings("test")
-	r.afterActivate = t.strings("after_activate")
-	r.sharedFiles = sharedPaths(t, "shared_files")
-	r.sharedDirs = sharedPaths(t, "shared_dirs")
+	r.Build = t.strings("build")
+	r.Test = t.strings("test")
+	r.AfterActivate = t.strings("after_activate")
+	r.SharedFiles = sharedPaths(t, "shared_files")
+	r.SharedDirs = sharedPaths(t, "shared_dirs")
 	return r
 }
 
@@ -98,8 +117,8 @@ func sharedPaths(t table, k string) []string {
 }
 
 // over returns r with every key that base sets taken from base.
-func (r recipe) over(base recipe) recipe {
-	out := recipe{set: map[string]bool{}}
+func (r Recipe) Over(base Recipe) Recipe {
+	out := Recipe{set: map[string]bool{}}
 	pick := func(k string, mine, theirs []string) []string {
 		if base.set[k] {
 			out.set[k] = true
@@ -108,25 +127,25 @@ func (r recipe) over(base recipe) recipe {
 		out.set[k] = r.set[k]
 		return mine
 	}
-	out.build = pick("build", r.build, base.build)
-	out.test = pick("test", r.test, base.test)
-	out.afterActivate = pick("after_activate", r.afterActivate, base.afterActivate)
-	out.sharedFiles = pick("shared_files", r.sharedFiles, base.sharedFiles)
-	out.sharedDirs = pick("shared_dirs", r.sharedDirs, base.sharedDirs)
+	out.Build = pick("build", r.Build, base.Build)
+	out.Test = pick("test", r.Test, base.Test)
+	out.AfterActivate = pick("after_activate", r.AfterActivate, base.AfterActivate)
+	out.SharedFiles = pick("shared_files", r.SharedFiles, base.SharedFiles)
+	out.SharedDirs = pick("shared_dirs", r.SharedDirs, base.SharedDirs)
 	return out
 }
 
-// parseRepoRecipe reads the pushed tree's own slipway.toml. Only recipe keys are allowed.
-func parseRepoRecipe(text string) (recipe, error) {
+// ParseRecipe reads the pushed tree's own slipway.toml. Only recipe keys are allowed.
+func ParseRecipe(text string) (Recipe, error) {
 	doc, err := parseTOML("slipway.toml", text)
 	if err != nil {
-		return recipe{}, err
+		return Recipe{}, err
 	}
 	root := table{doc: doc, m: doc.data}
 	root.only(recipeKeys...)
 	r := readRecipe(root)
 	if len(doc.probs) > 0 {
-		return recipe{}, doc.err()
+		return Recipe{}, doc.err()
 	}
 	return r, nil
 }
@@ -134,8 +153,8 @@ func parseRepoRecipe(text string) (recipe, error) {
 var varNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // loadConfig reads and checks the configuration file. Every problem is reported at once,
-// each with file:line, in a problemsError.
-func loadConfig(file string) (*config, error) {
+// each with file:line, in a Problems.
+func Load(file string) (*Server, error) {
 	text, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -158,37 +177,37 @@ func loadConfig(file string) (*config, error) {
 
 	root := table{doc: doc, m: doc.data}
 	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env")
-	cfg := &config{file: file, shutdownTimeout: root.duration("shutdown_timeout", defaultShutdown)}
+	cfg := &Server{File: file, ShutdownTimeout: root.duration("shutdown_timeout", defaultShutdown)}
 
-	cfg.listen = root.str("listen")
-	if cfg.listen == "" {
-		cfg.listen = defaultListen
-	} else if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
-		doc.addf("listen", "listen: %q is not host:port", cfg.listen)
+	cfg.Listen = root.str("listen")
+	if cfg.Listen == "" {
+		cfg.Listen = defaultListen
+	} else if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		doc.addf("listen", "listen: %q is not host:port", cfg.Listen)
 	}
-	cfg.dataDir = resolve(root.str("data_dir"))
-	if cfg.dataDir == "" {
+	cfg.DataDir = resolve(root.str("data_dir"))
+	if cfg.DataDir == "" {
 		doc.addf("", "data_dir is required (where slipway keeps its repositories and state)")
 	}
-	cfg.hostKey = resolve(root.str("host_key"))
-	if cfg.hostKey == "" && cfg.dataDir != "" {
-		cfg.hostKey = filepath.Join(cfg.dataDir, "ssh_host_ed25519_key")
+	cfg.HostKey = resolve(root.str("host_key"))
+	if cfg.HostKey == "" && cfg.DataDir != "" {
+		cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	}
 	if keysFile := resolve(root.str("authorized_keys")); keysFile == "" {
 		doc.addf("", "authorized_keys is required (an OpenSSH authorized_keys file; each key's comment is its user name)")
 	} else {
-		keys, err := gitserver.ParseKeys(keysFile)
+		keys, err := authkeys.Parse(keysFile)
 		if err != nil {
 			// ParseKeys already says file:line for each of its problems.
 			for _, msg := range strings.Split(err.Error(), "\n") {
-				doc.probs = append(doc.probs, problem{file: doc.file, line: doc.line("authorized_keys"), msg: "authorized_keys: " + msg})
+				doc.probs = append(doc.probs, Problem{File: doc.file, Line: doc.line("authorized_keys"), Msg: "authorized_keys: " + msg})
 			}
 		}
-		cfg.keys = keys
+		cfg.Keys = keys
 	}
 
 	names := map[string]bool{}
-	for _, k := range cfg.keys {
+	for _, k := range cfg.Keys {
 		names[k.Name] = true
 	}
 	repos := map[string]string{}
@@ -199,21 +218,21 @@ func loadConfig(file string) (*config, error) {
 	}
 	for _, t := range envs {
 		e := readEnv(t, resolve, names)
-		if e.repo != "" {
-			if other, dup := repos[e.repo]; dup {
-				t.doc.addf(t.key("repo"), "%s: repo %q is already configured by %s", t.name("repo"), e.repo, other)
+		if e.Repo != "" {
+			if other, dup := repos[e.Repo]; dup {
+				t.doc.addf(t.key("repo"), "%s: repo %q is already configured by %s", t.name("repo"), e.Repo, other)
 			}
-			repos[e.repo] = t.name("")
+			repos[e.Repo] = t.name("")
 		}
-		if e.path != "" {
+		if e.Path != "" {
 			for p, other := range paths {
-				if p == e.path || within(p, e.path) || within(e.path, p) {
-					t.doc.addf(t.key("path"), "%s: %s overlaps the path of %s", t.name("path"), e.path, other)
+				if p == e.Path || within(p, e.Path) || within(e.Path, p) {
+					t.doc.addf(t.key("path"), "%s: %s overlaps the path of %s", t.name("path"), e.Path, other)
 				}
 			}
-			paths[e.path] = t.name("")
+			paths[e.Path] = t.name("")
 		}
-		cfg.envs = append(cfg.envs, e)
+		cfg.Envs = append(cfg.Envs, e)
 	}
 	if len(doc.probs) > 0 {
 		return nil, doc.err()
@@ -221,49 +240,49 @@ func loadConfig(file string) (*config, error) {
 	return cfg, nil
 }
 
-func readEnv(t table, resolve func(string) string, keyNames map[string]bool) envConfig {
+func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "after_activate", "command_timeout", "allow", "vars")
-	e := envConfig{
-		repo:           t.str("repo"),
-		path:           resolve(t.str("path")),
-		branch:         t.str("branch"),
-		keepReleases:   t.integer("keep_releases", defaultKeepReleases),
-		pruneGrace:     t.duration("prune_grace", 0),
-		commandTimeout: t.duration("command_timeout", defaultCommandTimeout),
-		allow:          t.strings("allow"),
-		recipe:         readRecipe(t),
+	e := Env{
+		Repo:           t.str("repo"),
+		Path:           resolve(t.str("path")),
+		Branch:         t.str("branch"),
+		KeepReleases:   t.integer("keep_releases", defaultKeepReleases),
+		PruneGrace:     t.duration("prune_grace", 0),
+		CommandTimeout: t.duration("command_timeout", defaultCommandTimeout),
+		Allow:          t.strings("allow"),
+		Recipe:         readRecipe(t),
 	}
 	// t.name("") is "env[N]." with a trailing dot; name the table without it.
 	where := strings.TrimSuffix(t.name(""), ".")
 	switch {
 	case !t.has("repo"):
 		t.doc.addf(t.path, "%s: repo is required (\"APP/ENV\")", where)
-	case gitserver.ValidateRepo(e.repo) != nil:
-		t.doc.addf(t.key("repo"), "%s: %v", t.name("repo"), gitserver.ValidateRepo(e.repo))
+	case reponame.Validate(e.Repo) != nil:
+		t.doc.addf(t.key("repo"), "%s: %v", t.name("repo"), reponame.Validate(e.Repo))
 	}
 	if !t.has("path") {
 		t.doc.addf(t.path, "%s: path is required (the deploy root: releases/, shared/, current)", where)
 	}
-	if e.branch == "" {
-		e.branch = defaultBranch
-	} else if err := plumbing.NewBranchReferenceName(e.branch).Validate(); err != nil || strings.HasPrefix(e.branch, "-") {
-		t.doc.addf(t.key("branch"), "%s: %q is not a valid branch name", t.name("branch"), e.branch)
+	if e.Branch == "" {
+		e.Branch = DefaultBranch
+	} else if err := plumbing.NewBranchReferenceName(e.Branch).Validate(); err != nil || strings.HasPrefix(e.Branch, "-") {
+		t.doc.addf(t.key("branch"), "%s: %q is not a valid branch name", t.name("branch"), e.Branch)
 	}
 	switch files := t.str("release_files"); files {
 	case "", "copy":
 	case "link":
-		e.linkFiles = true
+		e.LinkFiles = true
 	default:
 		t.doc.addf(t.key("release_files"), "%s: %q is neither \"copy\" nor \"link\"", t.name("release_files"), files)
 	}
-	if e.keepReleases < 1 {
+	if e.KeepReleases < 1 {
 		t.doc.addf(t.key("keep_releases"), "%s must be at least 1 (the live release)", t.name("keep_releases"))
 	}
-	if t.has("command_timeout") && e.commandTimeout == 0 {
+	if t.has("command_timeout") && e.CommandTimeout == 0 {
 		t.doc.addf(t.key("command_timeout"), "%s must be more than 0", t.name("command_timeout"))
 	}
-	for _, name := range e.allow {
+	for _, name := range e.Allow {
 		if !keyNames[name] {
 			t.doc.addf(t.key("allow"), "%s: no authorized key is named %q", t.name("allow"), name)
 		}
@@ -282,7 +301,7 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) env
 			case strings.HasPrefix(k, "SLIPWAY_"):
 				t.doc.addf(vars.key(k), "%s: SLIPWAY_* variables are set by slipway", vars.name(k))
 			default:
-				e.vars = append(e.vars, k+"="+v)
+				e.Vars = append(e.Vars, k+"="+v)
 			}
 		}
 	}
@@ -298,7 +317,7 @@ func within(p, dir string) bool {
 // defaultConfig is the embedded default (SPEC section 4): listen on 127.0.0.1:2222, keep
 // state in ./.slipway/, authorize ~/.ssh/authorized_keys and ~/.ssh/*.pub, and create an
 // environment under ./deploy/APP/ENV/ the first time an authorized key pushes to it.
-func defaultConfig() (*config, error) {
+func Default() (*Server, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return nil, fmt.Errorf("working directory: %w", err)
@@ -307,14 +326,14 @@ func defaultConfig() (*config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("home directory: %w", err)
 	}
-	cfg := &config{
-		listen:          defaultListen,
-		dataDir:         filepath.Join(wd, ".slipway"),
-		deployRoot:      filepath.Join(wd, "deploy"),
-		auto:            true,
-		shutdownTimeout: defaultShutdown,
+	cfg := &Server{
+		Listen:          defaultListen,
+		DataDir:         filepath.Join(wd, ".slipway"),
+		DeployRoot:      filepath.Join(wd, "deploy"),
+		Auto:            true,
+		ShutdownTimeout: defaultShutdown,
 	}
-	cfg.hostKey = filepath.Join(cfg.dataDir, "ssh_host_ed25519_key")
+	cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	files := []string{filepath.Join(home, ".ssh", "authorized_keys")}
 	pubs, _ := filepath.Glob(filepath.Join(home, ".ssh", "*.pub"))
 	files = append(files, pubs...)
@@ -323,36 +342,36 @@ func defaultConfig() (*config, error) {
 		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		keys, err := gitserver.ParseKeys(f)
+		keys, err := authkeys.Parse(f)
 		if err != nil {
 			// The embedded default goes on with the keys that parse and says what it skipped.
 			for _, msg := range strings.Split(err.Error(), "\n") {
-				cfg.notes = append(cfg.notes, "skipped: "+msg)
+				cfg.Notes = append(cfg.Notes, "skipped: "+msg)
 			}
 		}
 		for _, k := range keys {
 			id := string(k.Key.Marshal())
 			if !seen[id] {
 				seen[id] = true
-				cfg.keys = append(cfg.keys, k)
+				cfg.Keys = append(cfg.Keys, k)
 			}
 		}
 	}
-	if len(cfg.keys) == 0 {
-		cfg.notes = append(cfg.notes, "no SSH key in ~/.ssh/authorized_keys or ~/.ssh/*.pub, so nobody can push yet:"+
+	if len(cfg.Keys) == 0 {
+		cfg.Notes = append(cfg.Notes, "no SSH key in ~/.ssh/authorized_keys or ~/.ssh/*.pub, so nobody can push yet:"+
 			" create one with `ssh-keygen -t ed25519 -C yourname`, then restart slipway")
 	}
 	return cfg, nil
 }
 
 // autoEnv is the environment the embedded default creates for repo.
-func (c *config) autoEnv(repo string) envConfig {
-	return envConfig{
-		repo:           repo,
-		path:           filepath.Join(c.deployRoot, filepath.FromSlash(repo)),
-		branch:         defaultBranch,
-		keepReleases:   defaultKeepReleases,
-		commandTimeout: defaultCommandTimeout,
-		recipe:         recipe{set: map[string]bool{}},
+func (c *Server) AutoEnv(repo string) Env {
+	return Env{
+		Repo:           repo,
+		Path:           filepath.Join(c.DeployRoot, filepath.FromSlash(repo)),
+		Branch:         DefaultBranch,
+		KeepReleases:   defaultKeepReleases,
+		CommandTimeout: defaultCommandTimeout,
+		Recipe:         Recipe{set: map[string]bool{}},
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package configs
 
 import (
 	"os"
@@ -37,7 +37,7 @@ func writeKeys(t *testing.T, dir string, names ...string) string {
 func TestExampleConfigs(t *testing.T) {
 	dir := t.TempDir()
 	keys := writeKeys(t, dir, "alice", "ci")
-	server, err := os.ReadFile("../../configs/slipway.example.toml")
+	server, err := os.ReadFile("slipway.example.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,32 +46,32 @@ func TestExampleConfigs(t *testing.T) {
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := loadConfig(file)
+	cfg, err := Load(file)
 	if err != nil {
 		t.Fatalf("configs/slipway.example.toml: %v", err)
 	}
-	if len(cfg.envs) != 2 || cfg.listen != "0.0.0.0:2222" || cfg.dataDir != "/var/lib/slipway" || cfg.shutdownTimeout != 30*time.Second {
+	if len(cfg.Envs) != 2 || cfg.Listen != "0.0.0.0:2222" || cfg.DataDir != "/var/lib/slipway" || cfg.ShutdownTimeout != 30*time.Second {
 		t.Fatalf("decoded %+v", cfg)
 	}
-	prod := cfg.envs[0]
-	if prod.repo != "myapp/production" || prod.keepReleases != 5 || prod.pruneGrace != time.Minute ||
-		prod.commandTimeout != 30*time.Minute || strings.Join(prod.vars, ",") != "APP_ENV=production" ||
-		strings.Join(prod.allow, ",") != "alice,ci" || strings.Join(prod.recipe.build, ",") != "composer install --no-dev" {
+	prod := cfg.Envs[0]
+	if prod.Repo != "myapp/production" || prod.KeepReleases != 5 || prod.PruneGrace != time.Minute ||
+		prod.CommandTimeout != 30*time.Minute || strings.Join(prod.Vars, ",") != "APP_ENV=production" ||
+		strings.Join(prod.Allow, ",") != "alice,ci" || strings.Join(prod.Recipe.Build, ",") != "composer install --no-dev" {
 		t.Errorf("env[0] decoded as %+v", prod)
 	}
-	if cfg.envs[1].branch != "develop" || cfg.envs[1].keepReleases != defaultKeepReleases {
-		t.Errorf("env[1] decoded as %+v", cfg.envs[1])
+	if cfg.Envs[1].Branch != "develop" || cfg.Envs[1].KeepReleases != defaultKeepReleases {
+		t.Errorf("env[1] decoded as %+v", cfg.Envs[1])
 	}
 
-	repo, err := os.ReadFile("../../configs/slipway.repo.example.toml")
+	repo, err := os.ReadFile("slipway.repo.example.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := parseRepoRecipe(string(repo))
+	rc, err := ParseRecipe(string(repo))
 	if err != nil {
 		t.Fatalf("configs/slipway.repo.example.toml: %v", err)
 	}
-	if len(rc.build) != 2 || len(rc.sharedDirs) != 2 || !rc.set["after_activate"] {
+	if len(rc.Build) != 2 || len(rc.SharedDirs) != 2 || !rc.set["after_activate"] {
 		t.Errorf("repo recipe decoded as %+v", rc)
 	}
 }
@@ -148,15 +148,15 @@ SLIPWAY_SHA = "x"
 				t.Fatal(err)
 			}
 			t.Chdir(dir)
-			_, err := loadConfig("slipway.toml")
+			_, err := Load("slipway.toml")
 			if len(tt.want) == 0 {
 				if err != nil {
-					t.Fatalf("loadConfig: %v", err)
+					t.Fatalf("Load: %v", err)
 				}
 				return
 			}
 			if err == nil {
-				t.Fatal("loadConfig succeeded")
+				t.Fatal("Load succeeded")
 			}
 			got := strings.Split(err.Error(), "\n")
 			if len(got) != len(tt.want) {
@@ -172,19 +172,19 @@ SLIPWAY_SHA = "x"
 }
 
 func TestRecipeServerWins(t *testing.T) {
-	own, err := parseRepoRecipe("build = [\"make\"]\ntest = [\"make test\"]\nshared_dirs = [\"storage\"]\n")
+	own, err := ParseRecipe("build = [\"make\"]\ntest = [\"make test\"]\nshared_dirs = [\"storage\"]\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := recipe{test: []string{}, set: map[string]bool{"test": true}}
-	got := own.over(server)
-	if strings.Join(got.build, ",") != "make" || len(got.test) != 0 || strings.Join(got.sharedDirs, ",") != "storage" {
+	server := Recipe{Test: []string{}, set: map[string]bool{"test": true}}
+	got := own.Over(server)
+	if strings.Join(got.Build, ",") != "make" || len(got.Test) != 0 || strings.Join(got.SharedDirs, ",") != "storage" {
 		t.Fatalf("merged recipe %+v", got)
 	}
-	if _, err := parseRepoRecipe("build = [\"make\"]\nlisten = \"x\"\n"); err == nil || !strings.Contains(err.Error(), `slipway.toml:2: unknown key "listen"`) {
+	if _, err := ParseRecipe("build = [\"make\"]\nlisten = \"x\"\n"); err == nil || !strings.Contains(err.Error(), `slipway.toml:2: unknown key "listen"`) {
 		t.Fatalf("pushed slipway.toml with a server key: %v", err)
 	}
-	if _, err := parseRepoRecipe("shared_files = [\"../etc/passwd\"]\n"); err == nil {
+	if _, err := ParseRecipe("shared_files = [\"../etc/passwd\"]\n"); err == nil {
 		t.Fatal("a shared path escaping the release was accepted")
 	}
 }

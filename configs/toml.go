@@ -1,8 +1,8 @@
-package main
+package configs
 
 import (
 	"fmt"
-	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -11,24 +11,27 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// A problem is one thing wrong in a TOML file, reported as "file:line: msg".
-type problem struct {
-	file string
-	line int // 0 when the line is unknown
-	msg  string
+// Problem is one thing wrong in a TOML file, reported as "file:line: msg".
+type Problem struct {
+	File string
+	Line int // 0 when the line is unknown
+	Msg  string
 }
 
-func (p problem) String() string {
-	if p.line > 0 {
-		return fmt.Sprintf("%s:%d: %s", p.file, p.line, p.msg)
+// String is the problem as "file:line: msg", or "file: msg" when the line is unknown.
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.Msg)
 	}
-	return fmt.Sprintf("%s: %s", p.file, p.msg)
+	return fmt.Sprintf("%s: %s", p.File, p.Msg)
 }
 
-// problemsError is every problem found in a configuration, reported at once.
-type problemsError []problem
+// Problems is every problem found in a configuration, reported at once, in the order of
+// their lines.
+type Problems []Problem
 
-func (e problemsError) Error() string {
+// Error is one problem per line.
+func (e Problems) Error() string {
 	lines := make([]string, len(e))
 	for i, p := range e {
 		lines[i] = p.String()
@@ -44,7 +47,7 @@ type tomlDoc struct {
 	file  string
 	data  map[string]any
 	lines map[string]int // "listen", "env.0", "env.0.repo", "env.0.vars.APP_ENV"
-	probs []problem
+	probs []Problem
 }
 
 // parseTOML decodes text. A syntax error is returned as the only problem.
@@ -52,21 +55,21 @@ func parseTOML(file, text string) (*tomlDoc, error) {
 	d := &tomlDoc{file: file, data: map[string]any{}, lines: indexLines(text)}
 	if _, err := toml.Decode(text, &d.data); err != nil {
 		if pe, ok := err.(toml.ParseError); ok {
-			return nil, problemsError{{file: file, line: pe.Position.Line, msg: pe.Message}}
+			return nil, Problems{{File: file, Line: pe.Position.Line, Msg: pe.Message}}
 		}
-		return nil, problemsError{{file: file, msg: err.Error()}}
+		return nil, Problems{{File: file, Msg: err.Error()}}
 	}
 	return d, nil
 }
 
 // err returns the problems found, in the order of their lines.
 func (d *tomlDoc) err() error {
-	sort.SliceStable(d.probs, func(i, j int) bool { return d.probs[i].line < d.probs[j].line })
-	return problemsError(d.probs)
+	sort.SliceStable(d.probs, func(i, j int) bool { return d.probs[i].Line < d.probs[j].Line })
+	return Problems(d.probs)
 }
 
 func (d *tomlDoc) addf(path, format string, args ...any) {
-	d.probs = append(d.probs, problem{file: d.file, line: d.line(path), msg: fmt.Sprintf(format, args...)})
+	d.probs = append(d.probs, Problem{File: d.file, Line: d.line(path), Msg: fmt.Sprintf(format, args...)})
 }
 
 // line is the line of path, or of its nearest known parent.
@@ -123,7 +126,7 @@ func (t table) only(known ...string) {
 	}
 	sort.Slice(keys, func(i, j int) bool { return t.doc.line(t.key(keys[i])) < t.doc.line(t.key(keys[j])) })
 	for _, k := range keys {
-		if !contains(known, k) {
+		if !slices.Contains(known, k) {
 			t.doc.addf(t.key(k), "unknown key %q", t.name(k))
 		}
 	}
@@ -229,122 +232,4 @@ func (t table) list(k string) []table {
 		out[i] = table{doc: t.doc, path: fmt.Sprintf("%s.%d", t.key(k), i), m: m}
 	}
 	return out
-}
-
-var (
-	headerRe = regexp.MustCompile(`^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$`)
-	keyRe    = regexp.MustCompile(`^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=(.*)$`)
-)
-
-// indexLines maps each key path of a TOML text to its line. It understands what configs
-// use (tables, arrays of tables, dotted keys, values spanning lines); anything it cannot
-// place simply has no line and is reported against its table.
-func indexLines(text string) map[string]int {
-	lines := map[string]int{}
-	counts := map[string]int{} // array-of-tables name -> elements seen
-	prefix := ""
-	depth := 0    // open [ or { of a value spanning lines
-	inMulti := "" // `"""` or `'''` while inside a multi-line string
-	for i, ln := range strings.Split(text, "\n") {
-		n := i + 1
-		if inMulti != "" {
-			if strings.Count(ln, inMulti)%2 == 1 {
-				inMulti = ""
-			}
-			continue
-		}
-		if depth > 0 {
-			depth += bracketDelta(ln)
-			continue
-		}
-		if m := headerRe.FindStringSubmatch(ln); m != nil && !strings.Contains(ln, "=") {
-			name := joinKey(m[2])
-			if m[1] == "[[" {
-				prefix = fmt.Sprintf("%s.%d", name, counts[name])
-				counts[name]++
-			} else {
-				prefix = resolveTable(name, counts)
-			}
-			if _, ok := lines[prefix]; !ok {
-				lines[prefix] = n
-			}
-			continue
-		}
-		m := keyRe.FindStringSubmatch(ln)
-		if m == nil {
-			continue
-		}
-		key := joinKey(m[1])
-		if prefix != "" {
-			key = prefix + "." + key
-		}
-		if _, ok := lines[key]; !ok {
-			lines[key] = n
-		}
-		val := m[2]
-		for _, q := range []string{`"""`, `'''`} {
-			if strings.Count(val, q)%2 == 1 {
-				inMulti = q
-			}
-		}
-		depth += bracketDelta(val)
-	}
-	return lines
-}
-
-// resolveTable turns "env.vars" inside the n-th [[env]] into "env.<n-1>.vars".
-func resolveTable(name string, counts map[string]int) string {
-	parts := strings.Split(name, ".")
-	var out []string
-	for i, p := range parts {
-		out = append(out, p)
-		head := strings.Join(parts[:i+1], ".")
-		if c, ok := counts[head]; ok && i < len(parts)-1 {
-			out = append(out, strconv.Itoa(c-1))
-		}
-	}
-	return strings.Join(out, ".")
-}
-
-// bracketDelta counts [ and { opened minus closed outside strings and comments.
-func bracketDelta(s string) int {
-	d := 0
-	var quote byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case quote != 0:
-			if c == '\\' && quote == '"' {
-				i++
-			} else if c == quote {
-				quote = 0
-			}
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '#':
-			return d
-		case c == '[' || c == '{':
-			d++
-		case c == ']' || c == '}':
-			d--
-		}
-	}
-	return d
-}
-
-func joinKey(k string) string {
-	parts := strings.Split(k, ".")
-	for i, p := range parts {
-		parts[i] = strings.Trim(strings.TrimSpace(p), `"'`)
-	}
-	return strings.Join(parts, ".")
-}
-
-func contains(list []string, s string) bool {
-	for _, e := range list {
-		if e == s {
-			return true
-		}
-	}
-	return false
 }

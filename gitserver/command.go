@@ -5,53 +5,13 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
-)
 
-// maxRepoLen bounds an environment name, so that a name is also a sane path.
-const maxRepoLen = 100
+	"github.com/slipway/slipway/internal/reponame"
+)
 
 // maxCommandLen bounds the SSH exec command: git's `git-receive-pack '/APP/ENV.git'`
 // and an operator command with its arguments fit in far less.
 const maxCommandLen = 4096
-
-// ValidateRepo checks an environment name: "APP/ENV", each part starting with a letter or
-// digit and holding only letters, digits, '.', '_' and '-', neither part ending in ".git",
-// at most 100 bytes in all. A valid name is safe to use as a relative path.
-func ValidateRepo(name string) error {
-	if problem := repoProblem(name); problem != "" {
-		return fmt.Errorf("invalid repo name %q: %s", clip(name, 120), problem)
-	}
-	return nil
-}
-
-// repoProblem says what is wrong with an environment name, or "" if nothing is.
-func repoProblem(name string) string {
-	if len(name) > maxRepoLen {
-		return fmt.Sprintf("longer than %d bytes", maxRepoLen)
-	}
-	app, env, ok := strings.Cut(name, "/")
-	if !ok || app == "" || env == "" || strings.Contains(env, "/") {
-		return "must be APP/ENV"
-	}
-	for _, p := range []string{app, env} {
-		if !isAlnum(p[0]) {
-			return fmt.Sprintf("%q must start with a letter or digit", clip(p, 40))
-		}
-		for i := 1; i < len(p); i++ {
-			if c := p[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
-				return fmt.Sprintf("%q may hold only letters, digits, '.', '_' and '-'", clip(p, 40))
-			}
-		}
-		if strings.HasSuffix(p, ".git") {
-			return fmt.Sprintf("%q must not end in .git", p)
-		}
-	}
-	return ""
-}
-
-func isAlnum(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-}
 
 // Services a client may ask for in its exec request.
 const (
@@ -172,7 +132,7 @@ func shellWordsProblem(raw string) string {
 func repoFromPath(path string) (string, error) {
 	name := strings.TrimPrefix(path, "/")
 	name = strings.TrimSuffix(name, ".git")
-	if problem := repoProblem(name); problem != "" {
+	if problem := reponame.Problem(name); problem != "" {
 		return "", fmt.Errorf("invalid repository %q: %s", clip(path, 120), problem)
 	}
 	return name, nil

@@ -32,8 +32,9 @@ func (c *fakeCommander) RunCommand(ctx context.Context, who Identity, args []str
 	c.mu.Unlock()
 	switch args[0] {
 	case "status":
-		fmt.Fprintf(stdout, "status of everything %q\n", args[1:])
-		fmt.Fprintln(stderr, "a note on stderr")
+		// The tests check what arrives: a failed write shows there.
+		_, _ = fmt.Fprintf(stdout, "status of everything %q\n", args[1:])
+		_, _ = fmt.Fprintln(stderr, "a note on stderr")
 		return 3
 	case "hang":
 		close(c.started)
@@ -47,7 +48,7 @@ func (c *fakeCommander) RunCommand(ctx context.Context, who Identity, args []str
 	case "panic":
 		panic("commander bug")
 	}
-	fmt.Fprintf(stderr, "unknown command %q\n", args[0])
+	_, _ = fmt.Fprintf(stderr, "unknown command %q\n", args[0]) // checked where it arrives, if at all
 	return 2
 }
 
@@ -71,7 +72,7 @@ func TestOperatorCommand(t *testing.T) {
 		t.Errorf("stdout %q, stderr %q", stdout, stderr)
 	}
 	// ssh joins its arguments with spaces; the server splits them again like a shell.
-	h.ssh(h.alice, "status", `'a b'`, `"c\"d"`, "e\\ f")
+	_, _, _ = h.ssh(h.alice, "status", `'a b'`, `"c\"d"`, "e\\ f") // exits 3 as above; what ran is checked below
 	want := []string{
 		fmt.Sprintf("alice %s %q", fp, []string{"status", "--json"}),
 		fmt.Sprintf("alice %s %q", fp, []string{"status", "a b", `c"d`, "e f"}),
@@ -145,12 +146,13 @@ func TestOperatorCommandOutputBeforeExit(t *testing.T) {
 type bigCommander struct{ lines int }
 
 func (b *bigCommander) RunCommand(ctx context.Context, who Identity, args []string, stdout, stderr io.Writer) int {
+	// The test counts what arrives: a failed write shows there.
 	w := bufio.NewWriter(stdout)
 	for i := 0; i < b.lines; i++ {
-		fmt.Fprintf(w, "release %06d %s\n", i, strings.Repeat("x", 60))
+		_, _ = fmt.Fprintf(w, "release %06d %s\n", i, strings.Repeat("x", 60))
 	}
-	w.Flush()
-	fmt.Fprintln(stderr, "done")
+	_ = w.Flush()
+	_, _ = fmt.Fprintln(stderr, "done")
 	return 7
 }
 
@@ -168,11 +170,14 @@ func TestOperatorCommandClientGoneCancels(t *testing.T) {
 	select {
 	case <-c.started:
 	case <-time.After(20 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // failing anyway; the group may be gone
 		t.Fatal("command did not start")
 	}
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	cmd.Wait()
+	// The client goes away.
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // killed: its error is that kill
 	if err := <-c.cancelled; err == nil {
 		t.Error("the command's context was not cancelled when the client went away")
 	}

@@ -15,11 +15,8 @@
 //     crash left it elsewhere.
 //   - A fetch never creates or changes a repository, except for that alignment, and sends
 //     only objects reachable from the refs it advertised.
-//   - The pack is read by its own structure (header, object count, trailer), never until end
-//     of stream, so clients that keep their side open (libgit2) work. It is indexed as it
-//     streams (copyPack, then resolveDeltas), and appears in the repository whole or not at
-//     all. A push that leaves more than maxPacks packs merges the smaller ones, and never
-//     removes a pack a fetch may be reading.
+//   - Pushed packs are read, stored and merged by package gitserver/internal/pack, whose doc
+//     states their invariants; a merge never removes a pack a fetch may be reading.
 package gitserver
 
 import (
@@ -29,7 +26,8 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing/storer"
-	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/slipway/slipway/internal/authkeys"
 )
 
 // Config is what a Server needs to run. Zero values take the defaults named per field.
@@ -37,10 +35,10 @@ type Config struct {
 	// HostKeyPath is the ed25519 host key. Generated once (0600) if missing, then reused.
 	HostKeyPath string
 	// Keys are the authorized public keys; each one's Name is the pusher's name.
-	Keys []Key
-	// ReposDir holds the bare repositories, one per environment: <ReposDir>/<APP>/<ENV>.git.
-	// A repository is created the first time an authorized push reaches it; a fetch never
-	// creates one.
+	Keys []authkeys.Key
+	// ReposDir holds the bare repositories, one per environment: <ReposDir>/<APP>/<ENV>.git
+	// (Repositories). A repository is created the first time an authorized push reaches it;
+	// a fetch never creates one.
 	ReposDir string
 	// IdleTimeout closes a connection that sent and received nothing for this long.
 	// Default 5m. Keepalives during a deploy count as traffic.
@@ -53,12 +51,6 @@ type Config struct {
 	// Commands runs every exec request that is not a git command (`ssh git@HOST status`).
 	// Nil: only git is served and any other command is refused.
 	Commands Commander
-}
-
-// Key is one authorized public key.
-type Key struct {
-	Name string // the pusher's name: the key's comment in authorized_keys
-	Key  gossh.PublicKey
 }
 
 // Identity is who a session authenticated as.

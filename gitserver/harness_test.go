@@ -19,6 +19,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/slipway/slipway/internal/authkeys"
 )
 
 // fakeDeployer is a Deployer whose behaviour each test sets; it records what it was given.
@@ -114,7 +116,7 @@ func (d *fakeDeployer) Deploy(ctx context.Context, p Push, out io.Writer) error 
 	if d.deploy != nil {
 		return d.deploy(ctx, p, out)
 	}
-	fmt.Fprintf(out, "deploying %s\n", p.NewSHA)
+	_, _ = fmt.Fprintf(out, "deploying %s\n", p.NewSHA) // tests check what the pusher sees
 	return nil
 }
 
@@ -154,7 +156,7 @@ type harness struct {
 	reposDir string
 	home     string
 	alice    string // private key path
-	aliceKey Key
+	aliceKey authkeys.Key
 
 	stopOnce sync.Once
 	served   chan error
@@ -170,7 +172,7 @@ func start(t *testing.T, d *fakeDeployer, tweak func(*Config)) *harness {
 	h.alice, h.aliceKey = newKey(t, h.home, "alice")
 	cfg := Config{
 		HostKeyPath: filepath.Join(dir, "data", "ssh_host_ed25519_key"),
-		Keys:        []Key{h.aliceKey},
+		Keys:        []authkeys.Key{h.aliceKey},
 		ReposDir:    h.reposDir,
 	}
 	if tweak != nil {
@@ -186,10 +188,10 @@ func start(t *testing.T, d *fakeDeployer, tweak func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	h.srv, h.addr = srv, l.Addr().String()
-	_, h.port, _ = net.SplitHostPort(h.addr)
+	_, h.port, _ = net.SplitHostPort(h.addr) // the listener's own address: host:port
 	h.served = make(chan error, 1)
 	go func() { h.served <- srv.Serve(l) }()
-	t.Cleanup(func() { h.stop(5 * time.Second) })
+	t.Cleanup(func() { _ = h.stop(5 * time.Second) }) // a test that needs a clean stop checks its own
 	return h
 }
 
@@ -207,7 +209,7 @@ func (h *harness) stop(grace time.Duration) (err error) {
 }
 
 // newKey makes an ed25519 key pair with ssh-keygen, commented name.
-func newKey(t *testing.T, dir, name string) (path string, key Key) {
+func newKey(t *testing.T, dir, name string) (path string, key authkeys.Key) {
 	t.Helper()
 	path = filepath.Join(dir, "id_"+name)
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path).CombinedOutput(); err != nil {
@@ -221,7 +223,7 @@ func newKey(t *testing.T, dir, name string) (path string, key Key) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return path, Key{Name: comment, Key: pk}
+	return path, authkeys.Key{Name: comment, Key: pk}
 }
 
 func (h *harness) env(key string) []string {
@@ -350,7 +352,7 @@ func (h *harness) client() *gossh.Client {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.t.Cleanup(func() { c.Close() })
+	h.t.Cleanup(func() { _ = c.Close() }) // the test is over; the server may have closed it first
 	return c
 }
 
@@ -372,7 +374,7 @@ func (h *harness) rawGit(command string) *rawGit {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.t.Cleanup(func() { sess.Close() })
+	h.t.Cleanup(func() { _ = sess.Close() }) // the test is over; the server may have closed it first
 	stdin, err := sess.StdinPipe()
 	if err != nil {
 		h.t.Fatal(err)

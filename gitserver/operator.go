@@ -16,13 +16,13 @@ import (
 func (s *Server) runCommand(sess ssh.Session, who Identity, rec *record) int {
 	if problem := shellWordsProblem(sess.RawCommand()); problem != "" {
 		rec.refused(zerolog.WarnLevel, errors.New(problem))
-		fmt.Fprintf(sess.Stderr(), "slipway: %s\n", problem)
+		_, _ = fmt.Fprintf(sess.Stderr(), "slipway: %s\n", problem) // the session ends with status 1 either way
 		return 1
 	}
 	args := sess.Command()
 	if len(args) == 0 {
 		rec.refused(zerolog.WarnLevel, errors.New("empty command"))
-		fmt.Fprintln(sess.Stderr(), "slipway: empty command")
+		_, _ = fmt.Fprintln(sess.Stderr(), "slipway: empty command") // the session ends with status 1 either way
 		return 1
 	}
 	rec.command = clip(args[0], 40)

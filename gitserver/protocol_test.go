@@ -89,9 +89,11 @@ func TestRefusedCommandsInProcess(t *testing.T) {
 	if err := sess.RequestSubsystem("sftp"); err == nil {
 		t.Error("sftp subsystem granted")
 	}
-	sess.Close()
+	if err := sess.Close(); err != nil {
+		t.Error(err)
+	}
 	if conn, err := c.Dial("tcp", h.addr); err == nil {
-		conn.Close()
+		_ = conn.Close() // failing already: it should not exist
 		t.Error("port forwarding granted")
 	}
 	if _, err := c.Listen("tcp", "127.0.0.1:0"); err == nil {
@@ -124,11 +126,19 @@ func TestPackWithStdinKeptOpen(t *testing.T) {
 				caps += " side-band-64k"
 			}
 			e := pktline.NewEncoder(stdin)
-			e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00%s", plumbing.ZeroHash, head, caps))
-			e.Flush()
-			e.EncodeString("message=from libgit2")
-			e.Flush()
-			stdin.Write(pack) // and stdin stays open
+			for _, err := range []error{
+				e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00%s", plumbing.ZeroHash, head, caps)),
+				e.Flush(),
+				e.EncodeString("message=from libgit2"),
+				e.Flush(),
+			} {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := stdin.Write(pack); err != nil { // and stdin stays open
+				t.Fatal(err)
+			}
 
 			done := make(chan struct{})
 			var (
@@ -178,9 +188,17 @@ func TestCorruptPackReportsUnpackError(t *testing.T) {
 	g := h.rawGit("git receive-pack 'myapp/production'")
 	sess, stdin, out := g.sess, g.stdin, g.out
 	e := pktline.NewEncoder(stdin)
-	e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status side-band-64k", plumbing.ZeroHash, head))
-	e.Flush()
-	stdin.Write(pack)
+	for _, err := range []error{
+		e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status side-band-64k", plumbing.ZeroHash, head)),
+		e.Flush(),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := stdin.Write(pack); err != nil {
+		t.Fatal(err)
+	}
 	report, err := readReport(out, true)
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +210,9 @@ func TestCorruptPackReportsUnpackError(t *testing.T) {
 	if len(d.got()) != 0 {
 		t.Error("Deploy called for a corrupt pack")
 	}
-	sess.Wait()
+	if err := sess.Wait(); err != nil {
+		t.Errorf("session: %v", err)
+	}
 }
 
 // gitPack returns a pack of everything reachable from rev, made by git pack-objects.
@@ -250,12 +270,12 @@ func readReport(r io.Reader, sideBand bool) (string, error) {
 func TestCiphersOpenSSH(t *testing.T) {
 	t.Parallel()
 	h := start(t, &fakeDeployer{}, nil)
-	_, stderr, _ := h.ssh(h.alice, "-vv", "status")
+	_, stderr, _ := h.ssh(h.alice, "-vv", "status") // refused (no Commander): the handshake is what counts
 	if !strings.Contains(stderr, "ciphers stoc: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr") {
 		t.Errorf("server's cipher proposal not AES-GCM first:\n%s", stderr)
 	}
 	for _, c := range []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"} {
-		_, stderr, _ := h.ssh(h.alice, "-v", "-c", c, "status")
+		_, stderr, _ := h.ssh(h.alice, "-v", "-c", c, "status") // refused, as above
 		if !strings.Contains(stderr, "kex: server->client cipher: "+c) {
 			t.Errorf("ssh -c %s: not negotiated:\n%s", c, stderr)
 		}

@@ -33,7 +33,7 @@ func TestPushDeploys(t *testing.T) {
 		}
 		message = c.Message
 		for i := 1; i <= 20; i++ {
-			fmt.Fprintf(out, "step %02d\n", i)
+			_, _ = fmt.Fprintf(out, "step %02d\n", i) // the test checks what the pusher sees
 		}
 		return nil
 	}}
@@ -74,7 +74,10 @@ func TestPushDeploys(t *testing.T) {
 		t.Errorf("server main = %q, want %q", got, head)
 	}
 	h.fsckServer("--full", "--strict")
-	h.stop(5 * time.Second) // a session releases its environment after the client has its report
+	// A session releases its environment after the client has its report.
+	if err := h.stop(5 * time.Second); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
 	if r, rel := d.counts(); r != 1 || rel != 1 {
 		t.Errorf("reserves=%d releases=%d, want 1 and 1", r, rel)
 	}
@@ -107,7 +110,7 @@ func TestPushSecondEditNoThin(t *testing.T) {
 func TestDeployErrorRejects(t *testing.T) {
 	t.Parallel()
 	d := &fakeDeployer{deploy: func(ctx context.Context, p Push, out io.Writer) error {
-		fmt.Fprintln(out, "building")
+		_, _ = fmt.Fprintln(out, "building") // the test checks what the pusher sees
 		return fmt.Errorf("build: exit status 1\nsecond line is not shown")
 	}}
 	h := start(t, d, nil)
@@ -249,7 +252,7 @@ func TestOtherRefsRejected(t *testing.T) {
 		t.Fatalf("push succeeded\n%s", stderr)
 	}
 	for _, line := range []string{
-		"! [remote rejected] other -> other (only refs/heads/main deploys here)",
+		"! [remote rejected] other -> other (only refs/heads/main deploys here; to deploy it: git push production other:main)",
 		"! [remote rejected] v1 -> v1 (only refs/heads/main deploys here)",
 		"! [remote rejected] HEAD -> -x (invalid ref name)",
 	} {
@@ -292,7 +295,9 @@ func TestUpToDatePush(t *testing.T) {
 	if n := len(d.got()); n != 1 {
 		t.Errorf("Deploy called %d times, want 1", n)
 	}
-	h.stop(5 * time.Second)
+	if err := h.stop(5 * time.Second); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
 	if r, rel := d.counts(); r != 2 || rel != 2 {
 		t.Errorf("reserves=%d releases=%d, want 2 and 2", r, rel)
 	}
@@ -355,7 +360,7 @@ func TestPusherKilledCancelsDeploy(t *testing.T) {
 	started := make(chan struct{})
 	cancelled := make(chan error, 1)
 	d := &fakeDeployer{deploy: func(ctx context.Context, p Push, out io.Writer) error {
-		fmt.Fprintln(out, "building")
+		_, _ = fmt.Fprintln(out, "building") // the test waits for it at the pusher
 		close(started)
 		select {
 		case <-ctx.Done():
@@ -388,17 +393,19 @@ func TestPusherKilledCancelsDeploy(t *testing.T) {
 				break
 			}
 		}
-		io.Copy(io.Discard, stderr)
+		_, _ = io.Copy(io.Discard, stderr) // drained until git is killed: the read then fails
 	}()
 	select {
 	case <-live:
 	case <-time.After(20 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // failing anyway; the group may be gone
 		t.Fatal("deploy output did not arrive while the deploy ran")
 	}
 	<-started
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // git and its ssh
-	cmd.Wait()
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil { // git and its ssh
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // killed: its error is that kill
 	if err := <-cancelled; err == nil {
 		t.Fatal("deploy's context was not cancelled")
 	}
@@ -498,15 +505,18 @@ func TestShutdownLetsDeployFinish(t *testing.T) {
 		// The closed port may already be another listener's (tests run in parallel): only a
 		// handshake showing this server's host key counts.
 		ours := false
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		gossh.NewClientConn(c, h.addr, &gossh.ClientConfig{
+		if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		// It fails in any case, at the latest at the host key: ours says whose it was.
+		_, _, _, _ = gossh.NewClientConn(c, h.addr, &gossh.ClientConfig{
 			User: "git",
 			HostKeyCallback: func(_ string, _ net.Addr, key gossh.PublicKey) error {
 				ours = bytes.Equal(key.Marshal(), h.srv.signer.PublicKey().Marshal())
 				return errors.New("host key seen")
 			},
 		})
-		c.Close()
+		_ = c.Close() // done with it, whatever state the failed handshake left it in
 		if ours {
 			t.Error("connection accepted during Shutdown")
 		}
@@ -542,7 +552,9 @@ func TestBigPack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 200; i++ {
-		os.WriteFile(filepath.Join(work, fmt.Sprintf("f%03d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("file %d\n", i), 50)), 0o644)
+		if err := os.WriteFile(filepath.Join(work, fmt.Sprintf("f%03d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("file %d\n", i), 50)), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.git(work, "add", ".")
 	h.git(work, "commit", "-q", "-m", "big")

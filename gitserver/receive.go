@@ -24,6 +24,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/slipway/slipway/gitserver/internal/pack"
 	"github.com/slipway/slipway/internal/atomicfile"
 )
 
@@ -39,192 +40,247 @@ const (
 // moves only if Deploy succeeds. If the environment is busy, the refs are advertised all the
 // same, so that the push options can be read, and the push waits for the environment if
 // they ask for it (wait=DURATION). It returns the session's exit status.
+//
+// Its phases, in order: advertise, readRequest, awaitEnvironment, storePack, runCommands
+// (checkCommands, deploy, moveBranch), report; then, with the pusher answered, consolidate.
 func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *record) int {
 	ctx, cancel := s.sessionContext(sess)
 	defer cancel()
+	r := &receiveSession{s: s, sess: sess, repo: repo, who: who, rec: rec}
+	defer r.close()
 
-	// Deferred first, so that it runs last: the environment is released after the
-	// repository's lock.
-	var reserved reservation
-	defer reserved.release()
-
-	target, release, busy := s.deployer.Reserve(ctx, repo, who.Name, 0)
-	if busy != nil && !errors.Is(busy, ErrBusy) {
-		rec.refused(zerolog.InfoLevel, busy)
-		sendERR(sess, busy.Error())
-		return 1
+	if code, done := r.advertise(ctx); done {
+		return code
 	}
-	var (
-		env  *pushEnv // nil while the environment is busy
-		refs map[plumbing.ReferenceName]plumbing.Hash
-		err  error
-	)
-	if busy == nil {
-		reserved.hold(release)
-		var why *refusal
-		if env, why = s.openForPush(ctx, repo, target); why != nil {
-			why.record(rec)
-			if why.msg != "" {
-				sendERR(sess, why.msg)
-			}
-			return 1
-		}
-		defer env.close()
-		refs, err = listRefs(env.st)
-	} else {
-		// Someone else's push holds the repository: read its refs without changing anything.
-		refs, err = s.peekRefs(repo)
+	if code, done := r.readRequest(); done {
+		return code
 	}
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err)
-		sendERR(sess, "cannot read the repository's refs (see the server log)")
-		return 1
-	}
-	ar, err := receiveAdvertisement(refs)
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
-		sendERR(sess, "internal error")
-		return 1
-	}
-	if err := writeAdvertisement(sess, ar); err != nil {
-		rec.outcome, rec.err = "disconnected", err
-		return 1
-	}
-
-	// A bare flush answers the advertisement when there is nothing to push; a client that
-	// only wanted the refs (push --dry-run) just leaves.
-	br := bufio.NewReaderSize(sess, 64*1024)
-	first, err := br.Peek(4)
-	if err != nil {
-		rec.outcome = "no-request"
-		return 0
-	}
-	if string(first) == "0000" {
-		rec.outcome = "up-to-date"
-		return 0
-	}
-	lim := &limitedReader{r: br, n: maxRequestBytes}
-	req := packp.NewReferenceUpdateRequest()
-	if err := req.Decode(lim); err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", fmt.Errorf("decode update request: %w", err)
-		fmt.Fprintf(sess.Stderr(), "slipway: bad push request: %s\n", oneLine(err.Error(), maxReasonLen))
-		return 1
-	}
-	var options []string
-	if req.Capabilities.Supports(capability.PushOptions) {
-		if options, err = readPushOptions(lim); err != nil {
-			rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", fmt.Errorf("read push options: %w", err)
-			fmt.Fprintf(sess.Stderr(), "slipway: bad push options: %s\n", oneLine(err.Error(), maxReasonLen))
-			return 1
-		}
-	}
-
-	w := newWire(sess, sess.Stderr(), req.Capabilities.Supports(capability.Sideband64k), pinger(sess), cancel)
+	r.w = newWire(sess, sess.Stderr(), r.req.Capabilities.Supports(capability.Sideband64k), pinger(sess), cancel)
 	// Keepalives run from the start of a wait for the environment, or else from the end of
 	// the pack (indexing can take a while), to the report.
-	var (
-		kaStarted bool
-		kaStop    = make(chan struct{})
-		kaDone    = make(chan struct{})
-	)
-	startKeepalive := func() {
-		if kaStarted {
-			return
-		}
-		kaStarted = true
-		go func() {
-			defer close(kaDone)
-			w.keepalive(s.cfg.Keepalive, kaStop)
-		}()
+	r.ka = keepalives{w: r.w, every: s.cfg.Keepalive}
+	if code, done := r.awaitEnvironment(ctx); done {
+		return code
 	}
-	stopKeepalive := func() {
-		if kaStarted {
-			kaStarted = false
-			close(kaStop)
-			<-kaDone
-		}
-	}
-	defer stopKeepalive()
-
-	wait, err := waitOption(options)
-	if err != nil {
-		rec.refused(zerolog.InfoLevel, fmt.Errorf("push option wait: %w", err))
-		return s.refusePush(w, br, req, rec.err.Error(), rec)
-	}
-	var waited *waitInfo // set if the push waited for its environment
-	if busy != nil {
-		if wait <= 0 {
-			rec.level, rec.outcome, rec.err = zerolog.InfoLevel, "busy", busy
-			w.notef("hint: git push -o wait=5m waits up to 5 minutes for the running deploy\n")
-			return s.refusePush(w, br, req, busy.Error(), rec)
-		}
-		w.notef("-----> waiting up to %s: %s\n", wait, oneLine(busy.Error(), maxReasonLen))
-		startKeepalive()
-		t0 := time.Now()
-		target, release, err = s.deployer.Reserve(ctx, repo, who.Name, wait)
-		rec.waited = max(time.Since(t0), time.Nanosecond)
-		if err != nil {
-			if ctx.Err() != nil {
-				rec.outcome, rec.err = "disconnected", err
-				return 1
-			}
-			rec.level, rec.outcome, rec.err = zerolog.InfoLevel, "refused", err
-			if errors.Is(err, ErrBusy) {
-				rec.outcome = "busy"
-			}
-			return s.refusePush(w, br, req, err.Error(), rec)
-		}
-		reserved.hold(release)
-		var why *refusal
-		if env, why = s.openForPush(ctx, repo, target); why != nil {
-			why.record(rec)
-			if why.msg == "" {
-				return 1
-			}
-			return s.refusePush(w, br, req, why.msg, rec)
-		}
-		defer env.close()
-		waited = &waitInfo{advertised: refs[env.branchRef]}
-	}
-
-	// The pack. A push of deletions only has none, and the client does not close its side.
-	unpackStatus := "ok"
-	if needsPack(req.Commands) {
-		_, err := storePack(env.dir, br, startKeepalive)
-		switch {
-		case errors.Is(err, errPack):
-			unpackStatus = packStatus(err)
-			rec.err = err
-		case err != nil:
-			unpackStatus = "cannot store the pack (see the server log)"
-			rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("store pack: %w", err)
-		}
-		// The storage may have looked at objects before; make it see the new pack.
-		env.st.Reindex()
-	}
-	startKeepalive()
-
-	statuses := s.runCommands(ctx, env, req.Commands, unpackStatus == "ok", repo, who, options, waited, w, rec)
+	unpackStatus := r.storePack()
+	r.ka.start()
+	statuses := r.runCommands(ctx, unpackStatus == "ok")
 	if unpackStatus != "ok" {
 		rec.outcome = "unpack-failed"
 	}
-	stopKeepalive()
-	code := s.sendReport(w, req, unpackStatus, statuses, rec)
-	if needsPack(req.Commands) && unpackStatus == "ok" {
+	code := r.report(unpackStatus, statuses)
+	if needsPack(r.req.Commands) && unpackStatus == "ok" {
 		// After the report, as git's auto gc: the pusher has its answer, and the
 		// environment is still held, so no deploy reads the packs meanwhile.
-		s.consolidate(env.dir, repo)
+		s.consolidate(r.env.dir, repo)
 	}
 	return code
 }
 
+// receiveSession is one receive-pack session as its phases go: what each one learnt, and
+// what the session holds until close.
+type receiveSession struct {
+	s    *Server
+	sess ssh.Session
+	repo string
+	who  Identity
+	rec  *record
+
+	// Held until close.
+	reserved reservation // the environment, once Reserve gave it
+	env      *pushEnv    // its repository, under its lock; nil until then
+	ka       keepalives  // from the start of a wait, or the end of the pack, to the report
+
+	// busy is why Reserve refused before the advertisement (it wraps ErrBusy); nil if the
+	// environment was free then.
+	busy error
+	// refs are the refs as advertised.
+	refs    map[plumbing.ReferenceName]plumbing.Hash
+	br      *bufio.Reader                 // the client's stream after the advertisement
+	req     *packp.ReferenceUpdateRequest // the commands
+	options []string                      // the push options, in order
+	w       *wire                         // the session's output once the request is read
+	waited  *waitInfo                     // set if the push waited for its environment
+}
+
+// close lets go of what the session holds, in order: the keepalives stop, the repository
+// is closed and its lock released, and then the environment is released.
+func (r *receiveSession) close() {
+	r.ka.stop()
+	if r.env != nil {
+		r.env.close()
+	}
+	r.reserved.release()
+}
+
+// advertise reserves the environment if it is free, opening its repository, and sends the
+// ref advertisement. If another push holds the environment, its refs are read without its
+// lock, so that this push's options (wait=) can still be read; r.busy says why. done means
+// the session is over, with exit status code.
+func (r *receiveSession) advertise(ctx context.Context) (code int, done bool) {
+	target, release, busy := r.s.deployer.Reserve(ctx, r.repo, r.who.Name, 0)
+	if busy != nil && !errors.Is(busy, ErrBusy) {
+		r.rec.refused(zerolog.InfoLevel, busy)
+		sendERR(r.sess, busy.Error())
+		return 1, true
+	}
+	r.busy = busy
+	var err error
+	if busy == nil {
+		if why := r.hold(ctx, target, release); why != nil {
+			why.record(r.rec)
+			if why.msg != "" {
+				sendERR(r.sess, why.msg)
+			}
+			return 1, true
+		}
+		r.refs, err = listRefs(r.env.st)
+	} else {
+		// Someone else's push holds the repository: read its refs without changing anything.
+		r.refs, err = r.s.peekRefs(r.repo)
+	}
+	if err != nil {
+		r.rec.level, r.rec.outcome, r.rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err)
+		sendERR(r.sess, "cannot read the repository's refs (see the server log)")
+		return 1, true
+	}
+	ar, err := receiveAdvertisement(r.refs)
+	if err != nil {
+		r.rec.level, r.rec.outcome, r.rec.err = zerolog.ErrorLevel, "error", err
+		sendERR(r.sess, "internal error")
+		return 1, true
+	}
+	if err := writeAdvertisement(r.sess, ar); err != nil {
+		r.rec.outcome, r.rec.err = "disconnected", err
+		return 1, true
+	}
+	return 0, false
+}
+
+// hold keeps the environment Reserve gave (release is called when the session ends) and
+// opens its repository under its lock (openForPush).
+func (r *receiveSession) hold(ctx context.Context, target Target, release func()) *refusal {
+	r.reserved.hold(release)
+	env, why := r.s.openForPush(ctx, r.repo, target)
+	r.env = env
+	return why
+}
+
+// readRequest reads the update request: the commands, then the push options if the client
+// sends them. A bare flush answers the advertisement when there is nothing to push, and a
+// client that only wanted the refs (push --dry-run) just leaves: done, with status 0.
+func (r *receiveSession) readRequest() (code int, done bool) {
+	r.br = bufio.NewReaderSize(r.sess, 64*1024)
+	first, err := r.br.Peek(4)
+	if err != nil {
+		r.rec.outcome = "no-request"
+		return 0, true
+	}
+	if string(first) == "0000" {
+		r.rec.outcome = "up-to-date"
+		return 0, true
+	}
+	lim := &limitedReader{r: r.br, n: maxRequestBytes}
+	r.req = packp.NewReferenceUpdateRequest()
+	if err := r.req.Decode(lim); err != nil {
+		return r.badRequest("decode update request", "bad push request", err), true
+	}
+	if r.req.Capabilities.Supports(capability.PushOptions) {
+		if r.options, err = readPushOptions(lim); err != nil {
+			return r.badRequest("read push options", "bad push options", err), true
+		}
+	}
+	return 0, false
+}
+
+// badRequest ends a session whose request breaks the protocol: the log says what was being
+// read, the pusher's stderr gets msg and the cause. It returns the exit status.
+func (r *receiveSession) badRequest(what, msg string, err error) int {
+	r.rec.level, r.rec.outcome, r.rec.err = zerolog.WarnLevel, "bad-request", fmt.Errorf("%s: %w", what, err)
+	// The session ends with status 1 whether or not the pusher gets the line.
+	_, _ = fmt.Fprintf(r.sess.Stderr(), "slipway: %s: %s\n", msg, oneLine(err.Error(), maxReasonLen))
+	return 1
+}
+
+// awaitEnvironment makes sure the push holds its environment. If another push held it at
+// the advertisement, the push waits for it as long as its wait= option says, with
+// keepalives, or is refused. done means the session is over, with exit status code.
+func (r *receiveSession) awaitEnvironment(ctx context.Context) (code int, done bool) {
+	wait, err := waitOption(r.options)
+	if err != nil {
+		r.rec.refused(zerolog.InfoLevel, fmt.Errorf("push option wait: %w", err))
+		return r.refusePush(r.rec.err.Error()), true
+	}
+	if r.busy == nil {
+		return 0, false
+	}
+	if wait <= 0 {
+		r.rec.level, r.rec.outcome, r.rec.err = zerolog.InfoLevel, "busy", r.busy
+		r.w.notef("hint: git push -o wait=5m waits up to 5 minutes for the running deploy\n")
+		return r.refusePush(r.busy.Error()), true
+	}
+	r.w.notef("-----> waiting up to %s: %s\n", wait, oneLine(r.busy.Error(), maxReasonLen))
+	r.ka.start()
+	t0 := time.Now()
+	target, release, err := r.s.deployer.Reserve(ctx, r.repo, r.who.Name, wait)
+	r.rec.waited = max(time.Since(t0), time.Nanosecond)
+	if err != nil {
+		return r.waitFailed(ctx, err), true
+	}
+	if why := r.hold(ctx, target, release); why != nil {
+		why.record(r.rec)
+		if why.msg == "" {
+			return 1, true
+		}
+		return r.refusePush(why.msg), true
+	}
+	r.waited = &waitInfo{advertised: r.refs[r.env.branchRef]}
+	return 0, false
+}
+
+// waitFailed ends a push whose wait for its environment failed with err: the pusher went
+// away, the wait ran out, or Reserve refused. It returns the exit status.
+func (r *receiveSession) waitFailed(ctx context.Context, err error) int {
+	if ctx.Err() != nil {
+		r.rec.outcome, r.rec.err = "disconnected", err
+		return 1
+	}
+	r.rec.level, r.rec.outcome, r.rec.err = zerolog.InfoLevel, "refused", err
+	if errors.Is(err, ErrBusy) {
+		r.rec.outcome = "busy"
+	}
+	return r.refusePush(err.Error())
+}
+
+// storePack stores the pack that follows the commands and returns the unpack status for the
+// report: "ok", or why the pack was not stored. A push of deletions only has no pack, and its
+// client does not close its side: nothing is read. Keepalives start once the pack has
+// arrived, while its deltas are resolved.
+func (r *receiveSession) storePack() string {
+	if !needsPack(r.req.Commands) {
+		return "ok"
+	}
+	_, err := pack.Store(r.env.dir, r.br, r.ka.start)
+	// The storage may have looked at objects before; make it see the new pack.
+	r.env.st.Reindex()
+	switch {
+	case errors.Is(err, pack.ErrBad):
+		r.rec.err = err
+		return packStatus(err)
+	case err != nil:
+		r.rec.level, r.rec.err = zerolog.ErrorLevel, fmt.Errorf("store pack: %w", err)
+		return "cannot store the pack (see the server log)"
+	}
+	return "ok"
+}
+
 // consolidate merges the packs of repo's repository when pushes have left too many
-// (consolidatePacks). Packs a fetch may be reading are left in place. A failure is the
+// (pack.Consolidate). Packs a fetch may be reading are left in place. A failure is the
 // operator's to know of, and costs nothing but speed: the packs stay as they were.
 func (s *Server) consolidate(dir, repo string) {
 	start := time.Now()
 	packs := s.locks.packs(repo)
-	stats, err := consolidatePacks(dir, func() (func(), bool) {
+	stats, err := pack.Consolidate(dir, func() (func(), bool) {
 		if !packs.TryLock() {
 			return nil, false
 		}
@@ -233,9 +289,9 @@ func (s *Server) consolidate(dir, repo string) {
 	switch {
 	case err != nil:
 		s.log.Error().Err(err).Str("repo", repo).Msg("merge packs")
-	case stats.packs > 0:
-		s.log.Info().Str("repo", repo).Int("packs", stats.packs).Int("objects", stats.objects).
-			Dur("took", time.Since(start)).Msg("packs merged")
+	case stats.Packs > 0:
+		s.log.Info().Str("repo", repo).Int("packs", stats.Packs).Int("objects", stats.Objects).
+			Int64("took_ms", time.Since(start).Milliseconds()).Msg("packs merged")
 	}
 }
 
@@ -243,28 +299,36 @@ func (s *Server) consolidate(dir, repo string) {
 // without waiting for an answer, and at this point it shows an ERR packet only as
 // "protocol error: bad band #69": so the pack is read and dropped, and every command is
 // answered "ng <ref> <reason>", which git shows as "! [remote rejected] <ref> (<reason>)".
-func (s *Server) refusePush(w *wire, br *bufio.Reader, req *packp.ReferenceUpdateRequest, reason string, rec *record) int {
+// It returns the exit status.
+func (r *receiveSession) refusePush(reason string) int {
 	unpackStatus := "ok"
-	if needsPack(req.Commands) {
-		if _, err := copyPack(io.Discard, br); err != nil {
-			if !errors.Is(err, errPack) {
-				rec.err = errors.Join(rec.err, fmt.Errorf("drop the pack: %w", err))
+	if needsPack(r.req.Commands) {
+		if _, err := pack.Discard(r.br); err != nil {
+			if !errors.Is(err, pack.ErrBad) {
+				r.rec.err = errors.Join(r.rec.err, fmt.Errorf("drop the pack: %w", err))
 				return 1
 			}
 			unpackStatus = packStatus(err)
 		}
 	}
 	reason = oneLine(reason, maxReasonLen)
-	statuses := make([]string, len(req.Commands))
+	statuses := make([]string, len(r.req.Commands))
 	for i := range statuses {
 		statuses[i] = reason
 	}
-	return s.sendReport(w, req, unpackStatus, statuses, rec)
+	return r.report(unpackStatus, statuses)
+}
+
+// report stops the keepalives and ends the push with its report (sendReport). It returns
+// the exit status.
+func (r *receiveSession) report(unpackStatus string, statuses []string) int {
+	r.ka.stop()
+	return sendReport(r.w, r.req, unpackStatus, statuses, r.rec)
 }
 
 // sendReport ends a push: the report, in the commands' order, in band 1 with sideband, then
 // the final flush. It returns the session's exit status.
-func (s *Server) sendReport(w *wire, req *packp.ReferenceUpdateRequest, unpackStatus string, statuses []string, rec *record) int {
+func sendReport(w *wire, req *packp.ReferenceUpdateRequest, unpackStatus string, statuses []string, rec *record) int {
 	var report bytes.Buffer
 	if req.Capabilities.Supports(capability.ReportStatus) {
 		rs := packp.NewReportStatus()
@@ -278,13 +342,14 @@ func (s *Server) sendReport(w *wire, req *packp.ReferenceUpdateRequest, unpackSt
 		}
 	}
 	w.mu.Lock()
+	// A write error is kept in w.err, read below.
 	if w.mux != nil {
 		if report.Len() > 0 {
-			w.band(sideband.PackData, report.Bytes())
+			_, _ = w.band(sideband.PackData, report.Bytes())
 		}
-		w.raw(pktline.FlushPkt)
+		_ = w.raw(pktline.FlushPkt)
 	} else if report.Len() > 0 {
-		w.raw(report.Bytes())
+		_ = w.raw(report.Bytes())
 	}
 	werr := w.err
 	w.mu.Unlock()
@@ -294,16 +359,18 @@ func (s *Server) sendReport(w *wire, req *packp.ReferenceUpdateRequest, unpackSt
 	return 0
 }
 
-// packStatus is the unpack status for a bad pack (errPack).
+// packStatus is the unpack status for a bad pack (pack.ErrBad).
 func packStatus(err error) string {
-	return oneLine(strings.Replace(err.Error(), errPack.Error()+": ", "", 1), maxReasonLen)
+	return oneLine(strings.Replace(err.Error(), pack.ErrBad.Error()+": ", "", 1), maxReasonLen)
 }
 
 // pinger returns a keepalive for clients without sideband: an SSH-level request.
 func pinger(sess ssh.Session) func() {
 	return func() {
 		if c, ok := sess.Context().Value(ssh.ContextKeyConn).(gossh.Conn); ok {
-			c.SendRequest("keepalive@openssh.com", false, nil)
+			// A failed request means the connection is gone, which the session finds out
+			// on its own next read or write.
+			_, _, _ = c.SendRequest("keepalive@openssh.com", false, nil)
 		}
 	}
 }
@@ -362,7 +429,7 @@ type pushEnv struct {
 }
 
 func (e *pushEnv) close() {
-	e.st.Close()
+	_ = e.st.Close() // it only closes the pack files kept open for reading
 	e.unlock()
 }
 
@@ -396,11 +463,11 @@ func (s *Server) openForPush(ctx context.Context, repo string, target Target) (*
 		unlock()
 		return nil, &refusal{"cannot open the repository (see the server log)", zerolog.ErrorLevel, "error", err}
 	}
-	if err := removeTempPacks(dir); err != nil {
+	if err := pack.RemoveTemp(dir); err != nil {
 		s.log.Warn().Err(err).Str("repo", repo).Msg("remove temporary pack files")
 	}
 	if err := s.alignBranch(st, repo, branchRef, target.Live); err != nil {
-		st.Close()
+		_ = st.Close() // already refusing; it only closes pack files kept open for reading
 		unlock()
 		return nil, &refusal{"the deploy branch does not name the live release and cannot be moved (see the server log)",
 			zerolog.ErrorLevel, "error", err}
@@ -411,135 +478,197 @@ func (s *Server) openForPush(ctx context.Context, repo string, target Target) (*
 // peekRefs reads repo's refs for the advertisement to a push whose environment is busy:
 // without its lock, without creating or changing anything. No repository: no refs.
 func (s *Server) peekRefs(repo string) (map[plumbing.ReferenceName]plumbing.Hash, error) {
-	st, err := s.openExisting(repo)
+	st, err := s.repos.Objects(repo)
 	if errors.Is(err, ErrNoRepo) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
+	defer st.Close() // read only: it only closes pack files kept open
 	return s.readRefs(repo, st)
 }
 
-// runCommands applies slipway's policy to every command of a push and deploys the one
+// runCommands applies slipway's policy to every command of the push and deploys the one
 // update of the deploy branch that passes it. It returns each command's status for the
 // report, in order: "ok" or the reason for ng.
-func (s *Server) runCommands(ctx context.Context, env *pushEnv, cmds []*packp.Command, unpacked bool,
-	repo string, who Identity, options []string, waited *waitInfo, out *wire, rec *record) []string {
-	st, branchRef := env.st, env.branchRef
+func (r *receiveSession) runCommands(ctx context.Context, unpacked bool) []string {
+	cmds := r.req.Commands
 	statuses := make([]string, len(cmds))
 	deploy := -1
 	var current plumbing.Hash
-	for i, cmd := range cmds {
-		if !unpacked {
+	if unpacked {
+		deploy, current = r.checkCommands(statuses)
+	} else {
+		for i := range statuses {
 			statuses[i] = "unpacker error"
-			continue
 		}
+	}
+	if deploy < 0 {
+		r.recordRejected(statuses)
+		return statuses
+	}
+	statuses[deploy] = r.deploy(ctx, cmds[deploy], current)
+	return statuses
+}
+
+// checkCommands applies slipway's policy to the push's commands and writes each one's
+// status: only the deploy branch may be updated, once, from the value the pusher was shown,
+// to a commit whose tree is here, and it may not be deleted. The update that passes keeps
+// status "": checkCommands returns its index (-1 if none) and the branch's current value.
+func (r *receiveSession) checkCommands(statuses []string) (deploy int, current plumbing.Hash) {
+	branchRef := r.env.branchRef
+	deploy = -1
+	for i, cmd := range r.req.Commands {
 		switch {
 		case validateRef(cmd.Name) != nil:
 			statuses[i] = "invalid ref name"
 		case cmd.Name != branchRef:
-			statuses[i] = fmt.Sprintf("only %s deploys here", branchRef)
+			statuses[i] = wrongBranch(r.repo, cmd, branchRef)
 		case deploy >= 0:
 			statuses[i] = fmt.Sprintf("more than one update of %s", branchRef)
 		case cmd.New.IsZero():
 			statuses[i] = "deleting the deploy branch is not allowed"
 		default:
-			var err error
-			current, err = refHash(st, branchRef)
-			if err != nil {
-				statuses[i] = "cannot read the branch (see the server log)"
-				rec.level, rec.err = zerolog.ErrorLevel, fmt.Errorf("read %s: %w", branchRef, err)
-				continue
-			}
-			// The pusher's old value is the one advertised. A push that waited for its
-			// environment replaces what the branch names after the wait.
-			advertised := current
-			if waited != nil {
-				advertised = waited.advertised
-			}
-			if cmd.Old != advertised {
-				statuses[i] = fmt.Sprintf("stale info: %s changed since you fetched", branchRef.Short())
-				continue
-			}
-			statuses[i] = checkCommit(st, cmd.New)
-			if statuses[i] == "" {
-				deploy = i
+			var h plumbing.Hash
+			if statuses[i], h = r.checkUpdate(cmd); statuses[i] == "" {
+				deploy, current = i, h
 			}
 		}
 	}
-	if deploy < 0 {
-		// Nothing to deploy: log the first rejected command.
-		if rec.outcome == "" {
-			rec.outcome = "rejected"
-		}
-		if rec.level < zerolog.WarnLevel {
-			rec.level = zerolog.WarnLevel
-		}
-		if len(cmds) > 0 && rec.ref == "" {
-			rec.ref, rec.oldSHA, rec.sha = cmds[0].Name.String(), shaOrEmpty(cmds[0].Old), shaOrEmpty(cmds[0].New)
-			if rec.err == nil {
-				rec.err = errors.New(statuses[0])
-			}
-		}
-		return statuses
-	}
+	return deploy, current
+}
 
-	cmd := cmds[deploy]
+// checkUpdate checks an update of the deploy branch: its old value must be the one the
+// pusher was shown, its new one a commit whose tree is here. It returns "" if the update may
+// be deployed, else the reason for ng, and the branch's current value.
+func (r *receiveSession) checkUpdate(cmd *packp.Command) (string, plumbing.Hash) {
+	branchRef := r.env.branchRef
+	current, err := refHash(r.env.st, branchRef)
+	if err != nil {
+		r.rec.level, r.rec.err = zerolog.ErrorLevel, fmt.Errorf("read %s: %w", branchRef, err)
+		return "cannot read the branch (see the server log)", current
+	}
+	// The pusher's old value is the one advertised. A push that waited for its
+	// environment replaces what the branch names after the wait.
+	advertised := current
+	if r.waited != nil {
+		advertised = r.waited.advertised
+	}
+	if cmd.Old != advertised {
+		return fmt.Sprintf("stale info: %s changed since you fetched", branchRef.Short()), current
+	}
+	return checkCommit(r.env.st, cmd.New), current
+}
+
+// wrongBranch is the ng reason for an update of a ref other than the deploy branch. For a
+// branch pushed (not deleted) it adds the push that deploys it, with the environment's name
+// for the remote, as in `git remote add production ssh://git@HOST/myapp/production`: when
+// the names can be pasted into a shell as they are, and the reason stays within maxReasonLen.
+func wrongBranch(repo string, cmd *packp.Command, branchRef plumbing.ReferenceName) string {
+	reason := fmt.Sprintf("only %s deploys here", branchRef)
+	branch, deploys := cmd.Name.Short(), branchRef.Short()
+	if !cmd.Name.IsBranch() || cmd.New.IsZero() || !shellWord(branch) || !shellWord(deploys) {
+		return reason
+	}
+	_, env, _ := strings.Cut(repo, "/")
+	hint := fmt.Sprintf("%s; to deploy it: git push %s %s:%s", reason, env, branch, deploys)
+	if len(hint) > maxReasonLen {
+		return reason
+	}
+	return hint
+}
+
+// shellWord says whether s reads the same to a shell unquoted.
+func shellWord(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._-/+@,=", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// recordRejected records a push that deploys nothing: its first command and that one's
+// status, unless an earlier phase recorded more.
+func (r *receiveSession) recordRejected(statuses []string) {
+	rec := r.rec
+	if rec.outcome == "" {
+		rec.outcome = "rejected"
+	}
+	if rec.level < zerolog.WarnLevel {
+		rec.level = zerolog.WarnLevel
+	}
+	if cmds := r.req.Commands; len(cmds) > 0 && rec.ref == "" {
+		rec.ref, rec.oldSHA, rec.sha = cmds[0].Name.String(), shaOrEmpty(cmds[0].Old), shaOrEmpty(cmds[0].New)
+		if rec.err == nil {
+			rec.err = errors.New(statuses[0])
+		}
+	}
+}
+
+// deploy hands cmd, the accepted update of the deploy branch, which names current now, to
+// the Deployer, and moves the branch once the deploy succeeded. It returns the update's
+// status: "ok" or the reason for ng.
+func (r *receiveSession) deploy(ctx context.Context, cmd *packp.Command, current plumbing.Hash) string {
+	branchRef, rec := r.env.branchRef, r.rec
 	rec.ref, rec.oldSHA, rec.sha = branchRef.String(), shaOrEmpty(current), cmd.New.String()
 	if current != cmd.Old {
-		out.notef("%s moved to %s while waiting; deploying %s over it\n", branchRef.Short(), shortSHA(current), shortSHA(cmd.New))
+		r.w.notef("%s moved to %s while waiting; deploying %s over it\n", branchRef.Short(), shortSHA(current), shortSHA(cmd.New))
 	}
 	push := Push{
-		Repo:           repo,
+		Repo:           r.repo,
 		Branch:         branchRef.Short(),
 		OldSHA:         shaOrEmpty(current),
 		NewSHA:         cmd.New.String(),
-		Pusher:         who.Name,
-		KeyFingerprint: who.KeyFingerprint,
-		Options:        options,
-		Objects:        st,
+		Pusher:         r.who.Name,
+		KeyFingerprint: r.who.KeyFingerprint,
+		Options:        r.options,
+		Objects:        r.env.st,
 	}
 	if ctx.Err() != nil {
-		statuses[deploy] = "the pusher disconnected"
 		rec.outcome, rec.err = "disconnected", ctx.Err()
-		return statuses
+		return "the pusher disconnected"
 	}
-	err := s.deployer.Deploy(ctx, push, out)
-	out.closeOutput()
+	err := r.s.deployer.Deploy(ctx, push, r.w)
+	r.w.closeOutput()
 	if err != nil {
-		reason := oneLine(err.Error(), maxReasonLen)
-		if reason == "" {
-			reason = "deploy failed"
-		}
-		statuses[deploy] = reason
-		rec.outcome, rec.err = "rejected", err
-		if ctx.Err() != nil {
-			rec.outcome = "disconnected"
-		}
-		if rec.level < zerolog.WarnLevel {
-			rec.level = zerolog.WarnLevel
-		}
-		return statuses
+		return r.deployFailed(ctx, err)
 	}
-	var old *plumbing.Reference
-	if !current.IsZero() {
-		old = plumbing.NewHashReference(branchRef, current)
+	return r.moveBranch(cmd.New, current)
+}
+
+// deployFailed records a deploy that returned err and returns the update's ng reason: the
+// first line of err, which the Deployer meant for the pusher.
+func (r *receiveSession) deployFailed(ctx context.Context, err error) string {
+	reason := oneLine(err.Error(), maxReasonLen)
+	if reason == "" {
+		reason = "deploy failed"
 	}
-	refs := s.locks.refs(repo)
-	refs.Lock()
-	err = st.CheckAndSetReference(plumbing.NewHashReference(branchRef, cmd.New), old)
-	refs.Unlock()
-	if err != nil {
-		statuses[deploy] = fmt.Sprintf("deployed, but %s could not be moved (see the server log)", branchRef.Short())
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("move %s after deploy: %w", branchRef, err)
-		return statuses
+	r.rec.outcome, r.rec.err = "rejected", err
+	if ctx.Err() != nil {
+		r.rec.outcome = "disconnected"
 	}
-	syncRef(s.repoDir(repo), branchRef)
-	statuses[deploy] = "ok"
-	rec.outcome = "deployed"
-	return statuses
+	if r.rec.level < zerolog.WarnLevel {
+		r.rec.level = zerolog.WarnLevel
+	}
+	return reason
+}
+
+// moveBranch moves the deploy branch from current to the deployed commit sha, if it still
+// names current (compare-and-swap). It returns the update's status.
+func (r *receiveSession) moveBranch(sha, current plumbing.Hash) string {
+	branchRef := r.env.branchRef
+	if err := r.s.setRef(r.env.st, r.repo, branchRef, sha, current); err != nil {
+		r.rec.level, r.rec.outcome, r.rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("move %s after deploy: %w", branchRef, err)
+		return fmt.Sprintf("deployed, but %s could not be moved (see the server log)", branchRef.Short())
+	}
+	r.rec.outcome = "deployed"
+	return "ok"
 }
 
 // alignBranch moves branchRef to live if it names anything else, so that the branch names
@@ -559,31 +688,42 @@ func (s *Server) alignBranch(st *filesystem.Storage, repo string, branchRef plum
 	if why := checkCommit(st, want); why != "" {
 		return fmt.Errorf("align %s with the live release: %s", branchRef, why)
 	}
-	var old *plumbing.Reference
-	if !current.IsZero() {
-		old = plumbing.NewHashReference(branchRef, current)
+	if err := s.setRef(st, repo, branchRef, want, current); err != nil {
+		return fmt.Errorf("align %s with the live release: %w", branchRef, err)
+	}
+	s.log.Warn().Str("repo", repo).Str("ref", branchRef.String()).Str("old_sha", shaOrEmpty(current)).
+		Str("sha", live).Msg("branch moved to the live release")
+	return nil
+}
+
+// setRef sets ref name of repo's repository st to h if it still names old (zero: if it does
+// not exist), under repo's refs lock, and makes the change durable.
+func (s *Server) setRef(st *filesystem.Storage, repo string, name plumbing.ReferenceName, h, old plumbing.Hash) error {
+	var oldRef *plumbing.Reference
+	if !old.IsZero() {
+		oldRef = plumbing.NewHashReference(name, old)
 	}
 	refs := s.locks.refs(repo)
 	refs.Lock()
-	err = st.CheckAndSetReference(plumbing.NewHashReference(branchRef, want), old)
+	err := st.CheckAndSetReference(plumbing.NewHashReference(name, h), oldRef)
 	refs.Unlock()
 	if err != nil {
-		return fmt.Errorf("align %s with the live release: %w", branchRef, err)
+		return err
 	}
-	syncRef(s.repoDir(repo), branchRef)
-	s.log.Warn().Str("repo", repo).Str("ref", branchRef.String()).Str("old_sha", shaOrEmpty(current)).
-		Str("sha", live).Msg("branch moved to the live release")
+	syncRef(s.repoDir(repo), name)
 	return nil
 }
 
 // syncRef makes a loose ref written by go-git (which does not fsync) durable.
 func syncRef(dir string, name plumbing.ReferenceName) {
 	p := filepath.Join(dir, filepath.FromSlash(name.String()))
+	// Best effort: the ref is in place already, and a failed sync, which only weakens its
+	// durability over a power loss, leaves the push nothing to do about it.
 	if f, err := os.Open(p); err == nil {
-		f.Sync()
-		f.Close()
+		_ = f.Sync()
+		_ = f.Close()
 	}
-	atomicfile.SyncDir(filepath.Dir(p))
+	_ = atomicfile.SyncDir(filepath.Dir(p))
 }
 
 // checkCommit returns why h cannot be deployed, or "" if it is a commit whose tree is here.
@@ -675,7 +815,8 @@ func readPushOptions(r io.Reader) ([]string, error) {
 // sendERR refuses a session before the advertisement in the way git reports as
 // "fatal: remote error: <msg>".
 func sendERR(w io.Writer, msg string) {
-	pktline.NewEncoder(w).EncodeString("ERR " + oneLine(msg, maxReasonLen) + "\n")
+	// The session ends after it whether or not the client gets it.
+	_ = pktline.NewEncoder(w).EncodeString("ERR " + oneLine(msg, maxReasonLen) + "\n")
 }
 
 var errRequestTooLarge = errors.New("request too large")

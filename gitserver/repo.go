@@ -85,7 +85,7 @@ func (l *repoLocks) refs(repo string) *sync.RWMutex {
 
 // repoDir is where the bare repository of a valid environment name lives.
 func (s *Server) repoDir(repo string) string {
-	return RepoDir(s.cfg.ReposDir, repo)
+	return s.repos.dir(repo)
 }
 
 // openRepo opens the bare repository of repo, creating it on first use with HEAD naming
@@ -96,6 +96,7 @@ func (s *Server) openRepo(repo string, branchRef plumbing.ReferenceName) (*files
 	fi, err := os.Lstat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		s.removeLeftover(repo)
 		if err := createRepo(dir, branchRef); err != nil {
 			return nil, "", fmt.Errorf("create repository %s: %w", dir, err)
 		}
@@ -121,28 +122,17 @@ func (s *Server) openRepo(repo string, branchRef plumbing.ReferenceName) (*files
 	return st, dir, nil
 }
 
-// ErrNoRepo is an environment nothing has been pushed to yet.
-var ErrNoRepo = errors.New("no repository")
-
-// openExisting opens the bare repository of repo for reading; ErrNoRepo if there is none.
-func (s *Server) openExisting(repo string) (*filesystem.Storage, error) {
-	return OpenObjects(s.cfg.ReposDir, repo)
-}
-
-// OpenObjects opens the existing bare repository of environment repo under reposDir, for
-// reading its objects. It returns an error wrapping ErrNoRepo if nothing was pushed yet.
-func OpenObjects(reposDir, repo string) (*filesystem.Storage, error) {
-	dir := RepoDir(reposDir, repo)
-	fi, err := os.Stat(filepath.Join(dir, "HEAD"))
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, ErrNoRepo
-	case err != nil:
-		return nil, err
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%s/HEAD is not a file", dir)
+// removeLeftover deletes what a crash during Repositories.Remove left of repo's earlier
+// repository, before a new one is created. It costs the push nothing if it fails: the
+// leftover has a name of its own, and the next Remove takes it.
+func (s *Server) removeLeftover(repo string) {
+	trash := s.repos.removing(repo)
+	if _, err := os.Lstat(trash); err != nil {
+		return
 	}
-	return newStorage(dir), nil
+	if err := os.RemoveAll(trash); err != nil {
+		s.log.Warn().Err(err).Str("repo", repo).Msg("remove the leftover of a removed repository")
+	}
 }
 
 // objectCache bounds go-git's cache of decoded objects per open repository (its default
@@ -190,11 +180,11 @@ func createRepo(dir string, branchRef plumbing.ReferenceName) error {
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+createTempSuffix)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp) // a no-op once renamed
+	defer os.RemoveAll(tmp) // a no-op once renamed; a failure leaves a hidden name, which Repositories.Remove clears
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/slipway/slipway/internal/atomicfile"
+	"github.com/slipway/slipway/internal/authkeys"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -56,6 +57,7 @@ type Server struct {
 	log      zerolog.Logger
 	signer   gossh.Signer
 	ssh      *ssh.Server
+	repos    Repositories // at cfg.ReposDir
 	locks    repoLocks
 
 	// stopping is cancelled, with ErrShuttingDown as its cause, when Shutdown's grace is over:
@@ -88,7 +90,7 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("gitserver: key %d (%q) has no public key", i, k.Name)
 		}
 	}
-	cfg.Keys = append([]Key(nil), cfg.Keys...)
+	cfg.Keys = append([]authkeys.Key(nil), cfg.Keys...)
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
@@ -104,6 +106,7 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		deployer:  d,
 		log:       log,
 		signer:    signer,
+		repos:     Repositories{Dir: cfg.ReposDir},
 		listeners: make(map[net.Listener]struct{}),
 	}
 	s.stopping, s.stop = context.WithCancelCause(context.Background())
@@ -147,7 +150,7 @@ func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		l.Close()
+		_ = l.Close() // refused either way: ErrServerClosed says why
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
@@ -173,7 +176,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {
-		l.Close()
+		_ = l.Close() // its Serve returns ErrServerClosed whatever Close says
 	}
 	s.mu.Unlock()
 
@@ -189,7 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// connection while its client's last packets are in flight makes the kernel reset
 		// it, and the client may lose the report it has not read yet.
 		linger, cancel := context.WithTimeout(ctx, shutdownLinger)
-		s.ssh.Shutdown(linger)
+		_ = s.ssh.Shutdown(linger) // a courtesy: Close below ends the connections left
 		cancel()
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -204,7 +207,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Close every connection left: idle ones, half-open handshakes, and sessions that did
 	// not end within cancelGrace.
 	s.stop(ErrShuttingDown)
-	s.ssh.Close()
+	_ = s.ssh.Close() // the server is going: its connections' errors tell nobody anything
 	<-done
 	return err
 }
@@ -240,16 +243,16 @@ func (s *Server) authorize(ctx ssh.Context, key ssh.PublicKey) bool {
 	return false
 }
 
-func (s *Server) lookupKey(key ssh.PublicKey) (Key, bool) {
+func (s *Server) lookupKey(key ssh.PublicKey) (authkeys.Key, bool) {
 	if key == nil {
-		return Key{}, false
+		return authkeys.Key{}, false
 	}
 	for _, k := range s.cfg.Keys {
 		if ssh.KeysEqual(k.Key, key) {
 			return k, true
 		}
 	}
-	return Key{}, false
+	return authkeys.Key{}, false
 }
 
 // handle runs one SSH session: an exec of git-receive-pack or git-upload-pack for a valid
@@ -294,7 +297,7 @@ func (s *Server) handle(sess ssh.Session) {
 	switch {
 	case errors.As(err, &unknown) && s.cfg.Commands != nil:
 		rec.service = "command"
-		sess.Exit(s.runCommand(sess, who, rec))
+		_ = sess.Exit(s.runCommand(sess, who, rec)) // fails only if the client is gone
 		return
 	case err != nil:
 		rec.refused(zerolog.WarnLevel, err)
@@ -315,13 +318,14 @@ func (s *Server) handle(sess ssh.Session) {
 	} else {
 		code = s.receivePack(sess, repo, who, rec)
 	}
-	sess.Exit(code)
+	_ = sess.Exit(code) // fails only if the client is gone
 }
 
 // refuse ends a session before any protocol: one line on stderr, exit status 1.
 func refuse(sess ssh.Session, msg string) {
-	fmt.Fprintf(sess.Stderr(), "slipway: %s\n", oneLine(msg, 300))
-	sess.Exit(1)
+	// The session ends here: a client that is gone has nothing more to be told.
+	_, _ = fmt.Fprintf(sess.Stderr(), "slipway: %s\n", oneLine(msg, 300))
+	_ = sess.Exit(1)
 }
 
 // record collects what one session did, for its single log line.
@@ -359,7 +363,7 @@ func (r *record) log(log zerolog.Logger, took time.Duration) {
 		ev = ev.Str("ref", r.ref).Str("old_sha", r.oldSHA).Str("sha", r.sha)
 	}
 	if r.waited > 0 {
-		ev = ev.Dur("waited", r.waited)
+		ev = ev.Int64("waited_ms", r.waited.Milliseconds())
 	}
 	if r.outcome == "fetched" {
 		ev = ev.Int("objects", r.objects)
@@ -367,7 +371,7 @@ func (r *record) log(log zerolog.Logger, took time.Duration) {
 	if r.err != nil {
 		ev = ev.Err(r.err)
 	}
-	ev.Str("outcome", r.outcome).Dur("took", took).Msg("session finished")
+	ev.Str("outcome", r.outcome).Int64("took_ms", took.Milliseconds()).Msg("session finished")
 }
 
 // loadHostKey reads the host key at path, or creates one there if the file does not exist.
@@ -416,17 +420,20 @@ func writeNewFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err != nil {
 		return err
 	}
+	// The temporary name goes in any case: once linked, path holds the file; a failure to
+	// remove it leaves a hidden name that nothing reads.
 	defer os.Remove(f.Name())
+	// On the errors below the file is abandoned: its Close has nothing to add.
 	if err := f.Chmod(perm); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {

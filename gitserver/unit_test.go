@@ -1,12 +1,8 @@
 package gitserver
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/sha1"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,55 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/cache"
-	"github.com/go-git/go-git/v5/storage/filesystem"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/rs/zerolog"
 )
-
-func TestValidateRepo(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		ok   bool
-	}{
-		{"myapp/production", true},
-		{"My.App_2/prod-eu.1", true},
-		{"a/b", true},
-		{"a/b.gitx", true},
-		{strings.Repeat("a", 50) + "/" + strings.Repeat("b", 49), true},
-		{strings.Repeat("a", 50) + "/" + strings.Repeat("b", 50), false},
-		{"", false},
-		{"myapp", false},
-		{"myapp/", false},
-		{"/production", false},
-		{"a/b/c", false},
-		{"../x", false},
-		{"./x", false},
-		{"a/..", false},
-		{"a/.", false},
-		{"a/.hidden", false},
-		{"-app/prod", false},
-		{"app/-prod", false},
-		{"_app/prod", false},
-		{"app/prod.git", false},
-		{"app.git/prod", false},
-		{"app/prod.git.git", false},
-		{"app name/prod", false},
-		{"app\x00/prod", false},
-		{"app/pr\nod", false},
-		{"%2e%2e/x", false},
-		{"app\\x/prod", false},
-		{"аpp/prod", false}, // Cyrillic а
-		{"/app/prod", false},
-	} {
-		err := ValidateRepo(tc.name)
-		if (err == nil) != tc.ok {
-			t.Errorf("ValidateRepo(%q) = %v, want ok=%v", tc.name, err, tc.ok)
-		}
-	}
-}
 
 func TestParseCommand(t *testing.T) {
 	t.Parallel()
@@ -127,72 +78,6 @@ func TestOneLine(t *testing.T) {
 	}
 }
 
-func TestParseKeys(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	_, alice := newKey(t, dir, "alice")
-	alicePub, _ := os.ReadFile(filepath.Join(dir, "id_alice.pub"))
-	bobPub := func() string {
-		newKey(t, dir, "bob")
-		b, _ := os.ReadFile(filepath.Join(dir, "id_bob.pub"))
-		return strings.TrimSpace(string(b))
-	}()
-	carolPub := func() string {
-		newKey(t, dir, "carol")
-		b, _ := os.ReadFile(filepath.Join(dir, "id_carol.pub"))
-		return strings.TrimSpace(string(b))
-	}()
-	fields := strings.Fields(carolPub)
-
-	good := filepath.Join(dir, "good")
-	os.WriteFile(good, []byte("# team\n\n"+string(alicePub)+fields[0]+" "+fields[1]+" alice laptop\n"), 0o644)
-	keys, err := ParseKeys(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 2 || keys[0].Name != "alice" || keys[1].Name != "alice laptop" ||
-		string(keys[0].Key.Marshal()) != string(alice.Key.Marshal()) {
-		t.Errorf("keys = %+v", keys)
-	}
-
-	bad := filepath.Join(dir, "bad")
-	os.WriteFile(bad, []byte(strings.Join([]string{
-		string(bytes.TrimSpace(alicePub)), // 1: fine
-		"not a key at all",                // 2
-		fields[0] + " " + fields[1],       // 3: no comment
-		`command="echo hi" ` + bobPub,     // 4: options
-		"restrict " + bobPub,              // 5: options
-		string(bytes.TrimSpace(alicePub)), // 6: duplicate of 1
-		"",
-		bobPub, // 8: fine
-	}, "\n")), 0o644)
-	keys, err = ParseKeys(bad)
-	if err == nil {
-		t.Fatal("ParseKeys accepted a bad file")
-	}
-	// The good lines (1 and 8) still come back, for callers that go on without the bad ones.
-	if len(keys) != 2 || keys[0].Name != "alice" || keys[1].Name != "bob" {
-		t.Errorf("keys parsed beside the problems = %+v, want alice and bob", keys)
-	}
-	for _, want := range []string{
-		bad + ":2: not a public key",
-		bad + ":3: key has no comment",
-		bad + ":4: key options are not supported",
-		bad + ":5: key options are not supported",
-		bad + ":6: duplicate key (also on line 1)",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error lacks %q:\n%v", want, err)
-		}
-	}
-	if n := strings.Count(err.Error(), "\n") + 1; n != 5 {
-		t.Errorf("%d problems reported, want 5:\n%v", n, err)
-	}
-	if _, err := ParseKeys(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("missing file: %v", err)
-	}
-}
-
 func TestHostKeyStable(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -209,7 +94,10 @@ func TestHostKeyStable(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("host key mode %v, want 0600", fi.Mode().Perm())
 	}
-	data, _ := os.ReadFile(cfg.HostKeyPath)
+	data, err := os.ReadFile(cfg.HostKeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.HasPrefix(data, []byte("-----BEGIN OPENSSH PRIVATE KEY-----")) {
 		t.Errorf("host key is not an OpenSSH PEM key: %.40q", data)
 	}
@@ -228,106 +116,17 @@ func TestHostKeyStable(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), s1.HostKeyFingerprint()) {
 		t.Errorf("ssh-keygen -l: %v, %q; want %s", err, out, s1.HostKeyFingerprint())
 	}
-	entries, _ := os.ReadDir(filepath.Dir(cfg.HostKeyPath))
-	if len(entries) != 1 {
+	entries, err := os.ReadDir(filepath.Dir(cfg.HostKeyPath))
+	if err != nil || len(entries) != 1 {
 		t.Errorf("temporary files left next to the host key: %v", entries)
 	}
 
-	os.WriteFile(filepath.Join(dir, "garbage"), []byte("nope"), 0o600)
+	if err := os.WriteFile(filepath.Join(dir, "garbage"), []byte("nope"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg.HostKeyPath = filepath.Join(dir, "garbage")
 	if _, err := New(cfg, &fakeDeployer{}, log); err == nil {
 		t.Error("New accepted a garbage host key")
-	}
-}
-
-// buildPack makes a version-2 pack of whole (non-delta) objects by hand.
-func buildPack(t *testing.T, objs []plumbing.ObjectType, data [][]byte) []byte {
-	t.Helper()
-	raw := make([]rawObject, len(objs))
-	for i, typ := range objs {
-		raw[i] = rawObject{typ: typ, data: data[i]}
-	}
-	return rawPack(raw...)
-}
-
-func TestCopyPackStopsAtTrailer(t *testing.T) {
-	t.Parallel()
-	pack := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject, plumbing.BlobObject},
-		[][]byte{[]byte("hello\n"), bytes.Repeat([]byte("big blob "), 10000)})
-	r := bufio.NewReader(io.MultiReader(bytes.NewReader(pack), strings.NewReader("AFTER")))
-	var out bytes.Buffer
-	p, err := copyPack(&out, r)
-	if err != nil || len(p.objects) != 2 {
-		t.Fatalf("copyPack = %v, %v", p, err)
-	}
-	if !bytes.Equal(out.Bytes(), pack) {
-		t.Error("copied bytes differ from the pack")
-	}
-	if rest, _ := io.ReadAll(r); string(rest) != "AFTER" {
-		t.Errorf("copyPack read past the trailer: left %q", rest)
-	}
-}
-
-func TestCopyPackRejectsBadPacks(t *testing.T) {
-	t.Parallel()
-	good := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject}, [][]byte{[]byte("hello world\n")})
-	flip := func(i int) []byte {
-		p := bytes.Clone(good)
-		p[i] ^= 0x01
-		return p
-	}
-	// A blob that declares 3 bytes but inflates to 12.
-	lying := bytes.Clone(good)
-	lying[12] = byte(plumbing.BlobObject)<<4 | 3
-	sum := sha1.Sum(lying[:len(lying)-20])
-	copy(lying[len(lying)-20:], sum[:])
-
-	for name, p := range map[string][]byte{
-		"empty":       nil,
-		"truncated":   good[:len(good)-5],
-		"checksum":    flip(len(good) - 1),
-		"signature":   flip(0),
-		"version":     flip(7),
-		"zlib data":   flip(len(good) - 25),
-		"lying size":  lying,
-		"bad type":    append(append([]byte{}, good[:12]...), 0x50, 0x00),
-		"zero offset": append(append([]byte{}, good[:12]...), 0x60, 0x00),
-	} {
-		_, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(p)))
-		if !errors.Is(err, errPack) {
-			t.Errorf("%s: err = %v, want errPack", name, err)
-		}
-	}
-}
-
-func TestStorePack(t *testing.T) {
-	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "r.git")
-	if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-		t.Fatal(err)
-	}
-	blob := []byte("stored blob\n")
-	pack := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject}, [][]byte{blob})
-	n, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
-	if err != nil || n != 1 {
-		t.Fatalf("storePack = %d, %v", n, err)
-	}
-	st := filesystem.NewStorage(osfs.New(dir), cache.NewObjectLRUDefault())
-	h := plumbing.ComputeHash(plumbing.BlobObject, blob)
-	if _, err := st.EncodedObject(plumbing.BlobObject, h); err != nil {
-		t.Errorf("stored blob not found: %v", err)
-	}
-
-	// An empty pack stores nothing; a bad one leaves nothing behind.
-	storePack(dir, bufio.NewReader(bytes.NewReader(buildPack(t, nil, nil))), func() {})
-	bad := bytes.Clone(pack)
-	bad[len(bad)-1] ^= 1
-	if _, err := storePack(dir, bufio.NewReader(bytes.NewReader(bad)), func() {}); !errors.Is(err, errPack) {
-		t.Errorf("bad pack: %v", err)
-	}
-	entries, _ := os.ReadDir(filepath.Join(dir, "objects", "pack"))
-	if len(entries) != 2 {
-		t.Errorf("objects/pack holds %v, want one .idx and one .pack", entries)
 	}
 }
 
@@ -384,5 +183,39 @@ func TestCipherOrder(t *testing.T) {
 	want := []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("ciphers %q, want %q", got, want)
+	}
+}
+
+func TestWrongBranch(t *testing.T) {
+	t.Parallel()
+	mainRef := plumbing.NewBranchReferenceName("main")
+	commit := plumbing.NewHash(strings.Repeat("ab", 20))
+	long := strings.Repeat("x", maxReasonLen)
+	for _, tc := range []struct {
+		repo   string
+		ref    string
+		newSHA plumbing.Hash
+		deploy plumbing.ReferenceName
+		want   string
+	}{
+		{"myapp/production", "refs/heads/feature", commit, mainRef,
+			"only refs/heads/main deploys here; to deploy it: git push production feature:main"},
+		{"myapp/staging", "refs/heads/fix/login-2", commit, plumbing.NewBranchReferenceName("release"),
+			"only refs/heads/release deploys here; to deploy it: git push staging fix/login-2:release"},
+		// No suggestion for a tag, a deletion, a name a shell would read otherwise, or a
+		// suggestion longer than an ng reason may be.
+		{"myapp/production", "refs/tags/v1", commit, mainRef, "only refs/heads/main deploys here"},
+		{"myapp/production", "refs/heads/feature", plumbing.ZeroHash, mainRef, "only refs/heads/main deploys here"},
+		{"myapp/production", "refs/heads/a;b", commit, mainRef, "only refs/heads/main deploys here"},
+		{"myapp/production", "refs/heads/" + long, commit, mainRef, "only refs/heads/main deploys here"},
+	} {
+		cmd := &packp.Command{Name: plumbing.ReferenceName(tc.ref), New: tc.newSHA}
+		got := wrongBranch(tc.repo, cmd, tc.deploy)
+		if got != tc.want {
+			t.Errorf("wrongBranch(%q, %s) = %q, want %q", tc.repo, tc.ref, got, tc.want)
+		}
+		if len(got) > maxReasonLen {
+			t.Errorf("wrongBranch(%q, %s) is %d bytes, more than %d", tc.repo, tc.ref, len(got), maxReasonLen)
+		}
 	}
 }

@@ -38,52 +38,23 @@ const (
 // client's haves, go-git#647), and sends a pack of what the client wants and does not have.
 // It never creates a repository, and changes one only to move the deploy branch to the
 // live release. It returns the session's exit status.
+//
+// Its phases, in order: fetchTarget, openForFetch, the advertisement, readWants, negotiate,
+// sendFetchPack.
 func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *record) int {
-	target, err := s.deployer.Inspect(repo, who.Name)
-	if err != nil {
-		rec.refused(zerolog.InfoLevel, err)
-		sendERR(sess, err.Error())
+	target, branchRef, ok := s.fetchTarget(sess, repo, who, rec)
+	if !ok {
 		return 1
 	}
-	branchRef := plumbing.NewBranchReferenceName(target.Branch)
-	if err := validateRef(branchRef); err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("deployer returned branch %q: %w", target.Branch, err)
-		sendERR(sess, "this environment's deploy branch is misconfigured on the server")
-		return 1
-	}
-	nothingYet := fmt.Sprintf("nothing has been pushed to %s yet", repo)
+	// Held for the whole session: no pack the session may open is removed under it.
 	packs := s.locks.packs(repo)
 	packs.RLock()
 	defer packs.RUnlock()
-	st, err := s.openExisting(repo)
-	if errors.Is(err, ErrNoRepo) {
-		rec.refused(zerolog.InfoLevel, errors.New(nothingYet))
-		sendERR(sess, nothingYet)
+	st, refs, ok := s.openForFetch(sess, repo, branchRef, target.Live, rec)
+	if !ok {
 		return 1
 	}
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
-		sendERR(sess, "cannot open the repository (see the server log)")
-		return 1
-	}
-	defer st.Close()
-	if err := s.alignForFetch(repo, branchRef, target.Live); err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
-		sendERR(sess, "the deploy branch does not name the live release and cannot be moved (see the server log)")
-		return 1
-	}
-	refs, err := s.readRefs(repo, st)
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err)
-		sendERR(sess, "cannot read the repository's refs (see the server log)")
-		return 1
-	}
-	if len(refs) == 0 {
-		// The first push was rejected: objects, but no branch.
-		rec.refused(zerolog.InfoLevel, errors.New(nothingYet))
-		sendERR(sess, nothingYet)
-		return 1
-	}
+	defer st.Close() // read only: it only closes the pack files kept open
 	ar, err := uploadAdvertisement(refs, branchRef)
 	if err != nil {
 		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
@@ -95,24 +66,12 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		return 1
 	}
 
-	// A bare flush (or the end of the stream) answers the advertisement when the client
-	// wants nothing: ls-remote, or a fetch that is up to date.
 	br := bufio.NewReaderSize(sess, 64*1024)
-	if first, err := br.Peek(4); err != nil || string(first) == "0000" {
-		rec.outcome = "listed"
-		return 0
+	req, code, done := readWants(sess, br, refs, rec)
+	if done {
+		return code
 	}
-	req, err := readUploadRequest(&limitedReader{r: br, n: maxRequestBytes})
-	if err == nil {
-		err = checkWants(req.wants, refs)
-	}
-	if err != nil {
-		rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", err
-		sendERR(sess, err.Error())
-		return 1
-	}
-	bw := bufio.NewWriter(sess)
-	commons, err := negotiate(br, bw, st)
+	commons, err := negotiate(br, bufio.NewWriter(sess), st)
 	if err != nil {
 		var perr *protocolError
 		if errors.As(err, &perr) {
@@ -123,20 +82,98 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		}
 		return 1
 	}
+	return s.sendFetchPack(sess, st, req, commons, rec)
+}
 
+// fetchTarget asks the Deployer whether who may fetch repo, and returns the environment's
+// Target and its deploy branch. If not, the client is told why and ok is false.
+func (s *Server) fetchTarget(sess ssh.Session, repo string, who Identity, rec *record) (Target, plumbing.ReferenceName, bool) {
+	target, err := s.deployer.Inspect(repo, who.Name)
+	if err != nil {
+		rec.refused(zerolog.InfoLevel, err)
+		sendERR(sess, err.Error())
+		return target, "", false
+	}
+	branchRef := plumbing.NewBranchReferenceName(target.Branch)
+	if err := validateRef(branchRef); err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", fmt.Errorf("deployer returned branch %q: %w", target.Branch, err)
+		sendERR(sess, "this environment's deploy branch is misconfigured on the server")
+		return target, "", false
+	}
+	return target, branchRef, true
+}
+
+// openForFetch opens repo's repository for a fetch, with the deploy branch moved to the live
+// release if need be (alignForFetch), and reads its refs. A repository that does not exist,
+// or has no refs yet (the first push was rejected), has nothing to fetch. If it cannot be
+// fetched from, the client is told why and ok is false. The caller holds repo's packs lock.
+func (s *Server) openForFetch(sess ssh.Session, repo string, branchRef plumbing.ReferenceName, live string, rec *record) (
+	st *filesystem.Storage, refs map[plumbing.ReferenceName]plumbing.Hash, ok bool) {
+	nothingYet := fmt.Sprintf("nothing has been pushed to %s yet", repo)
+	st, err := s.repos.Objects(repo)
+	if errors.Is(err, ErrNoRepo) {
+		rec.refused(zerolog.InfoLevel, errors.New(nothingYet))
+		sendERR(sess, nothingYet)
+		return nil, nil, false
+	}
+	if err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
+		sendERR(sess, "cannot open the repository (see the server log)")
+		return nil, nil, false
+	}
+	fail := func(level zerolog.Level, outcome string, err error, msg string) (*filesystem.Storage, map[plumbing.ReferenceName]plumbing.Hash, bool) {
+		_ = st.Close() // refusing already; it only closes pack files kept open for reading
+		rec.level, rec.outcome, rec.err = level, outcome, err
+		sendERR(sess, msg)
+		return nil, nil, false
+	}
+	if err := s.alignForFetch(repo, branchRef, live); err != nil {
+		return fail(zerolog.ErrorLevel, "error", err, "the deploy branch does not name the live release and cannot be moved (see the server log)")
+	}
+	if refs, err = s.readRefs(repo, st); err != nil {
+		return fail(zerolog.ErrorLevel, "error", fmt.Errorf("read refs: %w", err), "cannot read the repository's refs (see the server log)")
+	}
+	if len(refs) == 0 {
+		return fail(zerolog.InfoLevel, "refused", errors.New(nothingYet), nothingYet)
+	}
+	return st, refs, true
+}
+
+// readWants reads what the client wants, which must be tips of the advertised refs. A bare
+// flush (or the end of the stream) answers the advertisement when the client wants nothing:
+// ls-remote, or a fetch that is up to date. done means the session is over, with exit
+// status code.
+func readWants(sess ssh.Session, br *bufio.Reader, refs map[plumbing.ReferenceName]plumbing.Hash, rec *record) (
+	req *uploadRequest, code int, done bool) {
+	if first, err := br.Peek(4); err != nil || string(first) == "0000" {
+		rec.outcome = "listed"
+		return nil, 0, true
+	}
+	req, err := readUploadRequest(&limitedReader{r: br, n: maxRequestBytes})
+	if err == nil {
+		err = checkWants(req.wants, refs)
+	}
+	if err != nil {
+		rec.level, rec.outcome, rec.err = zerolog.WarnLevel, "bad-request", err
+		sendERR(sess, err.Error())
+		return nil, 1, true
+	}
+	return req, 0, false
+}
+
+// sendFetchPack sends the pack of what req wants and the client lacks (commons are the
+// commits it has), with keepalives while the pack is being prepared, and ends the session's
+// output. It returns the exit status.
+func (s *Server) sendFetchPack(sess ssh.Session, st *filesystem.Storage, req *uploadRequest, commons []plumbing.Hash, rec *record) int {
 	ctx, cancel := s.sessionContext(sess)
 	defer cancel()
 	sideBand := req.caps.Supports(capability.Sideband64k)
 	progress := sideBand && !req.caps.Supports(capability.NoProgress)
 	w := newWire(sess, sess.Stderr(), sideBand, pinger(sess), cancel)
-	kaStop, kaDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(kaDone)
-		w.keepalive(s.cfg.Keepalive, kaStop)
-	}()
+	ka := keepalives{w: w, every: s.cfg.Keepalive}
+	ka.start()
 	n, err := sendPack(ctx, w, st, req, commons, progress)
-	close(kaStop)
-	<-kaDone
+	ka.stop()
 	if err != nil {
 		if w.err != nil {
 			rec.outcome, rec.err = "disconnected", err
@@ -144,7 +181,7 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		}
 		rec.level, rec.outcome, rec.err = zerolog.ErrorLevel, "error", err
 		w.fatal("slipway: cannot send the pack (see the server log)")
-		w.flush()
+		_ = w.flush() // the session fails either way; a write error changes nothing
 		return 1
 	}
 	if progress {
@@ -224,11 +261,11 @@ func (s *Server) alignForFetch(repo string, branchRef plumbing.ReferenceName, li
 		return nil
 	}
 	defer unlock()
-	st, err := s.openExisting(repo)
+	st, err := s.repos.Objects(repo)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer st.Close() // it only closes the pack files kept open for reading
 	return s.alignBranch(st, repo, branchRef, live)
 }
 

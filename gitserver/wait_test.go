@@ -26,7 +26,9 @@ func TestBusyPushRefused(t *testing.T) {
 	first := h.pushed(work)
 	// A pack far bigger than what the SSH channel buffers: it has to be read to the end.
 	random := make([]byte, 4<<20)
-	rand.Read(random)
+	if _, err := rand.Read(random); err != nil {
+		t.Fatal(err)
+	}
 	h.commit(work, "big.bin", string(random))
 
 	release := d.hold(t, "bob")
@@ -76,7 +78,7 @@ func TestBusyPushWaits(t *testing.T) {
 			close(started)
 			<-finish
 		}
-		fmt.Fprintf(out, "deploying %s\n", p.NewSHA)
+		_, _ = fmt.Fprintf(out, "deploying %s\n", p.NewSHA) // the test checks what the pusher sees
 		return nil
 	}
 	d.mu.Unlock()
@@ -125,7 +127,10 @@ func TestBusyPushWaits(t *testing.T) {
 	if got := h.serverRef("refs/heads/main"); got != b {
 		t.Errorf("main = %s, want %s", got, b)
 	}
-	h.stop(5 * time.Second) // sessions release their environment after the client has its report
+	// Sessions release their environment after the client has its report.
+	if err := h.stop(5 * time.Second); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
 	// Reserved: the first push, A, B without waiting (busy) and B waiting.
 	if r, rel := d.counts(); r != 4 || rel != 3 {
 		t.Errorf("reserves=%d releases=%d, want 4 and 3", r, rel)
@@ -204,7 +209,9 @@ func TestBadWaitOption(t *testing.T) {
 	if len(d.got()) != 0 {
 		t.Error("Deploy called")
 	}
-	h.stop(5 * time.Second)
+	if err := h.stop(5 * time.Second); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
 	if r, rel := d.counts(); r != rel {
 		t.Errorf("reserves=%d releases=%d", r, rel)
 	}
@@ -225,9 +232,17 @@ func TestBusyRefusalClientKeepsStdinOpen(t *testing.T) {
 	g := h.rawGit("git-receive-pack 'myapp/production'")
 	sess, stdin, out := g.sess, g.stdin, g.out
 	e := pktline.NewEncoder(stdin)
-	e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status", plumbing.ZeroHash, head))
-	e.Flush()
-	stdin.Write(pack) // and stdin stays open
+	for _, err := range []error{
+		e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status", plumbing.ZeroHash, head)),
+		e.Flush(),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := stdin.Write(pack); err != nil { // and stdin stays open
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	var report string
 	var err error
@@ -246,5 +261,7 @@ func TestBusyRefusalClientKeepsStdinOpen(t *testing.T) {
 	if want := "unpack ok\nng refs/heads/main " + busyReason + "\n"; report != want {
 		t.Errorf("report = %q, want %q", report, want)
 	}
-	sess.Wait()
+	if err := sess.Wait(); err != nil {
+		t.Errorf("session: %v", err)
+	}
 }

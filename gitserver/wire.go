@@ -132,7 +132,8 @@ func (w *wire) notef(format string, args ...any) {
 	if w.mux == nil || w.closed {
 		return
 	}
-	w.band(sideband.ProgressMessage, fmt.Appendf(nil, format, args...))
+	// A write error is kept in w.err: the next write that matters reports it.
+	_, _ = w.band(sideband.ProgressMessage, fmt.Appendf(nil, format, args...))
 }
 
 // data writes p, a part of a pack, on band 1 or, without sideband, as it is.
@@ -153,12 +154,14 @@ func (w *wire) data(p []byte) (int, error) {
 func (w *wire) fatal(msg string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// The session is failing already and this is its last word: a write error changes
+	// nothing (with sideband it is kept in w.err).
 	if w.mux != nil {
-		w.band(sideband.ErrorMessage, []byte(msg+"\n"))
+		_, _ = w.band(sideband.ErrorMessage, []byte(msg+"\n"))
 		return
 	}
 	if w.err == nil {
-		w.stderr.Write([]byte(msg + "\n"))
+		_, _ = w.stderr.Write([]byte(msg + "\n"))
 	}
 }
 
@@ -198,7 +201,7 @@ func (w *wire) keepalive(every time.Duration, stop <-chan struct{}) {
 			next = every
 			w.last = time.Now()
 			if w.mux != nil {
-				w.raw(keepalivePacket)
+				_ = w.raw(keepalivePacket) // a write error is kept in w.err, for the session's next write
 				send = false
 			}
 		}
@@ -208,6 +211,36 @@ func (w *wire) keepalive(every time.Duration, stop <-chan struct{}) {
 		}
 		t.Reset(next)
 	}
+}
+
+// keepalives runs wire.keepalive in a goroutine of its own from start to stop. Both may be
+// called any number of times, from the goroutine that owns the keepalives; stop waits for
+// the goroutine to end.
+type keepalives struct {
+	w     *wire
+	every time.Duration
+	quit  chan struct{} // closed by stop; nil while none runs
+	done  chan struct{} // closed when the goroutine has returned
+}
+
+func (k *keepalives) start() {
+	if k.quit != nil {
+		return
+	}
+	k.quit, k.done = make(chan struct{}), make(chan struct{})
+	go func(quit, done chan struct{}) {
+		defer close(done)
+		k.w.keepalive(k.every, quit)
+	}(k.quit, k.done)
+}
+
+func (k *keepalives) stop() {
+	if k.quit == nil {
+		return
+	}
+	close(k.quit)
+	<-k.done
+	k.quit, k.done = nil, nil
 }
 
 // writeAdvertisement sends the ref advertisement in one write.

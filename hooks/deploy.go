@@ -1,4 +1,4 @@
-package main
+package hooks
 
 import (
 	"context"
@@ -17,8 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/slipway/slipway/builder"
-	"github.com/slipway/slipway/gitserver"
-	"github.com/slipway/slipway/hooks"
+	"github.com/slipway/slipway/configs"
 	"github.com/slipway/slipway/releaser"
 )
 
@@ -38,11 +37,11 @@ const maxLogBytes = 16 << 20
 // deploy is one run of the pipeline: a push, a rollback or a redeploy of one environment.
 // The caller holds the environment's deploy lock.
 type deploy struct {
-	p       *pipeline
+	p       *Pipeline
 	e       *environment
 	entry   releaser.Entry // what the journal records; Kind, SHA, Pusher... set by the caller
 	objects storer.EncodedObjectStorer
-	recipe  recipe
+	recipe  configs.Recipe
 	steps   []releaser.Step
 	log     zerolog.Logger
 }
@@ -50,106 +49,150 @@ type deploy struct {
 // run journals and runs d, writing its progress to out. The returned error is short and
 // safe for whoever asked (the pusher, or the operator's terminal).
 func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
-	rel := d.e.rel
-	d.entry.Repo = d.e.cfg.repo
-	previous, err := rel.Current()
+	logFile, err := d.begin()
 	if err != nil {
-		d.p.log.Error().Err(err).Str("repo", d.entry.Repo).Msg("read current")
-		return errors.New("cannot read the live release: see the server log")
+		return err
 	}
-	d.entry.PreviousSHA = previous
-	d.log = d.p.log.With().Str("repo", d.entry.Repo).Str("sha", d.entry.SHA).Str("old_sha", previous).
-		Str("pusher", d.entry.Pusher).Str("key_fp", d.entry.KeyFingerprint).Str("kind", d.entry.Kind).Logger()
-
-	entry, logFile, err := rel.Begin(d.entry)
-	if err != nil {
-		d.log.Error().Err(err).Msg("journal deploy")
-		return errors.New("cannot record the deploy: see the server log")
-	}
-	d.entry = entry
 	defer logFile.Close()
 	out = &tee{pusher: out, log: &capped{w: logFile, left: maxLogBytes}}
-	d.log = d.log.With().Int64("id", entry.ID).Logger()
-
 	start := time.Now()
-	d.log.Info().Msg("deploy started")
-	defer func() {
-		if err != nil && ctx.Err() != nil {
-			d.log.Warn().Err(err).Msg("deploy cancelled")
-			err = cancelled(ctx)
-		}
-		outcome, reason := releaser.OutcomeLive, ""
-		switch {
-		case err != nil && ctx.Err() != nil:
-			outcome, reason = releaser.OutcomeCancelled, err.Error()
-		case err != nil:
-			outcome, reason = releaser.OutcomeFailed, err.Error()
-		}
-		if ferr := rel.Finish(entry.ID, outcome, d.steps, reason); ferr != nil {
-			d.log.Error().Err(ferr).Msg("journal deploy end")
-		}
-		ev := d.log.Info()
-		if err != nil {
-			ev = d.log.Warn().Err(err)
-			say(out, "%s of %s failed after %s: %v", d.entry.Kind, short(d.entry.SHA), since(start), err)
-		} else {
-			say(out, "%s is live (%s in all)", short(d.entry.SHA), since(start))
-		}
-		ev.Str("outcome", outcome).Dur("took", time.Since(start)).Msg("deploy finished")
-	}()
+	defer func() { err = d.finish(ctx, out, start, err) }()
 
 	what := map[string]string{kindPush: "deploying", kindRollback: "rolling back to", kindRedeploy: "redeploying"}[d.entry.Kind]
-	say(out, "%s %s to %s (%s by %s, deploy #%d)", what, short(d.entry.SHA), d.entry.Repo, d.entry.Kind, d.entry.Pusher, entry.ID)
+	say(out, "%s %s to %s (%s by %s, deploy #%d)", what, short(d.entry.SHA), d.entry.Repo, d.entry.Kind, d.entry.Pusher, d.entry.ID)
 	if d.recipe, err = d.p.recipe(d.e, d.objects, d.entry.SHA, out); err != nil {
 		return err
 	}
 	switch {
 	case d.entry.Kind == kindRollback:
 		return d.reactivate(ctx, out)
-	case d.entry.Kind == kindPush && rel.IsComplete(d.entry.SHA):
+	case d.entry.Kind == kindPush && d.e.rel.IsComplete(d.entry.SHA):
 		return d.reactivate(ctx, out)
 	default:
 		return d.build(ctx, out)
 	}
 }
 
+// begin opens d's journal entry and returns its log file, and derives d's logger.
+func (d *deploy) begin() (*os.File, error) {
+	d.entry.Repo = d.e.cfg.Repo
+	previous, err := d.e.rel.Current()
+	if err != nil {
+		d.p.log.Error().Err(err).Str("repo", d.entry.Repo).Msg("read current")
+		return nil, errors.New("cannot read the live release: see the server log")
+	}
+	d.entry.PreviousSHA = previous
+	d.log = d.p.log.With().Str("repo", d.entry.Repo).Str("sha", d.entry.SHA).Str("old_sha", previous).
+		Str("pusher", d.entry.Pusher).Str("key_fp", d.entry.KeyFingerprint).Str("kind", d.entry.Kind).Logger()
+	entry, logFile, err := d.e.rel.Begin(d.entry)
+	if err != nil {
+		d.log.Error().Err(err).Msg("journal deploy")
+		return nil, errors.New("cannot record the deploy: see the server log")
+	}
+	d.entry = entry
+	d.log = d.log.With().Int64("id", entry.ID).Logger()
+	d.log.Info().Msg("deploy started")
+	return logFile, nil
+}
+
+// finish records d's outcome in the journal, tells the requester and the operator log, and
+// returns err as the requester should read it.
+func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err error) error {
+	if err != nil && ctx.Err() != nil {
+		d.log.Warn().Err(err).Msg("deploy cancelled")
+		err = cancelled(ctx)
+	}
+	outcome, reason := releaser.OutcomeLive, ""
+	switch {
+	case err != nil && ctx.Err() != nil:
+		outcome, reason = releaser.OutcomeCancelled, err.Error()
+	case err != nil:
+		outcome, reason = releaser.OutcomeFailed, err.Error()
+	}
+	if ferr := d.e.rel.Finish(d.entry.ID, outcome, d.steps, reason); ferr != nil {
+		d.log.Error().Err(ferr).Msg("journal deploy end")
+	}
+	ev := d.log.Info()
+	if err != nil {
+		ev = d.log.Warn().Err(err)
+		say(out, "%s of %s failed after %s: %v", d.entry.Kind, short(d.entry.SHA), since(start), err)
+	} else {
+		say(out, "%s is live (%s in all)", short(d.entry.SHA), since(start))
+	}
+	ev.Str("outcome", outcome).Int64("took_ms", time.Since(start).Milliseconds()).Msg("deploy finished")
+	return err
+}
+
 // build writes a release, runs its build and test commands, and activates it. Any failure
-// before the swap removes the release and leaves current as it was. A redeploy of the live
-// release builds at its own name while a hard-linked copy of it stays live.
+// before the swap removes the release and leaves current as it was.
 func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
-	rel, sha := d.e.rel, d.entry.SHA
-	held := false
-	if d.entry.Kind == kindRedeploy && rel.IsComplete(sha) {
-		if sha == d.entry.PreviousSHA {
-			say(out, "releases/%s is live: a copy serves while it is rebuilt", short(sha))
-			if err := rel.Hold(sha); err != nil {
-				d.log.Error().Err(err).Msg("hold live release")
-				return errors.New("cannot set the live release aside for the rebuild: see the server log")
-			}
-			held = true
-		} else if err := rel.Discard(sha); err != nil {
-			d.log.Error().Err(err).Msg("remove release to rebuild")
-			return errors.New("cannot remove the old build of this release: see the server log")
-		}
+	undo, err := d.makeRoom(out)
+	if err != nil {
+		return err
 	}
 	defer func() {
-		if err == nil {
-			return
-		}
-		if held {
-			if rerr := rel.Restore(sha); rerr != nil {
-				d.log.Error().Err(rerr).Msg("restore held release")
-			}
-			return
-		}
-		if derr := rel.Discard(sha); derr != nil {
-			d.log.Error().Err(derr).Msg("remove failed release")
+		if err != nil {
+			undo()
 		}
 	}()
+	if err := d.checkout(ctx, out); err != nil {
+		return err
+	}
+	if err := d.linkShared(out); err != nil {
+		return err
+	}
+	if err := d.buildAndTest(ctx, out); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return errCancelled
+	}
+	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
+		d.log.Error().Err(err).Msg("record release complete")
+		return errors.New("cannot record the release: see the server log")
+	}
+	return d.activate(out)
+}
 
+// makeRoom clears releases/<sha> for a build and returns what undoes a failed one. A
+// redeploy of the live release builds at its own name while a hard-linked copy of it stays
+// live (undo puts it back); a redeploy of another kept release removes the old build first.
+// Otherwise undo removes the failed release.
+func (d *deploy) makeRoom(out io.Writer) (undo func(), err error) {
+	rel, sha := d.e.rel, d.entry.SHA
+	discard := func() {
+		if err := rel.Discard(sha); err != nil {
+			d.log.Error().Err(err).Msg("remove failed release")
+		}
+	}
+	if d.entry.Kind != kindRedeploy || !rel.IsComplete(sha) {
+		return discard, nil
+	}
+	if sha != d.entry.PreviousSHA {
+		if err := rel.Discard(sha); err != nil {
+			d.log.Error().Err(err).Msg("remove release to rebuild")
+			return nil, errors.New("cannot remove the old build of this release: see the server log")
+		}
+		return discard, nil
+	}
+	say(out, "releases/%s is live: a copy serves while it is rebuilt", short(sha))
+	if err := rel.Hold(sha); err != nil {
+		d.log.Error().Err(err).Msg("hold live release")
+		return nil, errors.New("cannot set the live release aside for the rebuild: see the server log")
+	}
+	return func() {
+		if err := rel.Restore(sha); err != nil {
+			d.log.Error().Err(err).Msg("restore held release")
+		}
+	}, nil
+}
+
+// checkout writes the commit's tree into releases/<sha>.
+func (d *deploy) checkout(ctx context.Context, out io.Writer) error {
+	sha := d.entry.SHA
 	say(out, "checkout %s", short(sha))
 	start := time.Now()
-	stats, err := rel.Materialize(ctx, d.objects, sha, out)
+	stats, err := d.e.rel.Materialize(ctx, d.objects, sha, out)
 	d.record("checkout", start, err)
 	if err != nil {
 		d.log.Warn().Err(err).Msg("checkout failed")
@@ -160,14 +203,17 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		reused = fmt.Sprintf("; %d unchanged, copied from the live release", stats.Reused)
 	}
 	indent(out, "%d files, %s written (%s)%s", stats.Files, humanBytes(stats.Bytes), since(start), reused)
-	if err := d.linkShared(out); err != nil {
-		return err
-	}
+	return nil
+}
+
+// buildAndTest runs the recipe's build commands, then its test commands, stopping at the
+// first failure.
+func (d *deploy) buildAndTest(ctx context.Context, out io.Writer) error {
 	steps := d.runner()
 	for _, phase := range []struct {
 		name string
 		cmds []string
-	}{{"build", d.recipe.build}, {"test", d.recipe.test}} {
+	}{{"build", d.recipe.Build}, {"test", d.recipe.Test}} {
 		for i, c := range phase.cmds {
 			name := fmt.Sprintf("%s %d/%d", phase.name, i+1, len(phase.cmds))
 			if err := steps.RunStep(ctx, name, c, out); err != nil {
@@ -175,25 +221,20 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return errCancelled
-	}
-	if err := rel.Complete(sha); err != nil {
-		d.log.Error().Err(err).Msg("record release complete")
-		return errors.New("cannot record the release: see the server log")
-	}
-	return d.activate(out)
+	return nil
 }
 
 // errCancelled is a deploy whose requester went away before the swap.
 var errCancelled = errors.New("cancelled: the connection was closed before the release went live")
 
-// cancelled says why ctx ended a deploy before the swap.
+// cancelled says why ctx ended a deploy before the swap: the requester hung up, or the
+// cause its canceller gave ("the server is shutting down").
 func cancelled(ctx context.Context) error {
-	if errors.Is(context.Cause(ctx), gitserver.ErrShuttingDown) {
-		return errors.New("cancelled: the server is shutting down")
+	cause := context.Cause(ctx)
+	if cause == nil || errors.Is(cause, context.Canceled) || errors.Is(cause, context.DeadlineExceeded) {
+		return errCancelled
 	}
-	return errCancelled
+	return fmt.Errorf("cancelled: %w", cause)
 }
 
 // reactivate makes a kept release live again without a rebuild.
@@ -213,12 +254,12 @@ func (d *deploy) reactivate(ctx context.Context, out io.Writer) error {
 }
 
 func (d *deploy) linkShared(out io.Writer) error {
-	if len(d.recipe.sharedFiles)+len(d.recipe.sharedDirs) == 0 {
+	if len(d.recipe.SharedFiles)+len(d.recipe.SharedDirs) == 0 {
 		return nil
 	}
 	start := time.Now()
-	say(out, "link shared: %s", strings.Join(append(append([]string{}, d.recipe.sharedFiles...), d.recipe.sharedDirs...), ", "))
-	err := d.e.rel.LinkShared(d.entry.SHA, d.recipe.sharedFiles, d.recipe.sharedDirs)
+	say(out, "link shared: %s", strings.Join(append(append([]string{}, d.recipe.SharedFiles...), d.recipe.SharedDirs...), ", "))
+	err := d.e.rel.LinkShared(d.entry.SHA, d.recipe.SharedFiles, d.recipe.SharedDirs)
 	d.record("link shared", start, err)
 	if err != nil {
 		var me *releaser.MissingSharedError
@@ -250,8 +291,8 @@ func (d *deploy) activate(out io.Writer) error {
 	if wasLive {
 		steps.env = append(steps.env, "SLIPWAY_ROLLBACK=1")
 	}
-	h := hooks.Hooks{AfterActivate: d.recipe.afterActivate}
-	if err := h.Fire(context.Background(), hooks.AfterActivate, steps, out); err != nil {
+	h := Hooks{AfterActivate: d.recipe.AfterActivate}
+	if err := h.Fire(context.Background(), AfterActivate, steps, out); err != nil {
 		d.log.Warn().Err(err).Msg("after_activate failed")
 		say(out, "warning: %v; the release stays live", err)
 	}
@@ -282,14 +323,14 @@ func (d *deploy) runner() *stepRunner {
 	dir := d.e.rel.Dir(d.entry.SHA)
 	env := []string{
 		"SLIPWAY_REPO=" + d.entry.Repo,
-		"SLIPWAY_BRANCH=" + d.e.cfg.branch,
+		"SLIPWAY_BRANCH=" + d.e.cfg.Branch,
 		"SLIPWAY_SHA=" + d.entry.SHA,
 		"SLIPWAY_PREVIOUS_SHA=" + d.entry.PreviousSHA,
 		"SLIPWAY_RELEASE_DIR=" + dir,
 		"SLIPWAY_DEPLOY_PATH=" + d.e.rel.Path(),
 		"SLIPWAY_PUSHER=" + d.entry.Pusher,
 	}
-	env = append(env, d.e.cfg.vars...)
+	env = append(env, d.e.cfg.Vars...)
 	for _, k := range []string{"PATH", "HOME", "LANG"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
@@ -305,16 +346,16 @@ type stepRunner struct {
 	env []string
 }
 
-var _ hooks.Runner = (*stepRunner)(nil)
+var _ Runner = (*stepRunner)(nil)
 
 func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.Writer) error {
 	say(out, "%s: %s", name, command)
 	start := time.Now()
-	err := s.d.p.builder.Run(ctx, builder.Command{
-		Name: name, Run: command, Dir: s.dir, Env: s.env, Timeout: s.d.e.cfg.commandTimeout,
+	err := s.d.p.cfg.Builder.Run(ctx, builder.Command{
+		Name: name, Run: command, Dir: s.dir, Env: s.env, Timeout: s.d.e.cfg.CommandTimeout,
 	}, out)
 	step := releaser.Step{Name: name, Took: time.Since(start)}
-	s.d.log.Info().Str("step", name).Dur("took", step.Took).AnErr("error", err).Msg("step finished")
+	s.d.log.Info().Str("step", name).Int64("took_ms", step.Took.Milliseconds()).AnErr("error", err).Msg("step finished")
 	if err != nil {
 		step.Exit = -1
 		var ee *builder.ExitError
@@ -335,38 +376,41 @@ func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.W
 }
 
 // recipe merges the commit's own slipway.toml under the server's settings.
-func (p *pipeline) recipe(e *environment, objects storer.EncodedObjectStorer, sha string, out io.Writer) (recipe, error) {
+func (p *Pipeline) recipe(e *environment, objects storer.EncodedObjectStorer, sha string, out io.Writer) (configs.Recipe, error) {
 	commit, err := object.GetCommit(objects, plumbing.NewHash(sha))
 	if err != nil {
-		return recipe{}, fmt.Errorf("read commit %s: %w", short(sha), err)
+		return configs.Recipe{}, fmt.Errorf("read commit %s: %w", short(sha), err)
 	}
 	f, err := commit.File("slipway.toml")
 	if errors.Is(err, object.ErrFileNotFound) {
-		return e.cfg.recipe, nil
+		return e.cfg.Recipe, nil
 	}
 	if err != nil {
-		return recipe{}, fmt.Errorf("read slipway.toml: %w", err)
+		return configs.Recipe{}, fmt.Errorf("read slipway.toml: %w", err)
 	}
 	if f.Size > maxRepoConfig {
-		return recipe{}, fmt.Errorf("slipway.toml is larger than %d bytes", maxRepoConfig)
+		return configs.Recipe{}, fmt.Errorf("slipway.toml is larger than %d bytes", maxRepoConfig)
 	}
 	text, err := f.Contents()
 	if err != nil {
-		return recipe{}, fmt.Errorf("read slipway.toml: %w", err)
+		return configs.Recipe{}, fmt.Errorf("read slipway.toml: %w", err)
 	}
-	own, err := parseRepoRecipe(text)
+	own, err := configs.ParseRecipe(text)
 	if err != nil {
-		var pe problemsError
+		var pe configs.Problems
 		if errors.As(err, &pe) && len(pe) > 0 {
 			// The report line has room for one problem; the pusher sees them all above it.
 			for _, pr := range pe {
 				say(out, "%s", pr)
 			}
-			return recipe{}, fmt.Errorf("%s", pe[0])
+			if len(pe) > 1 {
+				return configs.Recipe{}, fmt.Errorf("%s (%d problems in all, listed above)", pe[0], len(pe))
+			}
+			return configs.Recipe{}, fmt.Errorf("%s", pe[0])
 		}
-		return recipe{}, err
+		return configs.Recipe{}, err
 	}
-	return own.over(e.cfg.recipe), nil
+	return own.Over(e.cfg.Recipe), nil
 }
 
 // notKept explains why sha cannot go live without a rebuild.
@@ -392,72 +436,4 @@ func safeReason(ctx context.Context, err error) string {
 		return pe.Op + ": " + pe.Err.Error()
 	}
 	return "see the server log"
-}
-
-func say(w io.Writer, format string, args ...any) {
-	fmt.Fprintf(w, "-----> "+format+"\n", args...)
-}
-
-func indent(w io.Writer, format string, args ...any) {
-	fmt.Fprintf(w, "       "+format+"\n", args...)
-}
-
-func since(t time.Time) string {
-	d := time.Since(t)
-	if d < time.Second {
-		return d.Round(time.Millisecond).String()
-	}
-	return d.Round(10 * time.Millisecond).String()
-}
-
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// tee writes everything to the requester and to the deploy's log. A requester that hung
-// up does not stop the log.
-type tee struct {
-	pusher io.Writer
-	log    io.Writer
-}
-
-func (t *tee) Write(b []byte) (int, error) {
-	t.log.Write(b)    //nolint:errcheck // the log is best effort
-	t.pusher.Write(b) //nolint:errcheck // a gone requester cancels the deploy through ctx
-	return len(b), nil
-}
-
-// capped writes at most left bytes, then one truncation marker, then nothing.
-type capped struct {
-	w    io.Writer
-	left int64
-}
-
-func (c *capped) Write(b []byte) (int, error) {
-	if c.left <= 0 {
-		return len(b), nil
-	}
-	if int64(len(b)) > c.left {
-		c.w.Write(b[:c.left])                                  //nolint:errcheck
-		c.w.Write([]byte("\n[slipway: log truncated here]\n")) //nolint:errcheck
-		c.left = 0
-		return len(b), nil
-	}
-	c.left -= int64(len(b))
-	return c.w.Write(b)
 }

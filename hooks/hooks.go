@@ -1,6 +1,26 @@
-// Package hooks runs the lifecycle hooks around activation (after_activate) and reports
-// their outcome. A hook runs after current has been swapped, so its failure is reported to
-// the pusher but cannot undo the activation: the release stays live.
+// Package hooks is slipway's receive hook: the deploy pipeline. It turns an accepted push,
+// a rollback or a redeploy into a live release by composing the releaser (the deploy root
+// on disk) and the builder (the commands), and it is the one place that knows the order of
+// a deploy:
+//
+//	journal -> recipe (the server's [[env]] over the pushed slipway.toml) -> checkout ->
+//	shared links -> build -> test -> complete -> swap current -> after_activate -> prune
+//
+// A kept release (a push of an older commit, a rollback) skips from the recipe to the
+// shared links and the swap. The lifecycle hooks around activation (Hooks.Fire) and the
+// operator commands (status, releases, history, logs, rollback, redeploy, lock, unlock,
+// destroy; RunCommand), which the CLI and SSH share, live here too.
+//
+// Invariants:
+//   - Every deploy, rollback and redeploy holds its environment's deploy lock from before
+//     its journal entry to after its outcome is recorded, and is one journal entry.
+//   - Anything that fails before the swap removes the release and leaves current, the
+//     branch and shared/ as they were. From the swap on, the requester hanging up changes
+//     nothing: the release is live, its hooks run to the end.
+//   - What the requester sees is short and safe (no server paths, no environment values);
+//     the operator log gets the whole error chain.
+//   - In the embedded default, an environment exists once a push of an authorized key made
+//     a release live in it; a push that created one and left nothing live removes it.
 package hooks
 
 import (

@@ -443,7 +443,7 @@ func (b *bench) slipLogSize(srv string) int64 {
 	return b.slip.logSize()
 }
 
-// serverTook is the server's own time for a deploy: slipway's Deploy "took" from its log,
+// serverTook is the server's own time for a deploy: slipway's Deploy "took_ms" from its log,
 // the hook's runtime for the baselines.
 func (b *bench) serverTook(srv string, off int64, sha string, res pushResult) time.Duration {
 	if isSlipway(srv) {
@@ -567,7 +567,7 @@ func (b *bench) materialise(ctx context.Context, w *workload, dir string, runs i
 				var files int
 				took, files, err = materializeSlipway(ctx, repos, w.base, out)
 				if err == nil && files != w.files {
-					err = fmt.Errorf("Materialize wrote %d files, the tree has %d", files, w.files)
+					err = fmt.Errorf("materialize wrote %d files, the tree has %d", files, w.files)
 				}
 			case "archive":
 				if err = os.MkdirAll(out, 0o755); err == nil {

@@ -9,7 +9,7 @@ import (
 )
 
 // These tests cover the harness's own logic; the benchmark itself runs with
-// `go run ./internal/bench` (make bench), never from go test.
+// `go run ./cmd/slipway-bench` (make bench), never from go test.
 
 func TestMedian(t *testing.T) {
 	for _, tc := range []struct {

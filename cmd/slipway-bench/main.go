@@ -1,4 +1,4 @@
-// Command bench is slipway's benchmark harness (`make bench`): it compares slipway, side by
+// Command slipway-bench is slipway's benchmark harness (`make bench`): it compares slipway, side by
 // side and in the same run, with the way push-to-deploy is done by hand (stock git receiving
 // over OpenSSH, a pre-receive hook that runs git archive | tar -x into releases/<sha>, links
 // the shared files, builds, and swaps current with ln -s + mv -T), and with the same hook
@@ -10,9 +10,9 @@
 // it to BENCHMARKS.md with the machine and versions, and removes everything it made and ends
 // every process it started, also on failure or a signal.
 //
-//	go run ./internal/bench                      # full run (about 10-15 minutes on 2 cores)
-//	go run ./internal/bench -smoke               # small only, 1 run, no nginx/wrk: < 60 s
-//	go run ./internal/bench -sizes medium -runs 3 -out /tmp/b.md
+//	go run ./cmd/slipway-bench                      # full run (about 10-15 minutes on 2 cores)
+//	go run ./cmd/slipway-bench -smoke               # small only, 1 run, no nginx/wrk: < 60 s
+//	go run ./cmd/slipway-bench -sizes medium -runs 3 -out /tmp/b.md
 //
 // It is not part of `make test`.
 package main
@@ -90,7 +90,7 @@ func parseFlags(args []string) (*options, error) {
 	activations := fs.Int("activations", 200, "activations (pushes and rollbacks alternating) of the zero-downtime figure; at most 200")
 	install := fs.Bool("install", true, "apt-get install what is missing (openssh-server, nginx, wrk) when running as root")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./internal/bench [flags]\n\n")
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/slipway-bench [flags]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

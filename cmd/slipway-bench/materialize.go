@@ -17,14 +17,14 @@ import (
 
 // materializeSlipway writes the tree of sha from the bare repository <reposDir>/bench/mat.git
 // into a new deploy root with releaser.Materialize, the way a slipway deploy does (objects
-// opened with gitserver.OpenObjects, a fresh storage as each push session has), and returns
+// opened with gitserver.Repositories.Objects, a fresh storage as each push session has), and returns
 // the time Materialize took and the entries it wrote.
 func materializeSlipway(ctx context.Context, reposDir, sha, deployRoot string) (time.Duration, int, error) {
 	rel, err := releaser.New(releaser.Config{Path: deployRoot}, zerolog.Nop())
 	if err != nil {
 		return 0, 0, err
 	}
-	st, err := gitserver.OpenObjects(reposDir, matRepo)
+	st, err := gitserver.Repositories{Dir: reposDir}.Objects(matRepo)
 	if err != nil {
 		return 0, 0, err
 	}

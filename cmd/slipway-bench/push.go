@@ -19,7 +19,7 @@ type pushResult struct {
 	Live  time.Duration            // current first named the pushed release (readlink every 1 ms); 0 if never
 	Marks map[string]time.Duration // when the client printed each marker line (see markers)
 	// Server is the server's own time for the deploy: the hook's runtime for the baselines,
-	// Deploy's "took" from slipway's log; 0 if unknown.
+	// Deploy's "took_ms" from slipway's log; 0 if unknown.
 	Server time.Duration
 	Stderr string
 }

@@ -165,7 +165,7 @@ func (s *slipwayServer) logSize() int64 {
 	return fi.Size()
 }
 
-// deployTook returns Deploy's own duration for sha ("took" of its "deploy finished" line)
+// deployTook returns Deploy's own duration for sha ("took_ms" of its "deploy finished" line)
 // from the part of the log after offset; 0 if there is none.
 func (s *slipwayServer) deployTook(offset int64, sha string) time.Duration {
 	f, err := os.Open(s.logPath)
@@ -181,16 +181,16 @@ func (s *slipwayServer) deployTook(offset int64, sha string) time.Duration {
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		var ev struct {
-			Message string  `json:"message"`
-			SHA     string  `json:"sha"`
-			Took    float64 `json:"took"` // zerolog: milliseconds
-			Error   string  `json:"error"`
+			Message string `json:"message"`
+			SHA     string `json:"sha"`
+			TookMS  int64  `json:"took_ms"`
+			Error   string `json:"error"`
 		}
 		if json.Unmarshal(sc.Bytes(), &ev) != nil {
 			continue
 		}
 		if ev.Message == "deploy finished" && ev.SHA == sha && ev.Error == "" {
-			took = time.Duration(ev.Took * float64(time.Millisecond))
+			took = time.Duration(ev.TookMS) * time.Millisecond
 		}
 	}
 	return took

@@ -6,25 +6,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/slipway/slipway/builder"
+	"github.com/slipway/slipway/configs"
 	"github.com/slipway/slipway/gitserver"
-	"github.com/slipway/slipway/internal/atomicfile"
+	"github.com/slipway/slipway/hooks"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
-
-// addrFile is written in data_dir once the server listens: its address, for scripts and
-// tests that start it on port 0.
-const addrFile = "ssh.addr"
 
 const usage = `usage: slipway <command> [--config FILE] [flags]
 
@@ -33,36 +26,42 @@ const usage = `usage: slipway <command> [--config FILE] [flags]
   check                           validate the configuration; print every problem with file:line
   version                         print the version
 
-operator ` + opsUsage + `
+operator ` + "%s" + `
 
 Without --config, ./slipway.toml is used if it exists, else the embedded default. The
 operator commands work the same over SSH: ssh -p PORT git@HOST status`
 
-// errUsage is a command line that does not parse; the flag package has said why.
+func usageText() string { return fmt.Sprintf(usage, hooks.Usage()) }
+
+// errUsage is a command line that does not parse; what is wrong has been said.
 var errUsage = errors.New("usage")
+
+// exitStatus is an error already reported; main only turns it into the exit status.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // run is slipway's command line. It returns what main turns into the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
+		fmt.Fprintln(stderr, usageText())
 		return errUsage
 	}
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "serve":
+	switch cmd, rest := args[0], args[1:]; {
+	case cmd == "serve":
 		return serve(ctx, rest, stdout, stderr)
-	case "check":
+	case cmd == "check":
 		return check(rest, stdout, stderr)
-	case "version", "--version":
+	case cmd == "version" || cmd == "--version":
 		fmt.Fprintf(stdout, "slipway %s\n", version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, usage)
+	case cmd == "help" || cmd == "-h" || cmd == "--help":
+		fmt.Fprintln(stdout, usageText())
 		return nil
+	case hooks.IsCommand(cmd):
+		return operate(ctx, args, stdout, stderr)
 	default:
-		if contains(opsCommands, cmd) {
-			return operate(ctx, args, stdout, stderr)
-		}
-		fmt.Fprintf(stderr, "slipway: unknown command %q\n%s\n", cmd, usage)
+		fmt.Fprintf(stderr, "slipway: unknown command %q (try slipway help)\n", cmd)
 		return errUsage
 	}
 }
@@ -79,7 +78,7 @@ func exitCode(err error, stderr io.Writer) int {
 	if errors.As(err, &es) {
 		return int(es)
 	}
-	var pe problemsError
+	var pe configs.Problems
 	if errors.As(err, &pe) {
 		for _, p := range pe {
 			fmt.Fprintln(stderr, p)
@@ -92,20 +91,9 @@ func exitCode(err error, stderr io.Writer) int {
 }
 
 // configFlag adds --config and returns a loader honouring the default order.
-func configFlag(fs *flag.FlagSet) func() (*config, error) {
-	file := fs.String("config", "", "configuration file (default ./"+defaultConfigFile+" if it exists, else the embedded default)")
-	return func() (*config, error) { return findConfig(*file) }
-}
-
-// findConfig loads file; without one, ./slipway.toml if it exists, else the embedded default.
-func findConfig(file string) (*config, error) {
-	if file != "" {
-		return loadConfig(file)
-	}
-	if _, err := os.Stat(defaultConfigFile); err == nil {
-		return loadConfig(defaultConfigFile)
-	}
-	return defaultConfig()
+func configFlag(fs *flag.FlagSet) func() (*configs.Server, error) {
+	file := fs.String("config", "", "configuration file (default ./"+configs.DefaultFile+" if it exists, else the embedded default)")
+	return func() (*configs.Server, error) { return configs.Find(*file) }
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -135,104 +123,12 @@ func check(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.file == "" {
-		fmt.Fprintf(stdout, "no config file: the embedded default is used (%d authorized keys)\n", len(cfg.keys))
+	if cfg.File == "" {
+		fmt.Fprintf(stdout, "no config file: the embedded default is used (%d authorized keys)\n", len(cfg.Keys))
 		return nil
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d environments, %d authorized keys)\n", cfg.file, len(cfg.envs), len(cfg.keys))
+	fmt.Fprintf(stdout, "%s: ok (%d environments, %d authorized keys)\n", cfg.File, len(cfg.Envs), len(cfg.Keys))
 	return nil
-}
-
-func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", stderr)
-	load := configFlag(fs)
-	listen := fs.String("listen", "", "address to listen on, overriding the configuration (port 0 picks one)")
-	logFormat := fs.String("log-format", "json", "operator log format: json or console")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	var logOut io.Writer = stderr
-	switch *logFormat {
-	case "json":
-	case "console":
-		logOut = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
-	default:
-		return fmt.Errorf("--log-format must be json or console, not %q", *logFormat)
-	}
-	log := zerolog.New(logOut).With().Timestamp().Logger()
-
-	cfg, err := load()
-	if err != nil {
-		return err
-	}
-	if *listen != "" {
-		cfg.listen = *listen
-	}
-	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data_dir: %w", err)
-	}
-
-	b := builder.New(builder.Config{}, log.With().Str("component", "builder").Logger())
-	p, err := newPipeline(cfg, b, log.With().Str("component", "pipeline").Logger(), true)
-	if err != nil {
-		return err
-	}
-	srv, err := gitserver.New(gitserver.Config{
-		HostKeyPath: cfg.hostKey,
-		Keys:        cfg.keys,
-		ReposDir:    p.reposDir(),
-		Commands:    p,
-	}, p, log.With().Str("component", "gitserver").Logger())
-	if err != nil {
-		return err
-	}
-	l, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	addr := l.Addr().String()
-	if err := atomicfile.WriteFile(filepath.Join(cfg.dataDir, addrFile), []byte(addr+"\n"), 0o644); err != nil {
-		l.Close()
-		return fmt.Errorf("write address file: %w", err)
-	}
-	log.Info().Str("addr", addr).Str("host_key", srv.HostKeyFingerprint()).
-		Int("environments", len(cfg.envs)).Int("keys", len(cfg.keys)).Msg("listening")
-	greet(stdout, cfg, addr)
-
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info().Dur("timeout", cfg.shutdownTimeout).Msg("shutting down: waiting for running deploys")
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn().Err(err).Msg("running deploys were cancelled")
-	}
-	<-served
-	log.Info().Msg("stopped")
-	return nil
-}
-
-// greet prints the two lines a newcomer needs to push.
-func greet(w io.Writer, cfg *config, addr string) {
-	repo, branch := "myapp/production", defaultBranch
-	if len(cfg.envs) > 0 {
-		repo, branch = cfg.envs[0].repo, cfg.envs[0].branch
-	}
-	remote := repo[strings.LastIndexByte(repo, '/')+1:]
-	fmt.Fprintf(w, "slipway %s listening on %s\n", version, addr)
-	for _, n := range cfg.notes {
-		fmt.Fprintf(w, "note: %s\n", n)
-	}
-	if cfg.auto {
-		fmt.Fprintf(w, "no config file: pushes create environments under %s/APP/ENV\n", cfg.deployRoot)
-	}
-	fmt.Fprintf(w, "  git remote add %s ssh://git@%s/%s\n", remote, addr, repo)
-	fmt.Fprintf(w, "  git push %s %s\n", remote, branch)
 }
 
 // operate runs an operator command from the local CLI: the same code as over SSH, as the
@@ -244,26 +140,24 @@ func operate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stderr, "slipway %s: %v\n", args[0], err)
 		return errUsage
 	}
-	cfg, err := findConfig(file)
+	cfg, err := configs.Find(file)
 	if err != nil {
 		return err
 	}
 	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	b := builder.New(builder.Config{}, log.With().Str("component", "builder").Logger())
-	p, err := newPipeline(cfg, b, log.With().Str("component", "pipeline").Logger(), false)
+	p, err := hooks.New(hooks.Config{
+		Server:  cfg,
+		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
+		Repos:   gitserver.Repositories{Dir: reposDir(cfg)},
+	}, log.With().Str("component", "hooks").Logger())
 	if err != nil {
 		return err
 	}
-	if code := reportOps(p.operate(ctx, caller{}, append([]string{args[0]}, rest...), stdout), stderr); code != 0 {
+	if code := p.RunCommand(ctx, hooks.Caller{}, append([]string{args[0]}, rest...), stdout, stderr); code != 0 {
 		return exitStatus(code)
 	}
 	return nil
 }
-
-// exitStatus is an error already reported; main only turns it into the exit status.
-type exitStatus int
-
-func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // splitConfigFlag takes --config FILE (or --config=FILE) out of args, wherever it stands.
 func splitConfigFlag(args []string) (file string, rest []string, err error) {

@@ -1,4 +1,4 @@
-package gitserver
+package pack
 
 import (
 	"bufio"
@@ -34,6 +34,14 @@ func gitIn(t testing.TB, dir, stdin string, args ...string) []byte {
 	return out
 }
 
+// bareRepo makes an empty bare repository.
+func bareRepo(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "r.git")
+	gitIn(t, "", "", "init", "-q", "--bare", dir)
+	return dir
+}
+
 // historyRepo makes a bare repository whose history packs into long delta chains: ten files
 // that each grow by a line in each of 60 commits, and an annotated tag.
 func historyRepo(t testing.TB) string {
@@ -57,7 +65,7 @@ func historyRepo(t testing.TB) string {
 	return dir
 }
 
-// TestStorePackMatchesGitIndexPack: the index slipway writes for a pack full of delta chains
+// TestStorePackMatchesGitIndexPack: the index Store writes for a pack full of delta chains
 // is byte for byte the one git index-pack writes, with OFS deltas (what git push sends) and
 // with REF deltas.
 func TestStorePackMatchesGitIndexPack(t *testing.T) {
@@ -89,13 +97,10 @@ func TestStorePackMatchesGitIndexPack(t *testing.T) {
 				t.Fatalf("the pack has %d deltas of type %s, want a pack made of them", deltas, deltaType)
 			}
 
-			dir := filepath.Join(t.TempDir(), "r.git")
-			if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-				t.Fatal(err)
-			}
-			n, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
-			if err != nil || int(n) != len(scan.objects) {
-				t.Fatalf("storePack = %d, %v; want %d objects", n, err, len(scan.objects))
+			dir := bareRepo(t)
+			n, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+			if err != nil || n != len(scan.objects) {
+				t.Fatalf("Store = %d, %v; want %d objects", n, err, len(scan.objects))
 			}
 			sum := scan.sum.String()
 			got, err := os.ReadFile(filepath.Join(dir, "objects", "pack", "pack-"+sum+".idx"))
@@ -103,9 +108,14 @@ func TestStorePackMatchesGitIndexPack(t *testing.T) {
 				t.Fatal(err)
 			}
 			work := t.TempDir()
-			os.WriteFile(filepath.Join(work, "p.pack"), pack, 0o644)
+			if err := os.WriteFile(filepath.Join(work, "p.pack"), pack, 0o644); err != nil {
+				t.Fatal(err)
+			}
 			gitIn(t, work, "", "index-pack", "-o", "want.idx", "p.pack")
-			want, _ := os.ReadFile(filepath.Join(work, "want.idx"))
+			want, err := os.ReadFile(filepath.Join(work, "want.idx"))
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !bytes.Equal(got, want) {
 				t.Errorf("index differs from git index-pack's (%d and %d bytes)", len(got), len(want))
 			}
@@ -137,16 +147,13 @@ func TestStorePackRefusesBadObjects(t *testing.T) {
 	twice := rawPack(rawObject{typ: plumbing.BlobObject, data: base}, rawObject{typ: plumbing.BlobObject, data: base})
 
 	for name, pack := range map[string][]byte{"thin": thin, "bad delta": badRef, "base inside an object": inside, "twice": twice} {
-		dir := filepath.Join(t.TempDir(), "r.git")
-		if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-			t.Fatal(err)
+		dir := bareRepo(t)
+		_, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+		if !errors.Is(err, ErrBad) {
+			t.Errorf("%s: err = %v, want ErrBad", name, err)
 		}
-		_, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
-		if !errors.Is(err, errPack) {
-			t.Errorf("%s: err = %v, want errPack", name, err)
-		}
-		if entries, _ := os.ReadDir(filepath.Join(dir, "objects", "pack")); len(entries) != 0 {
-			t.Errorf("%s: objects/pack holds %v", name, entries)
+		if entries, err := os.ReadDir(filepath.Join(dir, "objects", "pack")); err != nil || len(entries) != 0 {
+			t.Errorf("%s: objects/pack holds %v (%v)", name, entries, err)
 		}
 	}
 
@@ -178,8 +185,9 @@ type rawObject struct {
 func rawPack(objs ...rawObject) []byte {
 	var b bytes.Buffer
 	b.WriteString("PACK")
-	binary.Write(&b, binary.BigEndian, uint32(2))
-	binary.Write(&b, binary.BigEndian, uint32(len(objs)))
+	// Writes to a bytes.Buffer do not fail.
+	_ = binary.Write(&b, binary.BigEndian, uint32(2))
+	_ = binary.Write(&b, binary.BigEndian, uint32(len(objs)))
 	for _, o := range objs {
 		start := int64(b.Len())
 		head := appendObjectHeader(nil, o.typ, uint64(len(o.data)))
@@ -191,8 +199,9 @@ func rawPack(objs ...rawObject) []byte {
 		}
 		b.Write(head)
 		zw := zlib.NewWriter(&b)
-		zw.Write(o.data)
-		zw.Close()
+		// Into a bytes.Buffer: neither fails.
+		_, _ = zw.Write(o.data)
+		_ = zw.Close()
 	}
 	sum := sha1.Sum(b.Bytes())
 	b.Write(sum[:])

@@ -1,4 +1,4 @@
-package gitserver
+package pack
 
 import (
 	"bufio"
@@ -21,11 +21,11 @@ import (
 	"github.com/slipway/slipway/internal/atomicfile"
 )
 
-// maxPacks is how many packs a repository may hold before a push merges them. Every push
-// adds one, and go-git looks an object up in each pack's index in turn and keeps every
+// MaxPacks is how many packs a repository may hold before Consolidate merges them. Every
+// push adds one, and go-git looks an object up in each pack's index in turn and keeps every
 // pack of an open repository open: a checkout after a thousand pushes would search a
 // thousand indexes per file.
-const maxPacks = 8
+const MaxPacks = 8
 
 // packFile is one pack of a repository: base + ".pack" and base + ".idx".
 type packFile struct {
@@ -33,28 +33,30 @@ type packFile struct {
 	size int64
 }
 
-// mergeStats is what a merge did.
-type mergeStats struct {
-	packs   int           // packs merged
-	objects int           // objects in the new pack
+// Stats is what Consolidate did; zero if it merged nothing.
+type Stats struct {
+	Packs   int // packs merged
+	Objects int // objects in the new pack
+
 	dropped int           // copies of an object already taken from an earlier pack
 	rebased int           // OFS deltas whose base was such a copy, pointed at the kept one
 	sum     plumbing.Hash // the new pack's checksum (its name)
 }
 
-// consolidatePacks keeps the number of packs of the repository at dir bounded. When it
-// holds more than maxPacks, the smaller ones (packsToMerge) are merged into one new pack,
-// and then removed if mayRemove allows it: a reader that listed them may still open them.
-// A pack left in place holds nothing the new one lacks, and is merged again next time.
-func consolidatePacks(dir string, mayRemove func() (done func(), ok bool)) (mergeStats, error) {
+// Consolidate keeps the number of packs of the bare repository at dir bounded. When it
+// holds more than MaxPacks, the smaller ones are merged into one new pack (as git's
+// geometric repack picks them), and then removed if mayRemove allows it: a reader that
+// listed them may still open them. If it does, done is called once they are removed. A pack
+// left in place holds nothing the new one lacks, and is merged again next time.
+func Consolidate(dir string, mayRemove func() (done func(), ok bool)) (Stats, error) {
 	packDir := filepath.Join(dir, "objects", "pack")
 	packs, err := listPacks(packDir)
-	if err != nil || len(packs) <= maxPacks {
-		return mergeStats{}, err
+	if err != nil || len(packs) <= MaxPacks {
+		return Stats{}, err
 	}
 	merge := packsToMerge(packs)
 	if len(merge) < 2 {
-		return mergeStats{}, nil
+		return Stats{}, nil
 	}
 	stats, err := mergePacks(packDir, merge)
 	if err != nil {
@@ -80,10 +82,10 @@ func consolidatePacks(dir string, mayRemove func() (done func(), ok bool)) (merg
 	return stats, atomicfile.SyncDir(packDir)
 }
 
-// removeTempPacks removes the temporary files a push or a merge interrupted by a crash left
-// under objects/pack of the repository at dir. Only the holder of the repository's lock
-// writes them, so the caller holds it.
-func removeTempPacks(dir string) error {
+// RemoveTemp removes the temporary files that a Store or a merge cut short by a crash left
+// under objects/pack of the bare repository at dir. Only a writer of the repository makes
+// them, so the caller has the writers' turn.
+func RemoveTemp(dir string) error {
 	packDir := filepath.Join(dir, "objects", "pack")
 	entries, err := os.ReadDir(packDir)
 	if err != nil {
@@ -161,7 +163,7 @@ func packsToMerge(packs []packFile) []packFile {
 // stored, an OFS delta with its base's offset rewritten for the new pack. An object held by
 // two packs is kept the first time; a delta based on the dropped copy is based on the kept
 // one, which has the same content.
-func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) {
+func mergePacks(packDir string, packs []packFile) (stats Stats, err error) {
 	indexes := make([][]idxfile.Entry, len(packs))
 	// Every object, once: its offset in the new pack once copied, -1 until then.
 	kept := map[plumbing.Hash]int64{}
@@ -180,8 +182,9 @@ func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) 
 	}
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
+			// Already failing: the temporary file goes, and its own errors add nothing.
+			_ = f.Close()
+			_ = os.Remove(f.Name())
 		}
 	}()
 	out := &packWriter{w: bufio.NewWriterSize(f, 256*1024), h: sha1.New()}
@@ -189,7 +192,9 @@ func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) 
 	copy(hdr[:], "PACK")
 	binary.BigEndian.PutUint32(hdr[4:], 2)
 	binary.BigEndian.PutUint32(hdr[8:], uint32(len(kept)))
-	out.Write(hdr[:])
+	if _, err := out.Write(hdr[:]); err != nil {
+		return stats, err
+	}
 
 	m := &packMerge{out: out, kept: kept, objects: make([]packObject, 0, len(kept))}
 	for i, p := range packs {
@@ -202,14 +207,16 @@ func mergePacks(packDir string, packs []packFile) (stats mergeStats, err error) 
 	}
 	pack := &scannedPack{objects: m.objects}
 	copy(pack.sum[:], out.h.Sum(nil))
-	out.w.Write(pack.sum[:])
+	if _, err := out.w.Write(pack.sum[:]); err != nil {
+		return stats, err
+	}
 	if err := out.w.Flush(); err != nil {
 		return stats, err
 	}
 	if err := publishPack(f, pack); err != nil {
 		return stats, err
 	}
-	return mergeStats{packs: len(packs), objects: len(m.objects), dropped: m.dropped, rebased: m.rebased, sum: pack.sum}, nil
+	return Stats{Packs: len(packs), Objects: len(m.objects), dropped: m.dropped, rebased: m.rebased, sum: pack.sum}, nil
 }
 
 // readIndex returns the entries of the pack index at path, in pack order.
@@ -218,7 +225,7 @@ func readIndex(path string) ([]idxfile.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer f.Close() // opened for reading: Close has nothing to report
 	idx := idxfile.NewMemoryIndex()
 	if err := idxfile.NewDecoder(bufio.NewReader(f)).Decode(idx); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Base(path), err)
@@ -227,7 +234,7 @@ func readIndex(path string) ([]idxfile.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer iter.Close()
+	defer iter.Close() // an iterator over memory: Close has nothing to report
 	var entries []idxfile.Entry
 	for {
 		e, err := iter.Next()
@@ -248,6 +255,10 @@ type packMerge struct {
 	objects []packObject
 	dropped int
 	rebased int
+
+	// Of the pack being copied:
+	newAt     map[int64]int64 // offset in it -> offset in the new pack
+	droppedAt map[int64]bool  // offsets in it of the copies left out
 }
 
 // copyPack appends the objects of pack p, whose index entries are entries in pack order,
@@ -257,7 +268,7 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer f.Close() // opened for reading: Close has nothing to report
 	br := bufio.NewReaderSize(f, 256*1024)
 	var hdr [12]byte
 	if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -268,8 +279,8 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		return errors.New("pack header does not match its index")
 	}
 	end := p.size - sha1.Size
-	newAt := make(map[int64]int64, len(entries)) // offset in p -> offset in the new pack
-	dropped := map[int64]bool{}                  // offsets in p of the copies left out
+	m.newAt = make(map[int64]int64, len(entries))
+	m.droppedAt = map[int64]bool{}
 	pos := int64(len(hdr))
 	for k, e := range entries {
 		next := end
@@ -279,49 +290,57 @@ func (m *packMerge) copyPack(p packFile, entries []idxfile.Entry) error {
 		if int64(e.Offset) != pos {
 			return fmt.Errorf("index entry at %d does not fit the pack", e.Offset)
 		}
-		h, err := readObjectHeader(br, pos)
-		if err != nil {
-			return fmt.Errorf("object at %d: %w", pos, err)
-		}
-		data := next - pos - int64(h.len) // the zlib stream, copied as it is
-		if data <= 0 {
-			return fmt.Errorf("object at %d: no data after its header", pos)
-		}
-		if at := m.kept[e.Hash]; at >= 0 {
-			newAt[pos], dropped[pos] = at, true
-			m.dropped++
-			if _, err := br.Discard(int(data)); err != nil {
-				return err
-			}
-			pos = next
-			continue
-		}
-
-		at := m.out.n
-		newAt[pos], m.kept[e.Hash] = at, at
-		crc := crc32.NewIEEE()
-		w := io.MultiWriter(m.out, crc)
-		head := appendObjectHeader(nil, h.typ, h.size)
-		switch h.typ {
-		case plumbing.OFSDeltaObject:
-			newBase, ok := newAt[h.base]
-			if !ok {
-				return fmt.Errorf("object at %d: delta base %d is not an object", pos, h.base)
-			}
-			if dropped[h.base] {
-				m.rebased++
-			}
-			head = appendOfs(head, at-newBase)
-		case plumbing.REFDeltaObject:
-			head = append(head, h.ref[:]...)
-		}
-		w.Write(head)
-		if _, err := io.CopyN(w, br, data); err != nil {
+		if err := m.copyObject(br, pos, next, e.Hash); err != nil {
 			return err
 		}
-		m.objects = append(m.objects, packObject{offset: at, crc: crc.Sum32(), hash: e.Hash})
 		pos = next
 	}
+	return nil
+}
+
+// copyObject appends the object with id h, which takes the bytes from pos to next of the
+// pack being copied, read from br, to the new pack; or skips it, if the new pack has it.
+func (m *packMerge) copyObject(br *bufio.Reader, pos, next int64, h plumbing.Hash) error {
+	hdr, err := readObjectHeader(br, pos)
+	if err != nil {
+		return fmt.Errorf("object at %d: %w", pos, err)
+	}
+	data := next - pos - int64(hdr.hdrLen) // the zlib stream, copied as it is
+	if data <= 0 {
+		return fmt.Errorf("object at %d: no data after its header", pos)
+	}
+	if at := m.kept[h]; at >= 0 {
+		m.newAt[pos], m.droppedAt[pos] = at, true
+		m.dropped++
+		_, err := br.Discard(int(data))
+		return err
+	}
+
+	at := m.out.n
+	m.newAt[pos], m.kept[h] = at, at
+	crc := crc32.NewIEEE()
+	w := io.MultiWriter(m.out, crc)
+	head := appendObjectHeader(nil, hdr.typ, hdr.size)
+	switch hdr.typ {
+	case plumbing.OFSDeltaObject:
+		newBase, ok := m.newAt[hdr.base]
+		if !ok {
+			return fmt.Errorf("object at %d: delta base %d is not an object", pos, hdr.base)
+		}
+		if m.droppedAt[hdr.base] {
+			m.rebased++
+		}
+		head = appendOfs(head, at-newBase)
+	case plumbing.REFDeltaObject:
+		head = append(head, hdr.ref[:]...)
+	}
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	if _, err := io.CopyN(w, br, data); err != nil {
+		return err
+	}
+	m.objects = append(m.objects, packObject{offset: at, crc: crc.Sum32(), hash: h})
 	return nil
 }
 

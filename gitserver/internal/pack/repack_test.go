@@ -1,4 +1,4 @@
-package gitserver
+package pack
 
 import (
 	"bufio"
@@ -11,7 +11,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
+	"github.com/go-git/go-git/v5/storage/filesystem"
 )
 
 // packHashes returns the ids of every object in the packs of the repository at dir.
@@ -35,16 +38,23 @@ func packHashes(t testing.TB, dir string) []string {
 	return slices.Compact(ids)
 }
 
+// mustListPacks returns the packs in packDir, largest first.
+func mustListPacks(t testing.TB, packDir string) []packFile {
+	t.Helper()
+	packs, err := listPacks(packDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return packs
+}
+
 // TestConsolidatePacks: ten packs of a history (as ten pushes leave), two of them holding
 // objects another pack has too, merge into one pack holding every object once. git reads
 // the repository whole, and indexes the merged pack exactly as slipway did.
 func TestConsolidatePacks(t *testing.T) {
 	t.Parallel()
 	src := historyRepo(t)
-	dir := filepath.Join(t.TempDir(), "r.git")
-	if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-		t.Fatal(err)
-	}
+	dir := bareRepo(t)
 	ranges := []string{"main~54\n"}
 	for i := 54; i > 0; i -= 6 {
 		ranges = append(ranges, fmt.Sprintf("main~%d\n^main~%d\n", i-6, i))
@@ -54,25 +64,25 @@ func TestConsolidatePacks(t *testing.T) {
 	ranges = append(ranges, "main\n^main~12\n", "v1\n")
 	for _, revs := range ranges {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset", "--window=50")
-		if _, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
 			t.Fatalf("store %q: %v", revs, err)
 		}
 	}
 	packDir := filepath.Join(dir, "objects", "pack")
-	before, _ := listPacks(packDir)
-	if len(before) != len(ranges) || len(before) <= maxPacks {
-		t.Fatalf("%d packs stored, want %d (more than %d)", len(before), len(ranges), maxPacks)
+	before := mustListPacks(t, packDir)
+	if len(before) != len(ranges) || len(before) <= MaxPacks {
+		t.Fatalf("%d packs stored, want %d (more than %d)", len(before), len(ranges), MaxPacks)
 	}
 	want := packHashes(t, dir)
 
 	removed := false
-	stats, err := consolidatePacks(dir, func() (func(), bool) { removed = true; return func() {}, true })
+	stats, err := Consolidate(dir, func() (func(), bool) { removed = true; return func() {}, true })
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, _ := listPacks(packDir)
+	after := mustListPacks(t, packDir)
 	if !removed || len(after) >= len(before) || len(after) > 2 {
-		t.Fatalf("%d packs after the merge (of %d), from %d; removed %v", len(after), stats.packs, len(before), removed)
+		t.Fatalf("%d packs after the merge (of %d), from %d; removed %v", len(after), stats.Packs, len(before), removed)
 	}
 	if stats.dropped == 0 {
 		t.Errorf("merge dropped no copies; the overlaps hold some")
@@ -84,35 +94,43 @@ func TestConsolidatePacks(t *testing.T) {
 	merged := filepath.Join(packDir, "pack-"+stats.sum.String())
 	work := t.TempDir()
 	gitIn(t, work, "", "index-pack", "-o", "want.idx", merged+".pack")
-	got, _ := os.ReadFile(merged + ".idx")
-	wantIdx, _ := os.ReadFile(filepath.Join(work, "want.idx"))
+	got, err := os.ReadFile(merged + ".idx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIdx, err := os.ReadFile(filepath.Join(work, "want.idx"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Equal(got, wantIdx) {
 		t.Error("merged pack's index differs from git index-pack's")
 	}
-	if entries, _ := os.ReadDir(packDir); len(entries) != 2*len(after) {
-		t.Errorf("objects/pack holds %d files, want %d", len(entries), 2*len(after))
+	if entries, err := os.ReadDir(packDir); err != nil || len(entries) != 2*len(after) {
+		t.Errorf("objects/pack holds %d files (%v), want %d", len(entries), err, 2*len(after))
 	}
 
 	// A reader keeps the merged packs in place; nothing is lost, and the next merge takes them.
-	for _, revs := range ranges[:maxPacks] {
+	for _, revs := range ranges[:MaxPacks] {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")
-		storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+			t.Fatalf("store %q: %v", revs, err)
+		}
 	}
-	before, _ = listPacks(packDir)
-	if _, err := consolidatePacks(dir, func() (func(), bool) { return nil, false }); err != nil {
+	before = mustListPacks(t, packDir)
+	if _, err := Consolidate(dir, func() (func(), bool) { return nil, false }); err != nil {
 		t.Fatal(err)
 	}
-	kept, _ := listPacks(packDir)
+	kept := mustListPacks(t, packDir)
 	for _, p := range before {
 		if !slices.ContainsFunc(kept, func(k packFile) bool { return k.base == p.base }) {
 			t.Errorf("%s removed while a reader may use it", filepath.Base(p.base))
 		}
 	}
 	gitIn(t, dir, "", "fsck", "--strict", "--no-dangling")
-	if _, err := consolidatePacks(dir, func() (func(), bool) { return func() {}, true }); err != nil {
+	if _, err := Consolidate(dir, func() (func(), bool) { return func() {}, true }); err != nil {
 		t.Fatal(err)
 	}
-	if final, _ := listPacks(packDir); len(final) > 2 {
+	if final := mustListPacks(t, packDir); len(final) > 2 {
 		t.Errorf("%d packs after the next merge", len(final))
 	}
 	if got := packHashes(t, dir); !slices.Equal(got, want) {
@@ -158,19 +176,22 @@ func TestPacksToMerge(t *testing.T) {
 func TestMergePacksRebasesDeltas(t *testing.T) {
 	t.Parallel()
 	src := historyRepo(t)
-	dir := filepath.Join(t.TempDir(), "r.git")
-	if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-		t.Fatal(err)
-	}
+	dir := bareRepo(t)
 	packDir := filepath.Join(dir, "objects", "pack")
 	var packs []packFile
 	for _, revs := range []string{"main~20\n^main~30\n", "main~10\n^main~40\n", "main~40\n"} {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset", "--window=50")
-		if _, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
 			t.Fatal(err)
 		}
-		scan, _ := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)))
-		fi, _ := os.Stat(filepath.Join(packDir, "pack-"+scan.sum.String()+".pack"))
+		scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(filepath.Join(packDir, "pack-"+scan.sum.String()+".pack"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		packs = append(packs, packFile{base: filepath.Join(packDir, "pack-"+scan.sum.String()), size: fi.Size()})
 	}
 	want := packHashes(t, dir)
@@ -182,8 +203,11 @@ func TestMergePacksRebasesDeltas(t *testing.T) {
 		t.Fatalf("merge dropped %d copies and rebased %d deltas; want both", stats.dropped, stats.rebased)
 	}
 	for _, p := range packs {
-		os.Remove(p.base + ".pack")
-		os.Remove(p.base + ".idx")
+		for _, ext := range []string{".pack", ".idx"} {
+			if err := os.Remove(p.base + ext); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if got := packHashes(t, dir); !slices.Equal(got, want) {
 		t.Errorf("the merged pack holds %d objects, the packs %d", len(got), len(want))
@@ -194,40 +218,41 @@ func TestMergePacksRebasesDeltas(t *testing.T) {
 // BenchmarkObjectLookup reads every object of a 60-commit history through go-git's storage,
 // as a checkout or a fetch does: stored as the 60 packs of one-commit pushes, and merged.
 //
-//	go test ./gitserver -run '^$' -bench ObjectLookup
+//	go test ./gitserver/internal/pack -run '^$' -bench ObjectLookup
 func BenchmarkObjectLookup(b *testing.B) {
 	src := historyRepo(b)
 	for _, merged := range []bool{false, true} {
-		dir := filepath.Join(b.TempDir(), "r.git")
-		if err := createRepo(dir, plumbing.NewBranchReferenceName("main")); err != nil {
-			b.Fatal(err)
-		}
+		dir := bareRepo(b)
 		for i := 59; i >= 0; i-- {
 			revs := fmt.Sprintf("main~%d\n", i)
 			if i < 59 {
 				revs += fmt.Sprintf("^main~%d\n", i+1)
 			}
 			pack := gitIn(b, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")
-			if _, err := storePack(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+			if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		ids := packHashes(b, dir)
 		if merged {
-			if _, err := consolidatePacks(dir, func() (func(), bool) { return func() {}, true }); err != nil {
+			if _, err := Consolidate(dir, func() (func(), bool) { return func() {}, true }); err != nil {
 				b.Fatal(err)
 			}
 		}
-		packs, _ := listPacks(filepath.Join(dir, "objects", "pack"))
+		packs := mustListPacks(b, filepath.Join(dir, "objects", "pack"))
 		b.Run(fmt.Sprintf("packs=%d", len(packs)), func(b *testing.B) {
 			for b.Loop() {
-				st := newStorage(dir)
+				// Opened as the git server opens a repository: packs kept open, a small cache.
+				st := filesystem.NewStorageWithOptions(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRU(8*cache.MiByte),
+					filesystem.Options{KeepDescriptors: true})
 				for _, id := range ids {
 					if _, err := st.EncodedObject(plumbing.AnyObject, plumbing.NewHash(id)); err != nil {
 						b.Fatal(err)
 					}
 				}
-				st.Close()
+				if err := st.Close(); err != nil {
+					b.Fatal(err)
+				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/object")
 		})

@@ -1,4 +1,4 @@
-package gitserver
+package pack
 
 import (
 	"bufio"
@@ -23,6 +23,35 @@ import (
 // run on up to deltaWorkers cores. A delta whose base is not in the pack (a thin pack, which
 // the advertisement's no-thin forbids) or does not apply is a bad pack.
 func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
+	r, deltas := newDeltaResolver(p)
+	if deltas == 0 {
+		return nil
+	}
+	resolved, err := r.walk(ra, r.roots())
+	if err != nil {
+		return err
+	}
+	if left := deltas - resolved; left > 0 {
+		return packErrorf("%d deltas have no base in the pack", left)
+	}
+	return nil
+}
+
+// deltaWorkers bounds the walks resolveDeltas runs at once, and so the bases held.
+const deltaWorkers = 4
+
+// deltaResolver holds the deltas of a pack by the base they name. The maps are only read
+// while walks run; each delta is claimed by the one walk that resolves it (an object held
+// twice in a pack has the same id twice, and its REF deltas would otherwise be met twice).
+type deltaResolver struct {
+	p        *scannedPack
+	byOffset map[int64][]int         // OFS deltas by their base's offset
+	byHash   map[plumbing.Hash][]int // REF deltas by their base's id
+	claimed  []atomic.Bool
+}
+
+// newDeltaResolver files the deltas of p by their base, and returns how many there are.
+func newDeltaResolver(p *scannedPack) (*deltaResolver, int) {
 	r := &deltaResolver{p: p, claimed: make([]atomic.Bool, len(p.objects))}
 	deltas := 0
 	for i := range p.objects {
@@ -43,16 +72,23 @@ func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
 			deltas++
 		}
 	}
-	if deltas == 0 {
-		return nil
-	}
+	return r, deltas
+}
+
+// roots returns the whole objects that some delta is based on, by object index.
+func (r *deltaResolver) roots() []int {
 	var roots []int
-	for i := range p.objects {
-		if o := &p.objects[i]; !isDelta(o.typ) && r.hasDeltas(o) {
+	for i := range r.p.objects {
+		if o := &r.p.objects[i]; !isDelta(o.typ) && r.hasDeltas(o) {
 			roots = append(roots, i)
 		}
 	}
+	return roots
+}
 
+// walk resolves the deltas below each of roots, on up to deltaWorkers goroutines, and
+// returns how many it resolved. It stops at the first error.
+func (r *deltaResolver) walk(ra io.ReaderAt, roots []int) (int, error) {
 	var (
 		next     atomic.Int64
 		resolved atomic.Int64
@@ -70,7 +106,7 @@ func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
 				if i >= len(roots) {
 					return
 				}
-				o := &p.objects[roots[i]]
+				o := &r.p.objects[roots[i]]
 				content, err := in.inflate(o.data, o.size)
 				if err == nil {
 					var n int
@@ -86,26 +122,7 @@ func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if left := deltas - int(resolved.Load()); left > 0 {
-		return packErrorf("%d deltas have no base in the pack", left)
-	}
-	return nil
-}
-
-// deltaWorkers bounds the walks resolveDeltas runs at once, and so the bases held.
-const deltaWorkers = 4
-
-// deltaResolver holds the deltas of a pack by the base they name. The maps are only read
-// while walks run; each delta is claimed by the one walk that resolves it (an object held
-// twice in a pack has the same id twice, and its REF deltas would otherwise be met twice).
-type deltaResolver struct {
-	p        *scannedPack
-	byOffset map[int64][]int         // OFS deltas by their base's offset
-	byHash   map[plumbing.Hash][]int // REF deltas by their base's id
-	claimed  []atomic.Bool
+	return int(resolved.Load()), errors.Join(errs...)
 }
 
 func (r *deltaResolver) hasDeltas(o *packObject) bool {
@@ -149,7 +166,9 @@ func (r *deltaResolver) resolve(in *packReader, o *packObject, base []byte) (int
 // than its pack has objects could not be merged (mergePacks walks a pack by its index).
 func (p *scannedPack) index() (*idxfile.MemoryIndex, error) {
 	w := new(idxfile.Writer)
-	w.OnHeader(uint32(len(p.objects)))
+	if err := w.OnHeader(uint32(len(p.objects))); err != nil {
+		return nil, err
+	}
 	for _, o := range p.objects {
 		w.Add(o.hash, uint64(o.offset), o.crc)
 	}

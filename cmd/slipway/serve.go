@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/slipway/slipway/builder"
+	"github.com/slipway/slipway/configs"
+	"github.com/slipway/slipway/gitserver"
+	"github.com/slipway/slipway/hooks"
+	"github.com/slipway/slipway/internal/atomicfile"
+)
+
+// addrFile is written in data_dir once the server listens: its address, for scripts and
+// tests that start it on port 0.
+const addrFile = "ssh.addr"
+
+// reposDir is where the git server keeps the environments' repositories.
+func reposDir(cfg *configs.Server) string { return filepath.Join(cfg.DataDir, "repos") }
+
+// serve wires the configuration, the deploy pipeline and the git server, and serves until
+// ctx ends; then it lets running deploys finish for shutdown_timeout and cancels the rest.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	load := configFlag(fs)
+	listen := fs.String("listen", "", "address to listen on, overriding the configuration (port 0 picks one)")
+	logFormat := fs.String("log-format", "json", "operator log format: json or console")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var logOut io.Writer = stderr
+	switch *logFormat {
+	case "json":
+	case "console":
+		logOut = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
+	default:
+		return fmt.Errorf("--log-format must be json or console, not %q", *logFormat)
+	}
+	log := zerolog.New(logOut).With().Timestamp().Logger()
+
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data_dir: %w", err)
+	}
+	repos := gitserver.Repositories{Dir: reposDir(cfg)}
+	p, err := hooks.New(hooks.Config{
+		Server:  cfg,
+		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
+		Repos:   repos,
+		Serving: true,
+	}, log.With().Str("component", "hooks").Logger())
+	if err != nil {
+		return err
+	}
+	srv, err := gitserver.New(gitserver.Config{
+		HostKeyPath: cfg.HostKey,
+		Keys:        cfg.Keys,
+		ReposDir:    repos.Dir,
+		Commands:    gitHooks{p},
+	}, gitHooks{p}, log.With().Str("component", "gitserver").Logger())
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	addr := l.Addr().String()
+	if err := atomicfile.WriteFile(filepath.Join(cfg.DataDir, addrFile), []byte(addr+"\n"), 0o644); err != nil {
+		l.Close()
+		return fmt.Errorf("write address file: %w", err)
+	}
+	log.Info().Str("addr", addr).Str("host_key_fp", srv.HostKeyFingerprint()).
+		Int("environments", len(cfg.Envs)).Int("keys", len(cfg.Keys)).Msg("listening")
+	greet(stdout, cfg, addr, srv.HostKeyFingerprint())
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info().Int64("timeout_ms", cfg.ShutdownTimeout.Milliseconds()).Msg("shutting down: waiting for running deploys")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("running deploys were cancelled")
+	}
+	<-served
+	log.Info().Msg("stopped")
+	return nil
+}
+
+// greet prints what a newcomer needs to push: the host key ssh will ask about, and the two
+// git lines.
+func greet(w io.Writer, cfg *configs.Server, addr, hostKeyFP string) {
+	repo, branch := "myapp/production", configs.DefaultBranch
+	if len(cfg.Envs) > 0 {
+		repo, branch = cfg.Envs[0].Repo, cfg.Envs[0].Branch
+	}
+	remote := repo[strings.LastIndexByte(repo, '/')+1:]
+	fmt.Fprintf(w, "slipway %s listening on %s\n", version, addr)
+	for _, n := range cfg.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	if cfg.Auto {
+		fmt.Fprintf(w, "no config file: state in %s, pushes create environments under %s/APP/ENV\n", cfg.DataDir, cfg.DeployRoot)
+	}
+	fmt.Fprintf(w, "host key %s (ssh asks you to accept it on the first push)\n", hostKeyFP)
+	fmt.Fprintf(w, "  git remote add %s ssh://git@%s/%s\n", remote, addr, repo)
+	fmt.Fprintf(w, "  git push %s %s\n", remote, branch)
+}
+
+// gitHooks hands the git server's pushes and commands to the deploy pipeline. The two
+// packages share no types, so that neither imports the other; their types convert 1:1.
+type gitHooks struct{ p *hooks.Pipeline }
+
+var (
+	_ gitserver.Deployer  = gitHooks{}
+	_ gitserver.Commander = gitHooks{}
+)
+
+func (g gitHooks) Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (gitserver.Target, func(), error) {
+	t, release, err := g.p.Reserve(ctx, repo, pusher, wait)
+	if errors.Is(err, hooks.ErrBusy) {
+		err = busyError{err}
+	}
+	return gitserver.Target(t), release, err
+}
+
+func (g gitHooks) Inspect(repo, who string) (gitserver.Target, error) {
+	t, err := g.p.Inspect(repo, who)
+	return gitserver.Target(t), err
+}
+
+func (g gitHooks) Deploy(ctx context.Context, push gitserver.Push, out io.Writer) error {
+	return g.p.Deploy(ctx, hooks.Push(push), out)
+}
+
+func (g gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdout, stderr io.Writer) int {
+	return g.p.RunCommand(ctx, hooks.Caller(who), args, stdout, stderr)
+}
+
+// busyError is the pipeline's busy environment as the git server knows it.
+type busyError struct{ error }
+
+func (e busyError) Unwrap() error      { return e.error }
+func (busyError) Is(target error) bool { return target == gitserver.ErrBusy }

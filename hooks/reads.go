@@ -1,0 +1,247 @@
+package hooks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/slipway/slipway/releaser"
+)
+
+// envStatus is one line of status.
+type envStatus struct {
+	Repo       string           `json:"repo"`
+	Branch     string           `json:"branch"`
+	Live       string           `json:"live"`
+	LiveSince  time.Time        `json:"live_since,omitzero"`
+	DeployedBy string           `json:"deployed_by,omitempty"`
+	State      string           `json:"state"` // idle, deploying, frozen
+	Holder     string           `json:"holder,omitempty"`
+	HeldSince  time.Time        `json:"held_since,omitzero"`
+	Frozen     *releaser.Freeze `json:"frozen,omitempty"`
+}
+
+func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
+	envs, err := p.list(c.Name)
+	if err != nil {
+		return err
+	}
+	list := []envStatus{}
+	for _, e := range envs {
+		s, err := e.status()
+		if err != nil {
+			return err
+		}
+		list = append(list, s)
+	}
+	if asJSON {
+		return writeJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENVIRONMENT\tLIVE\tSINCE\tBY\tSTATE")
+	for _, s := range list {
+		state := s.State
+		switch {
+		case s.Frozen != nil:
+			state = fmt.Sprintf("frozen by %s since %s: %s", s.Frozen.By, stamp(s.Frozen.Since), s.Frozen.Message)
+		case s.Holder != "":
+			state = fmt.Sprintf("deploying (%s, since %s)", s.Holder, stamp(s.HeldSince))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Repo, orDash(short(s.Live)), orDash(stamp(s.LiveSince)), orDash(s.DeployedBy), state)
+	}
+	return tw.Flush()
+}
+
+func (e *environment) status() (envStatus, error) {
+	s := envStatus{Repo: e.cfg.Repo, Branch: e.cfg.Branch, State: "idle"}
+	var err error
+	if s.Live, err = e.rel.Current(); err != nil {
+		return s, fmt.Errorf("%s: read current: %w", e.cfg.Repo, err)
+	}
+	if s.Live != "" {
+		if byLive, err := liveEntries(e); err == nil {
+			if en, ok := byLive[s.Live]; ok {
+				s.LiveSince, s.DeployedBy = en.End, en.Pusher
+			}
+		}
+	}
+	if h, err := e.rel.Holder(); err == nil && h != nil {
+		s.State, s.Holder, s.HeldSince = "deploying", h.Holder, h.Since
+	}
+	if f, err := e.rel.Frozen(); err == nil && f != nil {
+		s.State, s.Frozen = "frozen", f
+	}
+	return s, nil
+}
+
+// liveEntries maps each sha that went live to the journal entry that made it live most
+// recently. It reads the journal once, however many releases the caller looks up.
+func liveEntries(e *environment) (map[string]releaser.Entry, error) {
+	hist, err := e.rel.History(0)
+	if err != nil {
+		return nil, err
+	}
+	byLive := map[string]releaser.Entry{}
+	for _, en := range hist { // newest first: the first entry seen for a sha wins
+		wentLive := en.Outcome == releaser.OutcomeLive || en.Outcome == releaser.OutcomeSuperseded || en.Outcome == releaser.OutcomeRolledBack
+		if _, seen := byLive[en.SHA]; wentLive && !seen {
+			byLive[en.SHA] = en
+		}
+	}
+	return byLive, nil
+}
+
+// releaseInfo is one line of releases.
+type releaseInfo struct {
+	SHA        string    `json:"sha"`
+	Live       bool      `json:"live"`
+	Completed  time.Time `json:"completed"`
+	LastLive   time.Time `json:"last_live,omitzero"`
+	DeployedBy string    `json:"deployed_by,omitempty"`
+	Deploy     int64     `json:"deploy,omitempty"`
+}
+
+func releasesCmd(e *environment, asJSON bool, stdout io.Writer) error {
+	rels, err := e.rel.Releases()
+	if err != nil {
+		return fmt.Errorf("%s: list releases: %w", e.cfg.Repo, err)
+	}
+	byLive, err := liveEntries(e)
+	if err != nil {
+		return fmt.Errorf("%s: read history: %w", e.cfg.Repo, err)
+	}
+	list := []releaseInfo{}
+	for _, r := range rels {
+		ri := releaseInfo{SHA: r.SHA, Live: r.Live, Completed: r.Completed, LastLive: r.LastActivated}
+		if en, ok := byLive[r.SHA]; ok {
+			ri.DeployedBy, ri.Deploy = en.Pusher, en.ID
+		}
+		list = append(list, ri)
+	}
+	if asJSON {
+		return writeJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\tRELEASE\tLAST LIVE\tBY\tDEPLOY")
+	for _, r := range list {
+		mark := ""
+		if r.Live {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", mark, r.SHA, orDash(stamp(r.LastLive)), orDash(r.DeployedBy), orDash(idString(r.Deploy)))
+	}
+	return tw.Flush()
+}
+
+func historyCmd(e *environment, n int, asJSON bool, stdout io.Writer) error {
+	hist, err := e.rel.History(n)
+	if err != nil {
+		return fmt.Errorf("%s: read history: %w", e.cfg.Repo, err)
+	}
+	if hist == nil {
+		hist = []releaser.Entry{}
+	}
+	if asJSON {
+		return writeJSON(stdout, hist)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTARTED\tSHA\tKIND\tBY\tOUTCOME\tTOOK\tNOTE")
+	for _, h := range hist {
+		took := "-"
+		if !h.End.IsZero() {
+			took = h.End.Sub(h.Start).Round(time.Millisecond).String()
+		}
+		note := h.Message
+		if h.Reason != "" {
+			note = h.Reason
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, stamp(h.Start), short(h.SHA), h.Kind, h.Pusher, h.Outcome, took, note)
+	}
+	return tw.Flush()
+}
+
+// logsCmd prints a deploy's log; with follow, until the deploy has finished.
+func logsCmd(ctx context.Context, e *environment, which string, follow bool, stdout io.Writer) error {
+	var en releaser.Entry
+	if which == "" {
+		hist, err := e.rel.History(1)
+		if err != nil {
+			return fmt.Errorf("%s: read history: %w", e.cfg.Repo, err)
+		}
+		if len(hist) == 0 {
+			return fmt.Errorf("%s has no deploys yet", e.cfg.Repo)
+		}
+		en = hist[0]
+	} else {
+		var err error
+		if en, err = e.rel.Entry(which); errors.Is(err, releaser.ErrNotFound) {
+			return fmt.Errorf("%s: no deploy %s", e.cfg.Repo, which)
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", e.cfg.Repo, err)
+		}
+	}
+	if en.Log == "" {
+		return fmt.Errorf("the log of deploy #%d was pruned", en.ID)
+	}
+	f, err := os.Open(en.Log)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the log of deploy #%d was pruned", en.ID)
+	} else if err != nil {
+		return fmt.Errorf("open the log of deploy #%d: %w", en.ID, err)
+	}
+	defer f.Close()
+	for {
+		if _, err := io.Copy(stdout, f); err != nil {
+			return fmt.Errorf("read the log of deploy #%d: %w", en.ID, err)
+		}
+		if !follow {
+			return nil
+		}
+		cur, err := e.rel.Entry(strconv.FormatInt(en.ID, 10))
+		if err != nil {
+			return fmt.Errorf("%s: %w", e.cfg.Repo, err)
+		}
+		if cur.Outcome != releaser.OutcomeRunning {
+			_, err := io.Copy(stdout, f) // what was written between the last copy and the end
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond): // a log file offers no event to wait on
+		}
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func idString(id int64) string {
+	if id == 0 {
+		return ""
+	}
+	return "#" + strconv.FormatInt(id, 10)
+}
