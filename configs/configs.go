@@ -1,3 +1,14 @@
+// Package configs is slipway's configuration: the server's file (listen, data_dir,
+// authorized_keys, the [[env]] environments), the embedded default used without one, and
+// the recipe a pushed tree's own slipway.toml may set. It decodes strictly: an unknown key,
+// a wrong type or a bad value is a problem, every problem is reported at once with its
+// file and line (Problems), and a configuration with any problem is not returned. The
+// example files beside it (slipway.example.toml, slipway.repo.example.toml) are decoded by
+// its tests, so that the documentation cannot drift from the code.
+//
+// Invariants: a returned Server has absolute paths, parsed keys, valid environment names
+// and branch names, no two environments with the same repo or overlapping deploy roots,
+// and every default filled in.
 package configs
 
 import (
@@ -41,20 +52,20 @@ func Find(file string) (*Server, error) {
 	return Default()
 }
 
-// config is the whole server configuration, resolved: paths absolute, keys parsed.
+// Server is the whole server configuration, resolved: paths absolute, keys parsed.
 type Server struct {
 	File    string // the config file; "" for the embedded default
 	Listen  string
 	DataDir string
 	HostKey string
 	Keys    []authkeys.Key
-	// shutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
+	// ShutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
 	ShutdownTimeout time.Duration
 	Envs            []Env
-	// notes are what the operator should know at start (keys skipped, none found).
+	// Notes are what the operator should know at start (keys skipped, none found).
 	Notes []string
-	// auto is the embedded default: an environment is created the first time an authorized
-	// key pushes to it, and deployed under deployRoot/APP/ENV.
+	// Auto is the embedded default: an environment is created the first time an authorized
+	// key pushes to it, and deployed under DeployRoot/APP/ENV.
 	Auto       bool
 	DeployRoot string
 }
@@ -116,7 +127,7 @@ func sharedPaths(t table, k string) []string {
 	return out
 }
 
-// over returns r with every key that base sets taken from base.
+// Over returns r with every key that base sets taken from base.
 func (r Recipe) Over(base Recipe) Recipe {
 	out := Recipe{set: map[string]bool{}}
 	pick := func(k string, mine, theirs []string) []string {
@@ -152,8 +163,8 @@ func ParseRecipe(text string) (Recipe, error) {
 
 var varNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// loadConfig reads and checks the configuration file. Every problem is reported at once,
-// each with file:line, in a Problems.
+// Load reads and checks the configuration file. Every problem is reported at once, each
+// with file:line, in a Problems.
 func Load(file string) (*Server, error) {
 	text, err := os.ReadFile(file)
 	if err != nil {
@@ -167,56 +178,82 @@ func Load(file string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Dir(abs)
-	resolve := func(p string) string {
+	root := table{doc: doc, m: doc.data}
+	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env")
+	rel := relativeTo(filepath.Dir(abs))
+	cfg := readServer(root, rel)
+	cfg.File = file
+	cfg.Keys = readKeys(root, rel)
+	cfg.Envs = readEnvs(root, rel, cfg.Keys)
+	if len(doc.probs) > 0 {
+		return nil, doc.err()
+	}
+	return cfg, nil
+}
+
+// relativeTo returns a function that makes a path from the file absolute: relative paths
+// are relative to the file's directory dir.
+func relativeTo(dir string) func(string) string {
+	return func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
 			return p
 		}
 		return filepath.Join(dir, p)
 	}
+}
 
-	root := table{doc: doc, m: doc.data}
-	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env")
-	cfg := &Server{File: file, ShutdownTimeout: root.duration("shutdown_timeout", defaultShutdown)}
-
+// readServer reads the top-level keys but authorized_keys and env.
+func readServer(root table, resolve func(string) string) *Server {
+	cfg := &Server{ShutdownTimeout: root.duration("shutdown_timeout", defaultShutdown)}
 	cfg.Listen = root.str("listen")
 	if cfg.Listen == "" {
 		cfg.Listen = defaultListen
 	} else if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		doc.addf("listen", "listen: %q is not host:port", cfg.Listen)
+		root.doc.addf("listen", "listen: %q is not host:port", cfg.Listen)
 	}
 	cfg.DataDir = resolve(root.str("data_dir"))
 	if cfg.DataDir == "" {
-		doc.addf("", "data_dir is required (where slipway keeps its repositories and state)")
+		root.doc.addf("", "data_dir is required (where slipway keeps its repositories and state)")
 	}
 	cfg.HostKey = resolve(root.str("host_key"))
 	if cfg.HostKey == "" && cfg.DataDir != "" {
 		cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	}
-	if keysFile := resolve(root.str("authorized_keys")); keysFile == "" {
-		doc.addf("", "authorized_keys is required (an OpenSSH authorized_keys file; each key's comment is its user name)")
-	} else {
-		keys, err := authkeys.Parse(keysFile)
-		if err != nil {
-			// ParseKeys already says file:line for each of its problems.
-			for _, msg := range strings.Split(err.Error(), "\n") {
-				doc.probs = append(doc.probs, Problem{File: doc.file, Line: doc.line("authorized_keys"), Msg: "authorized_keys: " + msg})
-			}
-		}
-		cfg.Keys = keys
-	}
+	return cfg
+}
 
+// readKeys reads the authorized_keys file the configuration names. Its problems are the
+// configuration's, each on the line of authorized_keys.
+func readKeys(root table, resolve func(string) string) []authkeys.Key {
+	keysFile := resolve(root.str("authorized_keys"))
+	if keysFile == "" {
+		root.doc.addf("", "authorized_keys is required (an OpenSSH authorized_keys file; each key's comment is its user name)")
+		return nil
+	}
+	keys, err := authkeys.Parse(keysFile)
+	if err != nil {
+		// authkeys.Parse says file:line for each of its problems, one per line.
+		for _, msg := range strings.Split(err.Error(), "\n") {
+			root.doc.addf("authorized_keys", "authorized_keys: %s", msg)
+		}
+	}
+	return keys
+}
+
+// readEnvs reads every [[env]], and checks that no two share a repo or a deploy root.
+func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []Env {
 	names := map[string]bool{}
-	for _, k := range cfg.Keys {
+	for _, k := range keys {
 		names[k.Name] = true
 	}
-	repos := map[string]string{}
-	paths := map[string]string{}
-	envs := root.list("env")
-	if len(envs) == 0 && !root.has("env") {
-		doc.addf("", "no [[env]] configured: nothing can be deployed")
+	tables := root.list("env")
+	if len(tables) == 0 && !root.has("env") {
+		root.doc.addf("", "no [[env]] configured: nothing can be deployed")
 	}
-	for _, t := range envs {
+	var envs []Env
+	repos := map[string]string{} // repo -> the table that configures it
+	paths := map[string]string{} // path -> the table that configures it
+	for _, t := range tables {
 		e := readEnv(t, resolve, names)
 		if e.Repo != "" {
 			if other, dup := repos[e.Repo]; dup {
@@ -232,14 +269,12 @@ func Load(file string) (*Server, error) {
 			}
 			paths[e.Path] = t.name("")
 		}
-		cfg.Envs = append(cfg.Envs, e)
+		envs = append(envs, e)
 	}
-	if len(doc.probs) > 0 {
-		return nil, doc.err()
-	}
-	return cfg, nil
+	return envs
 }
 
+// readEnv reads one [[env]]; keyNames are the authorized keys' names, for allow.
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "after_activate", "command_timeout", "allow", "vars")
@@ -252,6 +287,7 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		CommandTimeout: t.duration("command_timeout", defaultCommandTimeout),
 		Allow:          t.strings("allow"),
 		Recipe:         readRecipe(t),
+		Vars:           readVars(t),
 	}
 	// t.name("") is "env[N]." with a trailing dot; name the table without it.
 	where := strings.TrimSuffix(t.name(""), ".")
@@ -287,25 +323,33 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 			t.doc.addf(t.key("allow"), "%s: no authorized key is named %q", t.name("allow"), name)
 		}
 	}
-	if vars, ok := t.sub("vars"); ok {
-		keys := make([]string, 0, len(vars.m))
-		for k := range vars.m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			v := vars.str(k)
-			switch {
-			case !varNameRe.MatchString(k):
-				t.doc.addf(vars.key(k), "%s: not a valid environment variable name", vars.name(k))
-			case strings.HasPrefix(k, "SLIPWAY_"):
-				t.doc.addf(vars.key(k), "%s: SLIPWAY_* variables are set by slipway", vars.name(k))
-			default:
-				e.Vars = append(e.Vars, k+"="+v)
-			}
+	return e
+}
+
+// readVars reads [env.vars] as "K=V", sorted by name.
+func readVars(t table) []string {
+	vars, ok := t.sub("vars")
+	if !ok {
+		return nil
+	}
+	names := make([]string, 0, len(vars.m))
+	for k := range vars.m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var out []string
+	for _, k := range names {
+		v := vars.str(k)
+		switch {
+		case !varNameRe.MatchString(k):
+			t.doc.addf(vars.key(k), "%s: not a valid environment variable name", vars.name(k))
+		case strings.HasPrefix(k, "SLIPWAY_"):
+			t.doc.addf(vars.key(k), "%s: SLIPWAY_* variables are set by slipway", vars.name(k))
+		default:
+			out = append(out, k+"="+v)
 		}
 	}
-	return e
+	return out
 }
 
 // within reports whether p is strictly inside dir.
@@ -314,7 +358,7 @@ func within(p, dir string) bool {
 	return err == nil && rel != "." && !strings.HasPrefix(rel, "..")
 }
 
-// defaultConfig is the embedded default (SPEC section 4): listen on 127.0.0.1:2222, keep
+// Default is the embedded default (SPEC section 4): listen on 127.0.0.1:2222, keep
 // state in ./.slipway/, authorize ~/.ssh/authorized_keys and ~/.ssh/*.pub, and create an
 // environment under ./deploy/APP/ENV/ the first time an authorized key pushes to it.
 func Default() (*Server, error) {
@@ -335,7 +379,7 @@ func Default() (*Server, error) {
 	}
 	cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	files := []string{filepath.Join(home, ".ssh", "authorized_keys")}
-	pubs, _ := filepath.Glob(filepath.Join(home, ".ssh", "*.pub"))
+	pubs, _ := filepath.Glob(filepath.Join(home, ".ssh", "*.pub")) // its only error is a malformed pattern
 	files = append(files, pubs...)
 	seen := map[string]bool{}
 	for _, f := range files {
@@ -364,7 +408,7 @@ func Default() (*Server, error) {
 	return cfg, nil
 }
 
-// autoEnv is the environment the embedded default creates for repo.
+// AutoEnv is the environment the embedded default creates for repo.
 func (c *Server) AutoEnv(repo string) Env {
 	return Env{
 		Repo:           repo,

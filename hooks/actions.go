@@ -29,7 +29,7 @@ func (p *Pipeline) rollback(ctx context.Context, e *environment, c Caller, sha s
 	} else if sha, err = resolveSHA(e, sha); err != nil {
 		return err
 	}
-	if live, _ := e.rel.Current(); live == sha {
+	if live, _ := e.rel.Current(); live == sha { // unreadable: Activate below reports it
 		return fmt.Errorf("%s is already live", short(sha))
 	}
 	if !e.rel.IsComplete(sha) {
@@ -39,7 +39,7 @@ func (p *Pipeline) rollback(ctx context.Context, e *environment, c Caller, sha s
 	if err != nil {
 		return err
 	}
-	defer objects.Close()
+	defer objects.Close() // read only: closing loses nothing
 	d := &deploy{p: p, e: e, objects: objects, entry: releaser.Entry{Kind: kindRollback, SHA: sha, Pusher: c.label(), KeyFingerprint: c.KeyFingerprint}}
 	return d.run(context.WithoutCancel(ctx), stdout) // a rollback is short and must not stop halfway
 }
@@ -71,7 +71,7 @@ func (p *Pipeline) redeploy(ctx context.Context, e *environment, c Caller, sha s
 	if err != nil {
 		return err
 	}
-	defer objects.Close()
+	defer objects.Close() // read only: closing loses nothing
 	if _, err := object.GetCommit(objects, plumbing.NewHash(sha)); err != nil {
 		return fmt.Errorf("commit %s is not in %s's repository", short(sha), e.cfg.Repo)
 	}

@@ -53,7 +53,7 @@ func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
+	defer logFile.Close() // the log is best effort; the journal has the outcome
 	out = &tee{pusher: out, log: &capped{w: logFile, left: maxLogBytes}}
 	start := time.Now()
 	defer func() { err = d.finish(ctx, out, start, err) }()

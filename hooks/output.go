@@ -67,8 +67,8 @@ func (c *capped) Write(b []byte) (int, error) {
 		return len(b), nil
 	}
 	if int64(len(b)) > c.left {
-		c.w.Write(b[:c.left])                                  //nolint:errcheck
-		c.w.Write([]byte("\n[slipway: log truncated here]\n")) //nolint:errcheck
+		c.w.Write(b[:c.left])                                  //nolint:errcheck // the log is best effort
+		c.w.Write([]byte("\n[slipway: log truncated here]\n")) //nolint:errcheck // the log is best effort
 		c.left = 0
 		return len(b), nil
 	}

@@ -195,7 +195,7 @@ func logsCmd(ctx context.Context, e *environment, which string, follow bool, std
 	} else if err != nil {
 		return fmt.Errorf("open the log of deploy #%d: %w", en.ID, err)
 	}
-	defer f.Close()
+	defer f.Close() // read only: closing loses nothing
 	for {
 		if _, err := io.Copy(stdout, f); err != nil {
 			return fmt.Errorf("read the log of deploy #%d: %w", en.ID, err)

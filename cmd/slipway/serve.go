@@ -82,7 +82,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	addr := l.Addr().String()
 	if err := atomicfile.WriteFile(filepath.Join(cfg.DataDir, addrFile), []byte(addr+"\n"), 0o644); err != nil {
-		l.Close()
+		l.Close() // the address file error is the one to report
 		return fmt.Errorf("write address file: %w", err)
 	}
 	log.Info().Str("addr", addr).Str("host_key_fp", srv.HostKeyFingerprint()).

@@ -32,7 +32,7 @@ func WriteFile(name string, data []byte, perm os.FileMode) (err error) {
 	}
 	tmp := f.Name()
 	defer func() {
-		if err != nil {
+		if err != nil { // the write's error is the one to report; these only clean up
 			f.Close()
 			os.Remove(tmp)
 		}
