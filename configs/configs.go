@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,9 +59,13 @@ type Server struct {
 	Listen  string
 	DataDir string
 	HostKey string
-	Keys    []authkeys.Key
+	// AuthorizedKeys is the authorized_keys file; "" in the embedded default, which reads
+	// ~/.ssh/authorized_keys and ~/.ssh/*.pub.
+	AuthorizedKeys string
+	Keys           []authkeys.Key
 	// ShutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
 	ShutdownTimeout time.Duration
+	Limits          Limits
 	Envs            []Env
 	// Notes are what the operator should know at start (keys skipped, none found).
 	Notes []string
@@ -68,6 +73,25 @@ type Server struct {
 	// key pushes to it, and deployed under DeployRoot/APP/ENV.
 	Auto       bool
 	DeployRoot string
+}
+
+// Limits bound what a push, and the connections before it, may cost the server (SPEC 13).
+// The defaults are far above what a real app needs.
+type Limits struct {
+	MaxPushSize        int64         // max_push_size: pack bytes, enforced while it streams
+	MaxReleaseSize     int64         // max_release_size: the expanded tree, checked before checkout
+	MaxReleaseFiles    int64         // max_release_files
+	HandshakeTimeout   time.Duration // handshake_timeout: to finish the SSH handshake and authenticate
+	MaxUnauthenticated int           // max_unauthenticated: concurrent connections not yet authenticated
+}
+
+// DefaultLimits are the limits unless the configuration sets them.
+var DefaultLimits = Limits{
+	MaxPushSize:        2 << 30,
+	MaxReleaseSize:     10 << 30,
+	MaxReleaseFiles:    1_000_000,
+	HandshakeTimeout:   20 * time.Second,
+	MaxUnauthenticated: 64,
 }
 
 // Env is one [[env]] of the server configuration.
@@ -179,24 +203,31 @@ func Load(file string) (*Server, error) {
 		return nil, err
 	}
 	root := table{doc: doc, m: doc.data}
-	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env")
+	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env",
+		"max_push_size", "max_release_size", "max_release_files", "handshake_timeout", "max_unauthenticated")
 	rel := relativeTo(filepath.Dir(abs))
 	cfg := readServer(root, rel)
 	cfg.File = file
-	cfg.Keys = readKeys(root, rel)
+	cfg.Limits = readLimits(root)
+	cfg.AuthorizedKeys = rel(root.str("authorized_keys"))
+	cfg.Keys = readKeys(root, cfg.AuthorizedKeys)
 	cfg.Envs = readEnvs(root, rel, cfg.Keys)
+	checkLayout(root, cfg)
 	if len(doc.probs) > 0 {
 		return nil, doc.err()
 	}
 	return cfg, nil
 }
 
-// relativeTo returns a function that makes a path from the file absolute: relative paths
-// are relative to the file's directory dir.
+// relativeTo returns a function that makes a path from the file absolute and clean:
+// relative paths are relative to the file's directory dir.
 func relativeTo(dir string) func(string) string {
 	return func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
-			return p
+		if p == "" {
+			return ""
+		}
+		if filepath.IsAbs(p) {
+			return filepath.Clean(p)
 		}
 		return filepath.Join(dir, p)
 	}
@@ -208,8 +239,8 @@ func readServer(root table, resolve func(string) string) *Server {
 	cfg.Listen = root.str("listen")
 	if cfg.Listen == "" {
 		cfg.Listen = defaultListen
-	} else if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		root.doc.addf("listen", "listen: %q is not host:port", cfg.Listen)
+	} else if problem := listenProblem(cfg.Listen); problem != "" {
+		root.doc.addf("listen", "listen: %q %s", cfg.Listen, problem)
 	}
 	cfg.DataDir = resolve(root.str("data_dir"))
 	if cfg.DataDir == "" {
@@ -222,10 +253,63 @@ func readServer(root table, resolve func(string) string) *Server {
 	return cfg
 }
 
-// readKeys reads the authorized_keys file the configuration names. Its problems are the
-// configuration's, each on the line of authorized_keys.
-func readKeys(root table, resolve func(string) string) []authkeys.Key {
-	keysFile := resolve(root.str("authorized_keys"))
+// listenProblem says what is wrong with a listen address, or "".
+func listenProblem(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "is not host:port"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "has no valid port (0 to 65535)"
+	}
+	return ""
+}
+
+// readLimits reads the limits, each defaulting to DefaultLimits.
+func readLimits(root table) Limits {
+	l := Limits{
+		MaxPushSize:        root.size("max_push_size", DefaultLimits.MaxPushSize),
+		MaxReleaseSize:     root.size("max_release_size", DefaultLimits.MaxReleaseSize),
+		MaxReleaseFiles:    int64(root.integer("max_release_files", int(DefaultLimits.MaxReleaseFiles))),
+		HandshakeTimeout:   root.duration("handshake_timeout", DefaultLimits.HandshakeTimeout),
+		MaxUnauthenticated: root.integer("max_unauthenticated", DefaultLimits.MaxUnauthenticated),
+	}
+	for _, k := range []struct {
+		key string
+		bad bool
+	}{
+		{"max_push_size", l.MaxPushSize <= 0},
+		{"max_release_size", l.MaxReleaseSize <= 0},
+		{"max_release_files", l.MaxReleaseFiles <= 0},
+		{"handshake_timeout", root.has("handshake_timeout") && l.HandshakeTimeout <= 0},
+		{"max_unauthenticated", l.MaxUnauthenticated <= 0},
+	} {
+		if k.bad && root.has(k.key) {
+			root.doc.addf(k.key, "%s must be more than 0", k.key)
+		}
+	}
+	return l
+}
+
+// checkLayout refuses deploy roots that would make slipway destroy what it should keep:
+// the filesystem root, and a deploy root inside data_dir (the repositories and state) or
+// holding it.
+func checkLayout(root table, cfg *Server) {
+	for i, e := range cfg.Envs {
+		t := table{doc: root.doc, path: fmt.Sprintf("env.%d", i)}
+		switch {
+		case e.Path == "":
+		case e.Path == string(filepath.Separator):
+			t.doc.addf(t.key("path"), "%s: the deploy root cannot be /", t.name("path"))
+		case cfg.DataDir != "" && (e.Path == cfg.DataDir || within(e.Path, cfg.DataDir) || within(cfg.DataDir, e.Path)):
+			t.doc.addf(t.key("path"), "%s: %s overlaps data_dir %s (slipway's repositories and state)", t.name("path"), e.Path, cfg.DataDir)
+		}
+	}
+}
+
+// readKeys reads the authorized_keys file keysFile. Its problems are the configuration's,
+// each on the line of authorized_keys.
+func readKeys(root table, keysFile string) []authkeys.Key {
 	if keysFile == "" {
 		root.doc.addf("", "authorized_keys is required (an OpenSSH authorized_keys file; each key's comment is its user name)")
 		return nil
@@ -252,7 +336,8 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 	}
 	var envs []Env
 	repos := map[string]string{} // repo -> the table that configures it
-	paths := map[string]string{} // path -> the table that configures it
+	type owned struct{ path, by string }
+	var paths []owned // in the file's order, so problems come out in a stable order
 	for _, t := range tables {
 		e := readEnv(t, resolve, names)
 		if e.Repo != "" {
@@ -261,13 +346,14 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 			}
 			repos[e.Repo] = t.name("")
 		}
-		if e.Path != "" {
-			for p, other := range paths {
-				if p == e.Path || within(p, e.Path) || within(e.Path, p) {
-					t.doc.addf(t.key("path"), "%s: %s overlaps the path of %s", t.name("path"), e.Path, other)
+		// "/" overlaps everything; checkLayout refuses it on its own.
+		if e.Path != "" && e.Path != string(filepath.Separator) {
+			for _, o := range paths {
+				if o.path == e.Path || within(o.path, e.Path) || within(e.Path, o.path) {
+					t.doc.addf(t.key("path"), "%s: %s overlaps the path of %s", t.name("path"), e.Path, strings.TrimSuffix(o.by, "."))
 				}
 			}
-			paths[e.Path] = t.name("")
+			paths = append(paths, owned{e.Path, t.name("")})
 		}
 		envs = append(envs, e)
 	}
@@ -300,9 +386,12 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 	if !t.has("path") {
 		t.doc.addf(t.path, "%s: path is required (the deploy root: releases/, shared/, current)", where)
 	}
-	if e.Branch == "" {
+	switch {
+	case e.Branch == "":
 		e.Branch = DefaultBranch
-	} else if err := plumbing.NewBranchReferenceName(e.Branch).Validate(); err != nil || strings.HasPrefix(e.Branch, "-") {
+	case strings.HasPrefix(e.Branch, "refs/"):
+		t.doc.addf(t.key("branch"), "%s: give the branch's name (%q), not its ref", t.name("branch"), strings.TrimPrefix(e.Branch, "refs/heads/"))
+	case plumbing.NewBranchReferenceName(e.Branch).Validate() != nil || strings.HasPrefix(e.Branch, "-"):
 		t.doc.addf(t.key("branch"), "%s: %q is not a valid branch name", t.name("branch"), e.Branch)
 	}
 	switch files := t.str("release_files"); files {
@@ -376,6 +465,7 @@ func Default() (*Server, error) {
 		DeployRoot:      filepath.Join(wd, "deploy"),
 		Auto:            true,
 		ShutdownTimeout: defaultShutdown,
+		Limits:          DefaultLimits,
 	}
 	cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	files := []string{filepath.Join(home, ".ssh", "authorized_keys")}

@@ -53,6 +53,9 @@ func TestExampleConfigs(t *testing.T) {
 	if len(cfg.Envs) != 2 || cfg.Listen != "0.0.0.0:2222" || cfg.DataDir != "/var/lib/slipway" || cfg.ShutdownTimeout != 30*time.Second {
 		t.Fatalf("decoded %+v", cfg)
 	}
+	if cfg.Limits != DefaultLimits {
+		t.Errorf("the example's limits %+v are not the defaults %+v", cfg.Limits, DefaultLimits)
+	}
 	prod := cfg.Envs[0]
 	if prod.Repo != "myapp/production" || prod.KeepReleases != 5 || prod.PruneGrace != time.Minute ||
 		prod.CommandTimeout != 30*time.Minute || strings.Join(prod.Vars, ",") != "APP_ENV=production" ||
@@ -131,6 +134,41 @@ SLIPWAY_SHA = "x"
 			},
 		},
 		{
+			name: "dangerous layouts",
+			toml: `listen = "127.0.0.1:99999"
+data_dir = "data"
+authorized_keys = "authorized_keys"
+max_push_size = "lots"
+max_release_files = 0
+
+[[env]]
+repo = "a/one"
+path = "/srv/app/"
+branch = "refs/heads/main"
+
+[[env]]
+repo = "a/two"
+path = "/srv/x/../app"
+
+[[env]]
+repo = "a/three"
+path = "/"
+
+[[env]]
+repo = "a/four"
+path = "data/repos/a/four.git"
+`,
+			want: []string{
+				`slipway.toml:1: listen: "127.0.0.1:99999" has no valid port (0 to 65535)`,
+				`slipway.toml:4: max_push_size: "lots" is not a size`,
+				`slipway.toml:5: max_release_files must be more than 0`,
+				`slipway.toml:10: env[0].branch: give the branch's name ("main"), not its ref`,
+				`slipway.toml:14: env[1].path: /srv/app overlaps the path of env[0]`,
+				`slipway.toml:18: env[2].path: the deploy root cannot be /`,
+				`slipway.toml:22: env[3].path: …/data/repos/a/four.git overlaps data_dir …/data (slipway's repositories and state)`,
+			},
+		},
+		{
 			name: "syntax error",
 			toml: "data_dir = \"data\"\nlisten = = 1\n",
 			want: []string{`slipway.toml:2:`},
@@ -163,6 +201,14 @@ SLIPWAY_SHA = "x"
 				t.Fatalf("got %d problems, want %d:\n%s", len(got), len(tt.want), err)
 			}
 			for i := range got {
+				// A want holding "…" must match whole, "…" standing for a temp path.
+				if strings.Contains(tt.want[i], "…") {
+					re := "^" + strings.ReplaceAll(regexp.QuoteMeta(tt.want[i]), "…", ".*") + "$"
+					if !regexp.MustCompile(re).MatchString(got[i]) {
+						t.Errorf("problem %d = %q, want %q", i, got[i], tt.want[i])
+					}
+					continue
+				}
 				if !strings.HasPrefix(got[i], tt.want[i]) {
 					t.Errorf("problem %d = %q, want prefix %q", i, got[i], tt.want[i])
 				}
@@ -186,5 +232,43 @@ func TestRecipeServerWins(t *testing.T) {
 	}
 	if _, err := ParseRecipe("shared_files = [\"../etc/passwd\"]\n"); err == nil {
 		t.Fatal("a shared path escaping the release was accepted")
+	}
+}
+
+func TestLimits(t *testing.T) {
+	dir := t.TempDir()
+	writeKeys(t, dir, "alice")
+	file := filepath.Join(dir, "slipway.toml")
+	text := "data_dir = \"data\"\nauthorized_keys = \"authorized_keys\"\nmax_push_size = \"500MB\"\n" +
+		"max_release_size = 1048576\nhandshake_timeout = \"5s\"\n[[env]]\nrepo = \"a/b\"\npath = \"deploy\"\n"
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultLimits
+	want.MaxPushSize, want.MaxReleaseSize, want.HandshakeTimeout = 500e6, 1<<20, 5*time.Second
+	if cfg.Limits != want {
+		t.Errorf("limits = %+v, want %+v", cfg.Limits, want)
+	}
+	if d, err := Default(); err != nil || d.Limits != DefaultLimits {
+		t.Errorf("the embedded default's limits = %+v, %v", d.Limits, err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"2GiB": 2 << 30, "10GiB": 10 << 30, "500MB": 500e6, "1.5 GB": 1.5e9, "0B": 0, "64KiB": 64 << 10, "7B": 7,
+	} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "GiB", "2", "2 GB GB", "-1MB", "1e300TB", "NaNGB", "2gib"} {
+		if got, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -180,6 +181,58 @@ func (t table) duration(k string, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// size reads a byte size: an integer (bytes) or a string with a unit, "500MB", "2GiB",
+// "1.5 GB" (B, KB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB of 1024).
+func (t table) size(k string, def int64) int64 {
+	v, ok := t.m[k]
+	if !ok {
+		return def
+	}
+	switch v := v.(type) {
+	case int64:
+		if v < 0 {
+			t.doc.addf(t.key(k), "%s must not be negative", t.name(k))
+			return def
+		}
+		return v
+	case string:
+		n, err := ParseSize(v)
+		if err != nil {
+			t.doc.addf(t.key(k), "%s: %v", t.name(k), err)
+			return def
+		}
+		return n
+	}
+	t.doc.addf(t.key(k), "%s must be a size such as \"2GiB\" or a number of bytes", t.name(k))
+	return def
+}
+
+// sizeUnits are the units ParseSize knows, longest first so that "GiB" is not read as "B".
+var sizeUnits = []struct {
+	name string
+	mult float64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+}
+
+// ParseSize reads a byte size with a unit, such as "2GiB", "500 MB" or "1.5GB".
+func ParseSize(s string) (int64, error) {
+	str := strings.TrimSpace(s)
+	for _, u := range sizeUnits {
+		num, ok := strings.CutSuffix(str, u.name)
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) || f*u.mult >= 1<<62 {
+			break
+		}
+		return int64(f * u.mult), nil
+	}
+	return 0, fmt.Errorf("%q is not a size (use a number and a unit: \"500MB\", \"2GiB\")", s)
 }
 
 func (t table) strings(k string) []string {

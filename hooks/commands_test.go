@@ -69,8 +69,14 @@ func TestCommandAccess(t *testing.T) {
 	if code != 0 || strings.Contains(stdout, repo) || !strings.Contains(stdout, "myapp/staging") {
 		t.Errorf("bob's status (exit %d):\n%s", code, stdout)
 	}
-	if _, stderr, code := f.command(Caller{Name: "bob"}, "lock", repo, "-m", "x"); code != 1 || !strings.Contains(stderr, "bob may not use myapp/production") {
-		t.Errorf("bob's lock: exit %d, %q", code, stderr)
+	// Forbidden and unknown get the same answer: a key cannot learn which environments exist.
+	_, forbidden, code := f.command(Caller{Name: "bob"}, "lock", repo, "-m", "x")
+	if code != 1 || forbidden != "slipway: unknown environment myapp/production, or bob may not use it\n" {
+		t.Errorf("bob's lock: exit %d, %q", code, forbidden)
+	}
+	_, unknown, _ := f.command(Caller{Name: "bob"}, "lock", "myapp/nope", "-m", "x")
+	if strings.ReplaceAll(unknown, "myapp/nope", "myapp/production") != forbidden {
+		t.Errorf("an unknown environment is answered %q, a forbidden one %q", unknown, forbidden)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/storer"
 	"github.com/rs/zerolog"
@@ -54,7 +55,9 @@ func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	defer logFile.Close() // the log is best effort; the journal has the outcome
-	out = &tee{pusher: out, log: &capped{w: logFile, left: maxLogBytes}}
+	pusher := newRelay(out)
+	defer pusher.Close() // after finish: its last lines go out too
+	out = &tee{pusher: pusher, log: &capped{w: logFile, left: maxLogBytes}}
 	start := time.Now()
 	defer func() { err = d.finish(ctx, out, start, err) }()
 
@@ -381,19 +384,12 @@ func (p *Pipeline) recipe(e *environment, objects storer.EncodedObjectStorer, sh
 	if err != nil {
 		return configs.Recipe{}, fmt.Errorf("read commit %s: %w", short(sha), err)
 	}
-	f, err := commit.File("slipway.toml")
-	if errors.Is(err, object.ErrFileNotFound) {
+	text, found, err := repoConfig(commit)
+	if err != nil {
+		return configs.Recipe{}, err
+	}
+	if !found {
 		return e.cfg.Recipe, nil
-	}
-	if err != nil {
-		return configs.Recipe{}, fmt.Errorf("read slipway.toml: %w", err)
-	}
-	if f.Size > maxRepoConfig {
-		return configs.Recipe{}, fmt.Errorf("slipway.toml is larger than %d bytes", maxRepoConfig)
-	}
-	text, err := f.Contents()
-	if err != nil {
-		return configs.Recipe{}, fmt.Errorf("read slipway.toml: %w", err)
 	}
 	own, err := configs.ParseRecipe(text)
 	if err != nil {
@@ -411,6 +407,38 @@ func (p *Pipeline) recipe(e *environment, objects storer.EncodedObjectStorer, sh
 		return configs.Recipe{}, err
 	}
 	return own.Over(e.cfg.Recipe), nil
+}
+
+// repoConfig reads the commit's own slipway.toml. Anything but a regular file by that name
+// (a directory, a symlink, a submodule) is refused rather than ignored: its author meant a
+// recipe.
+func repoConfig(commit *object.Commit) (text string, found bool, err error) {
+	tree, err := commit.Tree()
+	if err != nil {
+		return "", false, fmt.Errorf("read the tree of %s: %w", short(commit.Hash.String()), err)
+	}
+	entry, err := tree.FindEntry("slipway.toml")
+	if errors.Is(err, object.ErrEntryNotFound) || errors.Is(err, object.ErrDirectoryNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read slipway.toml: %w", err)
+	}
+	if entry.Mode != filemode.Regular && entry.Mode != filemode.Executable {
+		return "", false, errors.New("slipway.toml must be a file, not a directory, symlink or submodule")
+	}
+	f, err := tree.TreeEntryFile(entry)
+	if err != nil {
+		return "", false, fmt.Errorf("read slipway.toml: %w", err)
+	}
+	if f.Size > maxRepoConfig {
+		return "", false, fmt.Errorf("slipway.toml is larger than %d bytes", maxRepoConfig)
+	}
+	text, err = f.Contents()
+	if err != nil {
+		return "", false, fmt.Errorf("read slipway.toml: %w", err)
+	}
+	return text, true, nil
 }
 
 // notKept explains why sha cannot go live without a rebuild.

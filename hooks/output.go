@@ -1,8 +1,10 @@
 package hooks
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -74,4 +76,104 @@ func (c *capped) Write(b []byte) (int, error) {
 	}
 	c.left -= int64(len(b))
 	return c.w.Write(b)
+}
+
+// maxBehind bounds how far the requester's output may fall behind the deploy, in bytes.
+const maxBehind = 1 << 20
+
+// relay passes a deploy's output to its requester without ever making the deploy wait on
+// them: writes go into a bounded queue that one goroutine drains into the requester's
+// writer. When the requester falls maxBehind bytes behind, further writes are dropped and
+// counted until the queue has room again; the first line after the gap says how many lines
+// were not shown. The deploy's stored log is written beside it, whole (tee). Writes must be
+// whole lines, as the builder and say/indent make them.
+type relay struct {
+	w    io.Writer
+	done chan struct{} // closed when the drainer has returned
+
+	mu      sync.Mutex // guards the fields below
+	more    *sync.Cond // signalled when queue or closed change
+	queue   [][]byte
+	queued  int  // bytes in queue
+	dropped int  // lines dropped since the last line queued
+	closed  bool // Close was called: drain what is queued, then stop
+	failed  bool // a write to w failed: the requester is gone, drop everything
+}
+
+func newRelay(w io.Writer) *relay {
+	r := &relay{w: w, done: make(chan struct{})}
+	r.more = sync.NewCond(&r.mu)
+	go r.drain()
+	return r
+}
+
+// gapNote says how many lines a requester who fell behind did not get.
+func gapNote(n int) string {
+	return fmt.Sprintf("[slipway: %d lines not shown: your connection fell behind; `logs` has them all]\n", n)
+}
+
+// Write queues b for the requester, or drops it if they are too far behind.
+func (r *relay) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.failed || r.closed:
+	case r.queued+len(b) > maxBehind:
+		r.dropped++
+	default:
+		line := bytes.Clone(b)
+		if r.dropped > 0 {
+			line = append([]byte(gapNote(r.dropped)), line...)
+			r.dropped = 0
+		}
+		r.queue = append(r.queue, line)
+		r.queued += len(line)
+		r.more.Signal()
+	}
+	return len(b), nil
+}
+
+// drain writes the queue to the requester until Close.
+func (r *relay) drain() {
+	defer close(r.done)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		for len(r.queue) == 0 && !r.closed {
+			r.more.Wait()
+		}
+		var b []byte
+		switch {
+		case len(r.queue) > 0:
+			b = r.queue[0]
+			r.queue[0] = nil
+			r.queue = r.queue[1:]
+			r.queued -= len(b)
+		case r.dropped > 0: // closed after a gap that no line followed
+			b = []byte(gapNote(r.dropped))
+			r.dropped = 0
+		default:
+			return // closed, and everything is out
+		}
+		if r.failed {
+			continue
+		}
+		r.mu.Unlock()
+		_, err := r.w.Write(b)
+		r.mu.Lock()
+		if err != nil {
+			r.failed = true
+			r.queue, r.queued, r.dropped = nil, 0, 0
+		}
+	}
+}
+
+// Close lets the requester have what is queued and returns once it has been written, or
+// the requester is gone.
+func (r *relay) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.more.Signal()
+	r.mu.Unlock()
+	<-r.done
 }

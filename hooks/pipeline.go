@@ -239,18 +239,20 @@ func (e *environment) allowed(who string) bool {
 	return who == "" || len(e.cfg.Allow) == 0 || slices.Contains(e.cfg.Allow, who)
 }
 
-// access returns repo's environment if who may use it, with an error fit to show them.
+// access returns repo's environment if who may use it, with an error fit to show them. An
+// environment that does not exist and one that who may not use get the same answer, so
+// that a key cannot learn which environments exist.
 func (p *Pipeline) access(repo, who string, create bool) (*environment, bool, error) {
 	e, created, err := p.environment(repo, create)
-	if errors.Is(err, ErrUnknownEnvironment) {
-		return nil, false, err
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnknownEnvironment) || (err == nil && !e.allowed(who)):
+		if who == "" {
+			return nil, false, fmt.Errorf("%w %s", ErrUnknownEnvironment, repo)
+		}
+		return nil, false, fmt.Errorf("%w %s, or %s may not use it", ErrUnknownEnvironment, repo, who)
+	case err != nil:
 		p.log.Error().Err(err).Str("repo", repo).Msg("open environment")
 		return nil, false, fmt.Errorf("%s is not available: see the server log", repo)
-	}
-	if !e.allowed(who) {
-		return nil, false, fmt.Errorf("%s may not use %s", who, repo)
 	}
 	return e, created, nil
 }

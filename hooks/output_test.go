@@ -1,0 +1,97 @@
+package hooks
+
+import (
+	"fmt"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// stalled is a requester who reads nothing until released.
+type stalled struct {
+	release chan struct{}
+	mu      sync.Mutex
+	got     strings.Builder
+}
+
+func (s *stalled) Write(p []byte) (int, error) {
+	<-s.release
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got.Write(p)
+	return len(p), nil
+}
+
+// TestRelayNeverWaits: a requester who stops reading does not slow the deploy: every write
+// returns while they read nothing; what did not fit is dropped, counted, and said.
+func TestRelayNeverWaits(t *testing.T) {
+	s := &stalled{release: make(chan struct{})}
+	r := newRelay(s)
+	const lines = 200_000
+	for i := range lines {
+		fmt.Fprintf(r, "line %d\n", i) // would block forever if the relay waited on s
+	}
+	close(s.release)
+	r.Close()
+
+	out := s.got.String()
+	shown := strings.Count(out, "line ")
+	m := regexp.MustCompile(`\[slipway: (\d+) lines not shown: your connection fell behind; `+"`logs`"+` has them all\]`).FindAllStringSubmatch(out, -1)
+	if len(m) != 1 {
+		t.Fatalf("want one note of the lines not shown, got %d; output ends %q", len(m), out[max(0, len(out)-300):])
+	}
+	dropped, _ := strconv.Atoi(m[0][1])
+	if shown+dropped != lines || dropped == 0 || shown == 0 {
+		t.Errorf("shown %d + dropped %d != %d lines written", shown, dropped, lines)
+	}
+	// What was shown is a prefix, in order.
+	for i, l := range strings.Split(strings.TrimSpace(out), "\n")[:shown] {
+		if l != fmt.Sprintf("line %d", i) {
+			t.Fatalf("line %d shown as %q", i, l)
+		}
+	}
+}
+
+// TestRelayGapNoteInPlace: after a gap, the note comes before the first line that follows it.
+func TestRelayGapNoteInPlace(t *testing.T) {
+	s := &stalled{release: make(chan struct{})}
+	r := newRelay(s)
+	big := strings.Repeat("x", maxBehind/2) + "\n"
+	r.Write([]byte(big)) // may be taken by the drainer at once, or stay queued
+	r.Write([]byte(big))
+	r.Write([]byte(big))                             // does not fit while the requester reads nothing
+	r.Write([]byte(big))                             // nor this one
+	close(s.release)                                 // the requester catches up
+	for queued := 1; queued > 0; runtime.Gosched() { // wait until the queue has drained
+		r.mu.Lock()
+		queued = len(r.queue)
+		r.mu.Unlock()
+	}
+	r.Write([]byte("after the gap\n"))
+	r.Close()
+	out := s.got.String()
+	i := strings.Index(out, "lines not shown")
+	j := strings.Index(out, "after the gap")
+	if i < 0 || j < 0 || i > j || strings.Count(out, "x\n") < 1 {
+		t.Errorf("the note is not right before the first line after the gap: note at %d, line at %d", i, j)
+	}
+}
+
+// TestRelayGoneRequester: a requester whose writes fail gets nothing more, and Close returns.
+func TestRelayGoneRequester(t *testing.T) {
+	r := newRelay(failing{})
+	for range 1000 {
+		r.Write([]byte("x\n"))
+	}
+	r.Close()
+	if len(r.queue) != 0 || !r.failed {
+		t.Errorf("queue %d, failed %v after the requester went away", len(r.queue), r.failed)
+	}
+}
+
+type failing struct{}
+
+func (failing) Write([]byte) (int, error) { return 0, fmt.Errorf("gone") }
