@@ -73,6 +73,7 @@ type Server struct {
 	// key pushes to it, and deployed under DeployRoot/APP/ENV.
 	Auto       bool
 	DeployRoot string
+	sshDir     string // the embedded default's ~/.ssh
 }
 
 // Limits bound what a push, and the connections before it, may cost the server (SPEC 13).
@@ -468,34 +469,57 @@ func Default() (*Server, error) {
 		Limits:          DefaultLimits,
 	}
 	cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
-	files := []string{filepath.Join(home, ".ssh", "authorized_keys")}
-	pubs, _ := filepath.Glob(filepath.Join(home, ".ssh", "*.pub")) // its only error is a malformed pattern
-	files = append(files, pubs...)
+	cfg.sshDir = filepath.Join(home, ".ssh")
+	cfg.Keys, cfg.Notes, _ = cfg.ReadKeys() // the embedded default skips what does not parse, with notes
+	if len(cfg.Keys) == 0 {
+		cfg.Notes = append(cfg.Notes, "no SSH key in ~/.ssh/authorized_keys or ~/.ssh/*.pub, so nobody can push yet:"+
+			" create one with `ssh-keygen -t ed25519 -C yourname`; slipway reads it as soon as it is there")
+	}
+	return cfg, nil
+}
+
+// KeyFiles are the files the authorized keys come from: authorized_keys, or for the
+// embedded default ~/.ssh/authorized_keys and ~/.ssh/*.pub (some may not exist).
+func (c *Server) KeyFiles() []string {
+	if !c.Auto {
+		return []string{c.AuthorizedKeys}
+	}
+	files := []string{filepath.Join(c.sshDir, "authorized_keys")}
+	pubs, _ := filepath.Glob(filepath.Join(c.sshDir, "*.pub")) // its only error is a malformed pattern
+	return append(files, pubs...)
+}
+
+// ReadKeys reads the authorized keys again from KeyFiles. With a configuration file, any
+// problem is an error (one line per problem, each with file:line) and no key is returned:
+// an operator who breaks the file keeps the keys in force. The embedded default goes on
+// with the keys that parse and notes what it skipped.
+func (c *Server) ReadKeys() (keys []authkeys.Key, notes []string, err error) {
+	if !c.Auto {
+		keys, err := authkeys.Parse(c.AuthorizedKeys)
+		if err != nil {
+			return nil, nil, err
+		}
+		return keys, nil, nil
+	}
 	seen := map[string]bool{}
-	for _, f := range files {
+	for _, f := range c.KeyFiles() {
 		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		keys, err := authkeys.Parse(f)
+		parsed, err := authkeys.Parse(f)
 		if err != nil {
-			// The embedded default goes on with the keys that parse and says what it skipped.
 			for _, msg := range strings.Split(err.Error(), "\n") {
-				cfg.Notes = append(cfg.Notes, "skipped: "+msg)
+				notes = append(notes, "skipped: "+msg)
 			}
 		}
-		for _, k := range keys {
-			id := string(k.Key.Marshal())
-			if !seen[id] {
+		for _, k := range parsed {
+			if id := string(k.Key.Marshal()); !seen[id] {
 				seen[id] = true
-				cfg.Keys = append(cfg.Keys, k)
+				keys = append(keys, k)
 			}
 		}
 	}
-	if len(cfg.Keys) == 0 {
-		cfg.Notes = append(cfg.Notes, "no SSH key in ~/.ssh/authorized_keys or ~/.ssh/*.pub, so nobody can push yet:"+
-			" create one with `ssh-keygen -t ed25519 -C yourname`, then restart slipway")
-	}
-	return cfg, nil
+	return keys, notes, nil
 }
 
 // AutoEnv is the environment the embedded default creates for repo.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/slipway/slipway/internal/reponame"
@@ -56,7 +57,8 @@ func isControl(r rune) bool {
 // `git receive-pack '<path>'`, or upload-pack) into the service and the raw path argument.
 // A command that is not one of these four is an *unknownCommandError; anything else wrong
 // is an error whose text is meant for the client. No shell is involved: the path is one
-// argument, single-quoted or free of quotes, spaces and backslashes.
+// argument, single-quoted or free of quotes, backslashes and white space (Unicode's, which
+// go-shlex splits on: gliderlabs' Session.Command must read the same words).
 func parseCommand(raw string) (service, path string, err error) {
 	if err := checkCommandLine(raw); err != nil {
 		return "", "", err
@@ -81,7 +83,7 @@ func parseCommand(raw string) (service, path string, err error) {
 			return "", "", fmt.Errorf("%s: expected exactly one argument, the repository", name)
 		}
 		arg = arg[1 : len(arg)-1]
-	} else if strings.ContainsAny(arg, " \t'\"\\") {
+	} else if strings.ContainsAny(arg, "'\"\\") || strings.ContainsFunc(arg, unicode.IsSpace) {
 		return "", "", fmt.Errorf("%s: expected exactly one argument, the repository", name)
 	}
 	return name, arg, nil

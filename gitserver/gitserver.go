@@ -4,13 +4,21 @@
 // (upload-pack), and passes every other command to a Commander, if it has one.
 //
 // Invariants:
-//   - Only keys in Config.Keys authenticate; the session's identity is the key that
-//     actually authenticated, never one that was merely offered.
+//   - Only keys in Config.Keys (or the last Server.SetKeys) authenticate; the session's
+//     identity is the key that actually authenticated, never one that was merely offered,
+//     and every new session checks that its key is still authorized.
+//   - At most Config.MaxUnauthenticated connections wait for their handshake at a time,
+//     each for at most Config.HandshakeTimeout; a client that reads nothing for
+//     Config.StallTimeout counts as gone.
 //   - Only git-receive-pack and git-upload-pack for a strictly valid APP/ENV repo name, and
 //     the operator commands of Config.Commands, are served: no shell, PTY, port forwarding,
-//     environment passing or any other SSH feature.
+//     agent forwarding, environment passing or any other SSH feature.
 //   - A branch ref moves only after the Deployer accepted the push (pre-receive semantics),
-//     and only if it still has the value the push was checked against (compare-and-swap).
+//     and only if it still has the value the push was checked against (compare-and-swap),
+//     which is the value the pusher was shown: a push never replaces a commit its pusher
+//     did not see.
+//   - A pushed pack is at most Config.MaxPushSize bytes, and every tree in it passes git's
+//     fsck rules for tree entries.
 //     Before its refs are advertised, the deploy branch is moved to the live release if a
 //     crash left it elsewhere.
 //   - A fetch never creates or changes a repository, except for that alignment, and sends
@@ -35,6 +43,7 @@ type Config struct {
 	// HostKeyPath is the ed25519 host key. Generated once (0600) if missing, then reused.
 	HostKeyPath string
 	// Keys are the authorized public keys; each one's Name is the pusher's name.
+	// Server.SetKeys replaces them while the server runs.
 	Keys []authkeys.Key
 	// ReposDir holds the bare repositories, one per environment: <ReposDir>/<APP>/<ENV>.git
 	// (Repositories). A repository is created the first time an authorized push reaches it;
@@ -48,6 +57,23 @@ type Config struct {
 	// between the client and the server keep the connection. Default 5s (git's own
 	// receive.keepAlive).
 	Keepalive time.Duration
+	// HandshakeTimeout closes a connection that has not completed the SSH handshake and
+	// authenticated this long after it was accepted. Default 20s.
+	HandshakeTimeout time.Duration
+	// MaxUnauthenticated is how many connections may be open at once that have not
+	// authenticated yet; beyond it a new connection is closed at once, before the SSH
+	// banner. One source address (an IPv4 address, an IPv6 /64) may hold at most a quarter
+	// of them (at least 1), as OpenSSH's MaxStartups and PerSourceMaxStartups do, so that one
+	// client alone cannot lock the others out. Default 64.
+	MaxUnauthenticated int
+	// MaxPushSize is the most bytes a pushed pack may have. It is enforced while the pack
+	// streams: reading stops at the limit, nothing is stored and the push is refused.
+	// Default 2 GiB.
+	MaxPushSize int64
+	// StallTimeout is how long a write to a client may wait for the client to read before
+	// the client counts as gone: its connection is closed and its session's context is
+	// cancelled (with ErrStalled as the cause), as when it disconnects. Default 2m.
+	StallTimeout time.Duration
 	// Commands runs every exec request that is not a git command (`ssh git@HOST status`).
 	// Nil: only git is served and any other command is refused.
 	Commands Commander
@@ -64,8 +90,9 @@ type Identity struct {
 type Push struct {
 	Repo   string // environment name, "APP/ENV"
 	Branch string // deploy branch, e.g. "main"
-	// OldSHA is the branch's value the push replaces, "" if it did not exist: the value the
-	// pusher saw, or, for a push that waited for the environment, the value after the wait.
+	// OldSHA is the branch's value the push replaces, "" if it did not exist: always the
+	// value the pusher was shown. A push that waited for the environment while the branch
+	// moved is refused as stale ("fetch first"), as git's receive-pack does.
 	OldSHA         string
 	NewSHA         string   // the pushed commit (verified to be a commit in Objects)
 	Pusher         string   // name of the key that authenticated

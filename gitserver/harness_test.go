@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -157,6 +158,7 @@ type harness struct {
 	home     string
 	alice    string // private key path
 	aliceKey authkeys.Key
+	logs     *logBuffer // the server's log lines, also written to the test's log
 
 	stopOnce sync.Once
 	served   chan error
@@ -178,7 +180,8 @@ func start(t *testing.T, d *fakeDeployer, tweak func(*Config)) *harness {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	h.logs = &logBuffer{}
+	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), h.logs)).Level(zerolog.InfoLevel)
 	srv, err := New(cfg, d, log)
 	if err != nil {
 		t.Fatal(err)
@@ -407,4 +410,37 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// logBuffer keeps what a server logs, for tests that check it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// lines returns the log lines whose message is msg, decoded.
+func (b *logBuffer) lines(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(b.buf.Bytes(), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["message"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
 }

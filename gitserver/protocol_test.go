@@ -281,3 +281,126 @@ func TestCiphersOpenSSH(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentForwardingRefused: a request to forward the client's agent is answered no
+// (gliderlabs answers yes), and the session goes on.
+func TestAgentForwardingRefused(t *testing.T) {
+	t.Parallel()
+	h := start(t, &fakeDeployer{}, nil)
+	sess, err := h.client().NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := sess.SendRequest("auth-agent-req@openssh.com", true, nil)
+	if err != nil || ok {
+		t.Errorf("agent forwarding request: ok=%v err=%v, want refused", ok, err)
+	}
+	out, err := sess.CombinedOutput("status")
+	if exitCode(err) != 1 || !strings.Contains(string(out), `unknown command "status"`) {
+		t.Errorf("session after the refusal: exit %d, %q", exitCode(err), out)
+	}
+}
+
+// TestUpdateLineTrailingTextRefused: an update command with text after the ref name is a
+// malformed request, refused before any pack is read; it does not update the ref it starts
+// with (go-git's decoder would take `refs/heads/main` and drop the rest).
+func TestUpdateLineTrailingTextRefused(t *testing.T) {
+	t.Parallel()
+	d := &fakeDeployer{}
+	h := start(t, d, nil)
+	work := h.work()
+	head := h.git(work, "rev-parse", "HEAD")
+	pack := gitPack(t, h, work, head)
+
+	g := h.rawGit("git-receive-pack 'myapp/production'")
+	e := pktline.NewEncoder(g.stdin)
+	for _, err := range []error{
+		e.EncodeString(fmt.Sprintf("%s %s refs/heads/main garbage\x00report-status side-band-64k", plumbing.ZeroHash, head)),
+		e.Flush(),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The server may have ended the session before the pack: a failed write is expected.
+	_, _ = g.stdin.Write(pack)
+	_ = g.stdin.Close()
+	err := g.sess.Wait()
+	if exitCode(err) != 1 || !strings.Contains(g.stderr.String(), "slipway: bad push request: malformed command") {
+		t.Errorf("exit %d, stderr %q; want 1 and a malformed command", exitCode(err), g.stderr.String())
+	}
+	if p := d.got(); len(p) != 0 {
+		t.Errorf("Deploy called: %+v", p)
+	}
+	if got := h.serverRef("refs/heads/main"); got != "" {
+		t.Errorf("main = %s, want no branch", got)
+	}
+}
+
+func TestDecodeUpdateRequest(t *testing.T) {
+	t.Parallel()
+	const (
+		a = "1111111111111111111111111111111111111111"
+		b = "2222222222222222222222222222222222222222"
+		z = "0000000000000000000000000000000000000000"
+	)
+	pkts := func(lines ...string) []byte {
+		var buf bytes.Buffer
+		e := pktline.NewEncoder(&buf)
+		for _, l := range lines {
+			if l == "" {
+				_ = e.Flush() // into a bytes.Buffer: no error
+				continue
+			}
+			_ = e.EncodeString(l)
+		}
+		return buf.Bytes()
+	}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		cmds string // "old new ref" per command, "; "-joined; "" = refused
+		caps string
+		err  string
+	}{
+		{"one", pkts(z+" "+a+" refs/heads/main\x00report-status side-band-64k", ""), z + " " + a + " refs/heads/main", "report-status side-band-64k", ""},
+		{"two and LF", pkts(a+" "+b+" refs/heads/main\x00report-status", b+" "+z+" refs/heads/x\n", ""), a + " " + b + " refs/heads/main; " + b + " " + z + " refs/heads/x", "report-status", ""},
+		{"upper-case hex", pkts(strings.ToUpper("abcdef"+a[6:])+" "+b+" refs/heads/main\x00", ""), "abcdef" + a[6:] + " " + b + " refs/heads/main", "", ""},
+		{"no capabilities", pkts(a+" "+b+" refs/heads/main", ""), a + " " + b + " refs/heads/main", "", ""},
+		{"shallow", pkts("shallow "+a, a+" "+b+" refs/heads/main\x00report-status", ""), a + " " + b + " refs/heads/main", "report-status", ""},
+		{"trailing text", pkts(z+" "+a+" refs/heads/main garbage\x00report-status", ""), "", "", "malformed command"},
+		{"trailing text, second", pkts(z+" "+a+" refs/heads/x\x00report-status", a+" "+b+" refs/heads/main x", ""), "", "", "malformed command"},
+		{"tab", pkts(z+" "+a+" refs/heads/main\tx\x00", ""), "", "", "malformed command"},
+		{"NUL later", pkts(z+" "+a+" refs/heads/x\x00", a+" "+b+" refs/heads/main\x00x", ""), "", "", "malformed command"},
+		{"two spaces", pkts(z+"  "+a+" refs/heads/main\x00", ""), "", "", "malformed command"},
+		{"no ref", pkts(z+" "+a+" \x00", ""), "", "", "malformed command"},
+		{"short id", pkts(z[1:]+" "+a+"0 refs/heads/main\x00", ""), "", "", "malformed command"},
+		{"not hex", pkts(strings.Replace(a, "1", "g", 1)+" "+b+" refs/heads/main\x00", ""), "", "", "not hex"},
+		{"both zero", pkts(z+" "+z+" refs/heads/main\x00", ""), "", "", "both values are zero"},
+		{"no commands", pkts(""), "", "", "no commands"},
+		{"no flush", pkts(z + " " + a + " refs/heads/main\x00"), "", "", "unexpected EOF"},
+		{"bad shallow", pkts("shallow xyz", ""), "", "", "shallow"},
+	} {
+		req, err := decodeUpdateRequest(bytes.NewReader(tc.in))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		var cmds []string
+		for _, c := range req.Commands {
+			cmds = append(cmds, c.Old.String()+" "+c.New.String()+" "+string(c.Name))
+		}
+		if got := strings.Join(cmds, "; "); got != tc.cmds {
+			t.Errorf("%s: commands %q, want %q", tc.name, got, tc.cmds)
+		}
+		if got := req.Capabilities.String(); got != tc.caps {
+			t.Errorf("%s: capabilities %q, want %q", tc.name, got, tc.caps)
+		}
+	}
+}

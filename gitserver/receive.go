@@ -3,6 +3,7 @@ package gitserver
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -62,12 +63,9 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *r
 	if code, done := r.awaitEnvironment(ctx); done {
 		return code
 	}
-	unpackStatus := r.storePack()
+	unpackStatus, refused := r.storePack()
 	r.ka.start()
-	statuses := r.runCommands(ctx, unpackStatus == "ok")
-	if unpackStatus != "ok" {
-		rec.outcome = "unpack-failed"
-	}
+	statuses := r.runCommands(ctx, unpackStatus == "ok", refused)
 	code := r.report(unpackStatus, statuses)
 	if needsPack(r.req.Commands) && unpackStatus == "ok" {
 		// After the report, as git's auto gc: the pusher has its answer, and the
@@ -180,9 +178,8 @@ func (r *receiveSession) readRequest() (code int, done bool) {
 		r.rec.outcome = "up-to-date"
 		return 0, true
 	}
-	lim := &limitedReader{r: r.br, n: maxRequestBytes}
-	r.req = packp.NewReferenceUpdateRequest()
-	if err := r.req.Decode(lim); err != nil {
+	lim := &limitedReader{r: r.br, n: maxRequestBytes, err: errRequestTooLarge}
+	if r.req, err = decodeUpdateRequest(lim); err != nil {
 		return r.badRequest("decode update request", "bad push request", err), true
 	}
 	if r.req.Capabilities.Supports(capability.PushOptions) {
@@ -253,25 +250,66 @@ func (r *receiveSession) waitFailed(ctx context.Context, err error) int {
 }
 
 // storePack stores the pack that follows the commands and returns the unpack status for the
-// report: "ok", or why the pack was not stored. A push of deletions only has no pack, and its
+// report: "ok", or why the pack was not stored; and the reason to refuse every command with
+// when it is the pusher's to read ("" for git's "unpacker error"): a pack over
+// MaxPushSize, a tree git's fsck refuses. A push of deletions only has no pack, and its
 // client does not close its side: nothing is read. Keepalives start once the pack has
 // arrived, while its deltas are resolved.
-func (r *receiveSession) storePack() string {
+func (r *receiveSession) storePack() (unpackStatus, refused string) {
 	if !needsPack(r.req.Commands) {
-		return "ok"
+		return "ok", ""
 	}
-	_, err := pack.Store(r.env.dir, r.br, r.ka.start)
+	_, err := pack.Store(r.env.dir, r.packReader(), r.ka.start)
 	// The storage may have looked at objects before; make it see the new pack.
 	r.env.st.Reindex()
+	var tree *pack.TreeError
 	switch {
+	case err == nil:
+		return "ok", ""
+	case errors.Is(err, errPushTooLarge):
+		r.rec.outcome, r.rec.err = "too-large", err
+		msg := r.tooLarge()
+		return msg, msg
+	case errors.As(err, &tree):
+		r.rec.outcome, r.rec.err = "bad-tree", err
+		msg := packStatus(err)
+		return msg, msg
 	case errors.Is(err, pack.ErrBad):
-		r.rec.err = err
-		return packStatus(err)
-	case err != nil:
-		r.rec.level, r.rec.err = zerolog.ErrorLevel, fmt.Errorf("store pack: %w", err)
-		return "cannot store the pack (see the server log)"
+		r.rec.outcome, r.rec.err = "unpack-failed", err
+		return packStatus(err), ""
 	}
-	return "ok"
+	r.rec.level, r.rec.outcome, r.rec.err = zerolog.ErrorLevel, "unpack-failed", fmt.Errorf("store pack: %w", err)
+	return "cannot store the pack (see the server log)", ""
+}
+
+// errPushTooLarge is what reading a pack fails with past Config.MaxPushSize.
+var errPushTooLarge = errors.New("the pack exceeds max_push_size")
+
+// packReader is the pack as it arrives, read no further than Config.MaxPushSize bytes: a
+// read past it fails with errPushTooLarge, so the pack stops streaming there.
+func (r *receiveSession) packReader() *bufio.Reader {
+	return bufio.NewReaderSize(&limitedReader{r: r.br, n: r.s.cfg.MaxPushSize, err: errPushTooLarge}, 64*1024)
+}
+
+// tooLarge is the reason a pack over Config.MaxPushSize is refused with.
+func (r *receiveSession) tooLarge() string {
+	return fmt.Sprintf("push refused: the pack exceeds max_push_size (%s)", formatSize(r.s.cfg.MaxPushSize))
+}
+
+// formatSize writes a size in bytes the way a configuration gives it: "2.0 GiB".
+func formatSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	v, suffix := float64(n)/unit, "KiB"
+	for _, s := range []string{"MiB", "GiB", "TiB"} {
+		if v < unit {
+			break
+		}
+		v, suffix = v/unit, s
+	}
+	return fmt.Sprintf("%.1f %s", v, suffix)
 }
 
 // consolidate merges the packs of repo's repository when pushes have left too many
@@ -303,12 +341,16 @@ func (s *Server) consolidate(dir, repo string) {
 func (r *receiveSession) refusePush(reason string) int {
 	unpackStatus := "ok"
 	if needsPack(r.req.Commands) {
-		if _, err := pack.Discard(r.br); err != nil {
-			if !errors.Is(err, pack.ErrBad) {
-				r.rec.err = errors.Join(r.rec.err, fmt.Errorf("drop the pack: %w", err))
-				return 1
-			}
+		_, err := pack.Discard(r.packReader())
+		switch {
+		case err == nil:
+		case errors.Is(err, errPushTooLarge):
+			unpackStatus = r.tooLarge()
+		case errors.Is(err, pack.ErrBad):
 			unpackStatus = packStatus(err)
+		default:
+			r.rec.err = errors.Join(r.rec.err, fmt.Errorf("drop the pack: %w", err))
+			return 1
 		}
 	}
 	reason = oneLine(reason, maxReasonLen)
@@ -491,8 +533,9 @@ func (s *Server) peekRefs(repo string) (map[plumbing.ReferenceName]plumbing.Hash
 
 // runCommands applies slipway's policy to every command of the push and deploys the one
 // update of the deploy branch that passes it. It returns each command's status for the
-// report, in order: "ok" or the reason for ng.
-func (r *receiveSession) runCommands(ctx context.Context, unpacked bool) []string {
+// report, in order: "ok" or the reason for ng. If the pack was not unpacked, every command
+// is refused, with refused, or else git's "unpacker error".
+func (r *receiveSession) runCommands(ctx context.Context, unpacked bool, refused string) []string {
 	cmds := r.req.Commands
 	statuses := make([]string, len(cmds))
 	deploy := -1
@@ -501,7 +544,7 @@ func (r *receiveSession) runCommands(ctx context.Context, unpacked bool) []strin
 		deploy, current = r.checkCommands(statuses)
 	} else {
 		for i := range statuses {
-			statuses[i] = "unpacker error"
+			statuses[i] = cmp.Or(refused, "unpacker error")
 		}
 	}
 	if deploy < 0 {
@@ -540,8 +583,9 @@ func (r *receiveSession) checkCommands(statuses []string) (deploy int, current p
 }
 
 // checkUpdate checks an update of the deploy branch: its old value must be the one the
-// pusher was shown, its new one a commit whose tree is here. It returns "" if the update may
-// be deployed, else the reason for ng, and the branch's current value.
+// pusher was shown, and the branch must still have it; its new one must be a commit whose
+// tree is here. It returns "" if the update may be deployed, else the reason for ng, and
+// the branch's current value.
 func (r *receiveSession) checkUpdate(cmd *packp.Command) (string, plumbing.Hash) {
 	branchRef := r.env.branchRef
 	current, err := refHash(r.env.st, branchRef)
@@ -549,14 +593,20 @@ func (r *receiveSession) checkUpdate(cmd *packp.Command) (string, plumbing.Hash)
 		r.rec.level, r.rec.err = zerolog.ErrorLevel, fmt.Errorf("read %s: %w", branchRef, err)
 		return "cannot read the branch (see the server log)", current
 	}
-	// The pusher's old value is the one advertised. A push that waited for its
-	// environment replaces what the branch names after the wait.
+	// The pusher's old value is the one advertised: before the wait, for a push that waited
+	// for its environment.
 	advertised := current
 	if r.waited != nil {
 		advertised = r.waited.advertised
 	}
 	if cmd.Old != advertised {
 		return fmt.Sprintf("stale info: %s changed since you fetched", branchRef.Short()), current
+	}
+	// A deploy that ran while this push waited moved the branch: deploying over it would
+	// undo a commit this pusher never saw. git's receive-pack refuses the same way.
+	if current != advertised {
+		r.rec.outcome = "stale"
+		return fmt.Sprintf("fetch first: %s moved to %s while this push waited", branchRef.Short(), shortSHA(current)), current
 	}
 	return checkCommit(r.env.st, cmd.New), current
 }
@@ -611,15 +661,12 @@ func (r *receiveSession) recordRejected(statuses []string) {
 	}
 }
 
-// deploy hands cmd, the accepted update of the deploy branch, which names current now, to
-// the Deployer, and moves the branch once the deploy succeeded. It returns the update's
-// status: "ok" or the reason for ng.
+// deploy hands cmd, the accepted update of the deploy branch, which names current now (its
+// old value), to the Deployer, and moves the branch once the deploy succeeded. It returns
+// the update's status: "ok" or the reason for ng.
 func (r *receiveSession) deploy(ctx context.Context, cmd *packp.Command, current plumbing.Hash) string {
 	branchRef, rec := r.env.branchRef, r.rec
 	rec.ref, rec.oldSHA, rec.sha = branchRef.String(), shaOrEmpty(current), cmd.New.String()
-	if current != cmd.Old {
-		r.w.notef("%s moved to %s while waiting; deploying %s over it\n", branchRef.Short(), shortSHA(current), shortSHA(cmd.New))
-	}
 	push := Push{
 		Repo:           r.repo,
 		Branch:         branchRef.Short(),
@@ -792,7 +839,9 @@ func needsPack(cmds []*packp.Command) bool {
 	return false
 }
 
-// readPushOptions reads the push-option pkt-lines that follow the commands, up to a flush.
+// readPushOptions reads the push-option pkt-lines that follow the commands, up to a flush:
+// one option per line, one trailing LF dropped. An option may not hold a newline (git's
+// send-pack refuses to send one) or a NUL (git's receive-pack could not read one).
 func readPushOptions(r io.Reader) ([]string, error) {
 	sc := pktline.NewScanner(r)
 	var opts []string
@@ -804,7 +853,11 @@ func readPushOptions(r io.Reader) ([]string, error) {
 		if len(opts) == maxPushOptions {
 			return nil, fmt.Errorf("more than %d push options", maxPushOptions)
 		}
-		opts = append(opts, strings.TrimSuffix(string(b), "\n"))
+		o := strings.TrimSuffix(string(b), "\n")
+		if strings.ContainsAny(o, "\n\x00") {
+			return nil, fmt.Errorf("push option %d holds a newline or a NUL", len(opts)+1)
+		}
+		opts = append(opts, o)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
@@ -821,16 +874,18 @@ func sendERR(w io.Writer, msg string) {
 
 var errRequestTooLarge = errors.New("request too large")
 
-// limitedReader fails once n bytes have been read: the commands and push options of one push
-// fit in far less, so more is a hostile or broken client.
+// limitedReader fails with err once n bytes have been read. The commands and push options
+// of one push fit in maxRequestBytes, so more is a hostile or broken client; a pack fits in
+// Config.MaxPushSize.
 type limitedReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.n <= 0 {
-		return 0, errRequestTooLarge
+		return 0, l.err
 	}
 	if int64(len(p)) > l.n {
 		p = p[:l.n]

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 
+	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -17,6 +21,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 
+	"github.com/slipway/slipway/gitserver/internal/pack"
 	"github.com/slipway/slipway/internal/atomicfile"
 )
 
@@ -139,12 +144,134 @@ func (s *Server) removeLeftover(repo string) {
 // is 96 MiB): a deploy reads each blob once, so a large cache only adds to the peak memory.
 const objectCache = 8 * cache.MiByte
 
+// largeObject is the size above which go-git streams an object from its pack instead of
+// inflating it whole into memory (and into its cache) when it is looked up.
+const largeObject = 1 << 20
+
 // newStorage opens the repository at dir. Its packs stay open while the storage is
 // (KeepDescriptors): otherwise every object lookup opens its pack again, several system
 // calls per file of a checkout. So every storage is closed by whoever opened it.
+//
+// An object above largeObject streams from its pack when read. go-git v5 streams a whole
+// object right, but not a delta: see pack.LargeDeltas, which the storage's cache hands
+// such deltas to.
 func newStorage(dir string) *filesystem.Storage {
-	return filesystem.NewStorageWithOptions(osfs.New(dir, osfs.WithBoundOS()), cache.NewObjectLRU(objectCache),
-		filesystem.Options{KeepDescriptors: true})
+	fs := &repoFS{Filesystem: osfs.New(dir, osfs.WithBoundOS())}
+	return filesystem.NewStorageWithOptions(fs, newStorageCache(dir, fs),
+		filesystem.Options{KeepDescriptors: true, LargeObjectThreshold: largeObject})
+}
+
+// storageCache is a storage's object cache: go-git's LRU cache of decoded objects, in front
+// of pack.LargeDeltas. go-git asks its cache for an object before it reads the object
+// itself (and again before it streams a large one), and takes what it gets: so the large
+// deltas that go-git v5 reads wrong (go-git#2378) or whole are read by slipway instead.
+type storageCache struct {
+	lru   cache.Object
+	large *pack.LargeDeltas
+}
+
+var _ cache.Object = (*storageCache)(nil)
+
+func newStorageCache(dir string, packs pack.PackLender) *storageCache {
+	return &storageCache{lru: cache.NewObjectLRU(objectCache), large: pack.NewLargeDeltas(dir, largeObject, packs)}
+}
+
+func (c *storageCache) Put(o plumbing.EncodedObject) { c.lru.Put(o) }
+
+func (c *storageCache) Get(h plumbing.Hash) (plumbing.EncodedObject, bool) {
+	if o, ok := c.lru.Get(h); ok {
+		return o, true
+	}
+	return c.large.Get(h)
+}
+
+func (c *storageCache) Clear() { c.lru.Clear() }
+
+// repoFS is a repository's filesystem as go-git opens it, keeping track of the pack files
+// that go-git holds open, so that pack.LargeDeltas reads through them instead of opening a
+// pack again for every object it looks at.
+type repoFS struct {
+	billy.Filesystem
+	mu    sync.Mutex             // guards packs and every packFile's borrowed and closed
+	packs map[string][]*packFile // open pack files by base name
+}
+
+var _ pack.PackLender = (*repoFS)(nil)
+
+// packFile is a pack file go-git opened. Closed while borrowed, it is closed by its last
+// borrower instead.
+type packFile struct {
+	billy.File
+	fs       *repoFS
+	name     string
+	borrowed int
+	closed   bool
+}
+
+func (fs *repoFS) Open(name string) (billy.File, error) {
+	f, err := fs.Filesystem.Open(name)
+	base := filepath.Base(name)
+	if err != nil || filepath.Base(filepath.Dir(name)) != "pack" || !strings.HasPrefix(base, "pack-") || !strings.HasSuffix(base, ".pack") {
+		return f, err
+	}
+	pf := &packFile{File: f, fs: fs, name: base}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.packs == nil {
+		fs.packs = make(map[string][]*packFile)
+	}
+	fs.packs[base] = append(fs.packs[base], pf)
+	return pf, nil
+}
+
+// Chmod is the underlying filesystem's: go-git uses it, if there, on the files it writes.
+func (fs *repoFS) Chmod(name string, mode os.FileMode) error {
+	c, ok := fs.Filesystem.(billy.Chmod)
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return c.Chmod(name, mode)
+}
+
+// Borrow lends a pack file go-git holds open.
+func (fs *repoFS) Borrow(name string) (io.ReaderAt, func(), bool) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	open := fs.packs[name]
+	if len(open) == 0 {
+		return nil, nil, false
+	}
+	pf := open[len(open)-1]
+	pf.borrowed++
+	return pf.File, func() {
+		fs.mu.Lock()
+		pf.borrowed--
+		last := pf.borrowed == 0 && pf.closed
+		fs.mu.Unlock()
+		if last {
+			_ = pf.File.Close() // opened for reading: Close has nothing to report
+		}
+	}, true
+}
+
+func (pf *packFile) Close() error {
+	fs := pf.fs
+	fs.mu.Lock()
+	if pf.closed {
+		fs.mu.Unlock()
+		return os.ErrClosed
+	}
+	pf.closed = true
+	fs.packs[pf.name] = slices.DeleteFunc(fs.packs[pf.name], func(o *packFile) bool { return o == pf })
+	if len(fs.packs[pf.name]) == 0 {
+		delete(fs.packs, pf.name)
+	}
+	borrowed := pf.borrowed > 0
+	fs.mu.Unlock()
+	if borrowed {
+		return nil // the last borrower closes it
+	}
+	return pf.File.Close()
 }
 
 // readRefs returns the repository's refs that name an object (HEAD and symbolic refs

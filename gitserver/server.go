@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -30,8 +31,12 @@ var ErrServerClosed = errors.New("gitserver: server closed")
 
 // Defaults for the zero values of Config.
 const (
-	DefaultIdleTimeout = 5 * time.Minute
-	DefaultKeepalive   = 5 * time.Second
+	DefaultIdleTimeout        = 5 * time.Minute
+	DefaultKeepalive          = 5 * time.Second
+	DefaultHandshakeTimeout   = 20 * time.Second
+	DefaultMaxUnauthenticated = 64
+	DefaultMaxPushSize        = 2 << 30
+	DefaultStallTimeout       = 2 * time.Minute
 )
 
 // ciphers are the SSH ciphers offered, AES-GCM first: with the CPU's AES instructions, Go's
@@ -59,6 +64,9 @@ type Server struct {
 	ssh      *ssh.Server
 	repos    Repositories // at cfg.ReposDir
 	locks    repoLocks
+	keys     atomic.Pointer[[]authkeys.Key] // the authorized keys: Config.Keys, then each SetKeys
+	gate     *gate                          // admits connections until they authenticate
+	refusals *refusalLog                    // counts what gate refuses
 
 	// stopping is cancelled, with ErrShuttingDown as its cause, when Shutdown's grace is over:
 	// every session's context derives from it, so running deploys are cancelled and can
@@ -90,12 +98,23 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("gitserver: key %d (%q) has no public key", i, k.Name)
 		}
 	}
-	cfg.Keys = append([]authkeys.Key(nil), cfg.Keys...)
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.Keepalive <= 0 {
 		cfg.Keepalive = DefaultKeepalive
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxUnauthenticated <= 0 {
+		cfg.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if cfg.MaxPushSize <= 0 {
+		cfg.MaxPushSize = DefaultMaxPushSize
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
 	}
 	signer, created, err := loadHostKey(cfg.HostKeyPath)
 	if err != nil {
@@ -108,34 +127,65 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		signer:    signer,
 		repos:     Repositories{Dir: cfg.ReposDir},
 		listeners: make(map[net.Listener]struct{}),
+		refusals:  newRefusalLog(log),
 	}
+	s.gate = newGate(cfg.MaxUnauthenticated, cfg.HandshakeTimeout, s.refusals)
 	s.stopping, s.stop = context.WithCancelCause(context.Background())
 	if created {
 		log.Info().Str("path", cfg.HostKeyPath).Str("host_key_fp", s.HostKeyFingerprint()).Msg("host key created")
 	}
-	if len(cfg.Keys) == 0 {
-		log.Warn().Msg("no authorized keys: every connection will be refused")
-	}
+	s.SetKeys(cfg.Keys)
+	s.cfg.Keys = nil // s.keys holds them
 	s.ssh = &ssh.Server{
 		Version:          "slipway",
 		Handler:          s.handle,
 		PublicKeyHandler: s.authorize,
 		PtyCallback:      func(ssh.Context, ssh.Pty) bool { return false },
 		IdleTimeout:      cfg.IdleTimeout,
-		// Only "session" channels; nil forwarding callbacks deny port forwarding; no
-		// subsystems; no global request handlers.
-		ChannelHandlers:   map[string]ssh.ChannelHandler{"session": ssh.DefaultSessionHandler},
+		// Only "session" channels, without agent forwarding; nil forwarding callbacks deny
+		// port forwarding; no subsystems; no global request handlers.
+		ChannelHandlers:   map[string]ssh.ChannelHandler{"session": sessionWithoutAgent},
 		RequestHandlers:   map[string]ssh.RequestHandler{},
 		SubsystemHandlers: map[string]ssh.SubsystemHandler{},
-		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
-			return &gossh.ServerConfig{Config: gossh.Config{Ciphers: ciphers}}
-		},
-		ConnectionFailedCallback: func(c net.Conn, err error) {
-			log.Debug().Str("remote", c.RemoteAddr().String()).Err(err).Msg("ssh handshake failed")
+		// Every connection passes the gate before the SSH banner, and leaves it when it
+		// authenticates. Refused and failed handshakes are counted there, not logged one by
+		// one.
+		ConnCallback: s.gate.admit,
+		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {
+			gc := gatedOf(ctx)
+			return &gossh.ServerConfig{
+				Config: gossh.Config{Ciphers: ciphers},
+				// Called with a nil error once the client has proved it holds an authorized
+				// key: offers of keys without a signature do not get here.
+				AuthLogCallback: func(_ gossh.ConnMetadata, _ string, err error) {
+					if err == nil && gc != nil {
+						gc.authenticated()
+					}
+				},
+			}
 		},
 	}
 	s.ssh.AddHostKey(signer)
 	return s, nil
+}
+
+// SetKeys replaces the authorized keys. It is safe to call while the server runs: every
+// authentication and every new session after it uses the new keys, and a session whose
+// connection authenticated with a key no longer among them is refused. Keys without a
+// public key are left out.
+func (s *Server) SetKeys(keys []authkeys.Key) {
+	own := make([]authkeys.Key, 0, len(keys))
+	for _, k := range keys {
+		if k.Key == nil {
+			s.log.Warn().Str("name", k.Name).Msg("authorized key without a public key left out")
+			continue
+		}
+		own = append(own, k)
+	}
+	s.keys.Store(&own)
+	if len(own) == 0 {
+		s.log.Warn().Msg("no authorized keys: every connection will be refused")
+	}
 }
 
 // HostKeyFingerprint returns the SHA256 fingerprint of the host key ("SHA256:..."), the one
@@ -204,11 +254,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-time.After(cancelGrace):
 		}
 	}
-	// Close every connection left: idle ones, half-open handshakes, and sessions that did
-	// not end within cancelGrace.
+	// Close every connection left: idle ones, half-open handshakes (gliderlabs only knows
+	// of connections that authenticated), and sessions that did not end within
+	// cancelGrace.
 	s.stop(ErrShuttingDown)
+	s.gate.close()
 	_ = s.ssh.Close() // the server is going: its connections' errors tell nobody anything
 	<-done
+	s.refusals.stop()
 	return err
 }
 
@@ -220,9 +273,14 @@ var ErrShuttingDown = errors.New("the server is shutting down")
 const cancelGrace = 15 * time.Second
 
 // sessionContext is the context of one session's work: cancelled when the client goes
-// away, or with ErrShuttingDown when the server stops.
+// away (with ErrStalled when it stopped reading), or with ErrShuttingDown when the server
+// stops.
 func (s *Server) sessionContext(sess ssh.Session) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancelCause(sess.Context())
+	var parent context.Context = sess.Context()
+	if g, ok := sess.(*guardedSession); ok {
+		parent = g.ctx
+	}
+	ctx, cancel := context.WithCancelCause(parent)
 	stop := context.AfterFunc(s.stopping, func() { cancel(context.Cause(s.stopping)) })
 	return ctx, func() {
 		stop()
@@ -234,20 +292,25 @@ func (s *Server) sessionContext(sess ssh.Session) (context.Context, context.Canc
 // every session has ended; only idle connections (ssh ControlMaster) make it wait that long.
 const shutdownLinger = 2 * time.Second
 
-// authorize accepts exactly the keys in Config.Keys.
+// authorize accepts exactly the authorized keys (Config.Keys, or the last SetKeys). An
+// unknown key is not logged here: the connection is counted as refused if it closes
+// without authenticating (refusalLog).
 func (s *Server) authorize(ctx ssh.Context, key ssh.PublicKey) bool {
 	if _, ok := s.lookupKey(key); ok {
 		return true
 	}
-	s.log.Debug().Str("remote", ctx.RemoteAddr().String()).Str("key_fp", gossh.FingerprintSHA256(key)).Msg("unknown key refused")
+	if gc := gatedOf(ctx); gc != nil {
+		gc.keyRefused()
+	}
 	return false
 }
 
+// lookupKey finds key among the authorized keys as they are now.
 func (s *Server) lookupKey(key ssh.PublicKey) (authkeys.Key, bool) {
 	if key == nil {
 		return authkeys.Key{}, false
 	}
-	for _, k := range s.cfg.Keys {
+	for _, k := range *s.keys.Load() {
 		if ssh.KeysEqual(k.Key, key) {
 			return k, true
 		}
@@ -257,17 +320,19 @@ func (s *Server) lookupKey(key ssh.PublicKey) (authkeys.Key, bool) {
 
 // handle runs one SSH session: an exec of git-receive-pack or git-upload-pack for a valid
 // environment, or of an operator command, and nothing else.
-func (s *Server) handle(sess ssh.Session) {
+func (s *Server) handle(raw ssh.Session) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		refuse(sess, "the server is shutting down; try again in a moment")
+		refuse(raw, "the server is shutting down; try again in a moment")
 		return
 	}
 	s.handlers.Add(1)
 	s.mu.Unlock()
 	defer s.handlers.Done()
 
+	// Every write to the client from here on gives up on a client that stopped reading.
+	sess := guardSession(raw, s.cfg.StallTimeout)
 	start := time.Now()
 	rec := &record{level: zerolog.InfoLevel}
 	log := s.log.With().Str("remote", sess.RemoteAddr().String()).Logger()
@@ -278,11 +343,20 @@ func (s *Server) handle(sess ssh.Session) {
 			log = log.With().Str("stack", string(debug.Stack())).Logger()
 			refuse(sess, "internal error")
 		}
+		sess.end()
+		if sess.stalled.Load() {
+			rec.outcome, rec.level = "stalled", max(rec.level, zerolog.WarnLevel)
+			if rec.err == nil {
+				rec.err = ErrStalled
+			}
+		}
 		rec.log(log, time.Since(start))
 	}()
 
 	// Identity comes from the key that actually authenticated this connection: x/crypto
 	// (>= 0.31) calls the public key callback again for it, so s.PublicKey() is that key.
+	// It is looked up in the keys as they are now: a key removed since the connection
+	// authenticated gets no new session.
 	key, ok := s.lookupKey(sess.PublicKey())
 	if !ok {
 		rec.refused(zerolog.WarnLevel, errors.New("session without an authorized key"))
@@ -450,4 +524,39 @@ func writeNewFile(path string, data []byte, perm os.FileMode) (err error) {
 		}
 	}
 	return atomicfile.SyncDir(dir)
+}
+
+// sessionWithoutAgent is gliderlabs' session channel handler, except that a request for
+// agent forwarding (auth-agent-req@openssh.com), which gliderlabs grants, is refused.
+func sessionWithoutAgent(srv *ssh.Server, conn *gossh.ServerConn, ch gossh.NewChannel, ctx ssh.Context) {
+	ssh.DefaultSessionHandler(srv, conn, noAgentChannel{ch}, ctx)
+}
+
+// agentRequest is the channel request by which a client asks for its agent to be
+// forwarded.
+const agentRequest = "auth-agent-req@openssh.com"
+
+// noAgentChannel is a session channel whose requests for agent forwarding are refused
+// before gliderlabs sees them.
+type noAgentChannel struct{ gossh.NewChannel }
+
+// Accept accepts the channel and passes its requests on, except agentRequest, which it
+// answers no. Its goroutine ends when the channel's requests end, as the channel closes.
+func (c noAgentChannel) Accept() (gossh.Channel, <-chan *gossh.Request, error) {
+	ch, reqs, err := c.NewChannel.Accept()
+	if err != nil {
+		return ch, reqs, err
+	}
+	out := make(chan *gossh.Request)
+	go func() {
+		defer close(out)
+		for req := range reqs {
+			if req.Type == agentRequest {
+				_ = req.Reply(false, nil) // fails only if the channel is gone
+				continue
+			}
+			out <- req
+		}
+	}()
+	return ch, out, nil
 }

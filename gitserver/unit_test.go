@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/format/pktline"
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/rs/zerolog"
 )
@@ -37,6 +38,7 @@ func TestParseCommand(t *testing.T) {
 		{raw: "git-receive-pack a b", parseErrContains: "exactly one argument"},
 		{raw: "git-receive-pack 'a", parseErrContains: "exactly one argument"},
 		{raw: "git-receive-pack \"a/b\"", parseErrContains: "exactly one argument"},
+		{raw: "git-receive-pack my\u00a0app/x", parseErrContains: "exactly one argument"}, // go-shlex splits there
 		{raw: "git-upload-archive 'a/b'", parseErrContains: "unknown command"},
 		{raw: "git", parseErrContains: "unknown command"},
 		{raw: "scp -t /", parseErrContains: "unknown command"},
@@ -216,6 +218,43 @@ func TestWrongBranch(t *testing.T) {
 		}
 		if len(got) > maxReasonLen {
 			t.Errorf("wrongBranch(%q, %s) is %d bytes, more than %d", tc.repo, tc.ref, len(got), maxReasonLen)
+		}
+	}
+}
+
+func TestReadPushOptions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		lines []string // pkt-lines; "" is a flush
+		want  string   // options joined by "|"
+		err   string
+	}{
+		{[]string{"message=deploy\n", ""}, "message=deploy", ""},
+		{[]string{"wait=5m", "skip-tests", ""}, "wait=5m|skip-tests", ""},
+		{[]string{""}, "", ""},
+		{[]string{"message=a\nb", ""}, "", "newline or a NUL"},
+		{[]string{"message=a\n\n", ""}, "", "newline or a NUL"},
+		{[]string{"message=a\x00b", ""}, "", "newline or a NUL"},
+		{[]string{"wait=5m"}, "", "unexpected EOF"},
+	} {
+		var in bytes.Buffer
+		e := pktline.NewEncoder(&in)
+		for _, l := range tc.lines {
+			if l == "" {
+				_ = e.Flush() // into a bytes.Buffer: no error
+			} else {
+				_ = e.EncodeString(l)
+			}
+		}
+		opts, err := readPushOptions(&in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %q, %v; want an error with %q", tc.lines, opts, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || strings.Join(opts, "|") != tc.want {
+			t.Errorf("%q: %q, %v; want %q", tc.lines, opts, err, tc.want)
 		}
 	}
 }

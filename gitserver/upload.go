@@ -11,7 +11,6 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/format/packfile"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
@@ -19,17 +18,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/storer"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 	"github.com/rs/zerolog"
-)
 
-// Delta compression of the packs sent. go-git's encoder compares each object with up to
-// packWindow-1 others of its type and similar size (git's pack.window default), and that
-// search costs about the window times the bytes: measured, 100 blobs of 200 KiB (pictures)
-// took 8 s with a window of 10 and 0.4 s without; three of 16 MiB took 15 s instead of 3 s.
-// So a pack whose blobs weigh more than deltaBudget goes without deltas: it is bigger, but
-// its cost grows only with its size.
-const (
-	packWindow  = 10
-	deltaBudget = 8 << 20
+	"github.com/slipway/slipway/gitserver/internal/pack"
 )
 
 // uploadPack serves one git-upload-pack session for repo: clone, fetch and ls-remote. It
@@ -82,7 +72,7 @@ func (s *Server) uploadPack(sess ssh.Session, repo string, who Identity, rec *re
 		}
 		return 1
 	}
-	return s.sendFetchPack(sess, st, req, commons, rec)
+	return s.sendFetchPack(sess, st, s.repoDir(repo), req, commons, rec)
 }
 
 // fetchTarget asks the Deployer whether who may fetch repo, and returns the environment's
@@ -162,9 +152,9 @@ func readWants(sess ssh.Session, br *bufio.Reader, refs map[plumbing.ReferenceNa
 }
 
 // sendFetchPack sends the pack of what req wants and the client lacks (commons are the
-// commits it has), with keepalives while the pack is being prepared, and ends the session's
-// output. It returns the exit status.
-func (s *Server) sendFetchPack(sess ssh.Session, st *filesystem.Storage, req *uploadRequest, commons []plumbing.Hash, rec *record) int {
+// commits it has) from the repository st at dir, with keepalives while the pack is being
+// prepared, and ends the session's output. It returns the exit status.
+func (s *Server) sendFetchPack(sess ssh.Session, st *filesystem.Storage, dir string, req *uploadRequest, commons []plumbing.Hash, rec *record) int {
 	ctx, cancel := s.sessionContext(sess)
 	defer cancel()
 	sideBand := req.caps.Supports(capability.Sideband64k)
@@ -172,7 +162,7 @@ func (s *Server) sendFetchPack(sess ssh.Session, st *filesystem.Storage, req *up
 	w := newWire(sess, sess.Stderr(), sideBand, pinger(sess), cancel)
 	ka := keepalives{w: w, every: s.cfg.Keepalive}
 	ka.start()
-	n, err := sendPack(ctx, w, st, req, commons, progress)
+	stats, err := sendPack(ctx, w, st, dir, req, commons, progress)
 	ka.stop()
 	if err != nil {
 		if w.err != nil {
@@ -185,61 +175,69 @@ func (s *Server) sendFetchPack(sess ssh.Session, st *filesystem.Storage, req *up
 		return 1
 	}
 	if progress {
-		w.notef("Total %d (from %d common commits)\n", n, len(commons))
+		w.notef("Total %d (delta %d, thin %d, sent whole from deltas %d), from %d common commits\n",
+			stats.Objects, stats.Deltas, stats.Thin, stats.Inflated, len(commons))
 	}
 	if err := w.flush(); err != nil {
 		rec.outcome, rec.err = "disconnected", err
 		return 1
 	}
-	rec.outcome, rec.objects = "fetched", n
+	rec.outcome, rec.objects = "fetched", stats.Objects
 	return 0
 }
 
 // sendPack sends a pack of every object reachable from the request's wants and not from
-// commons, on band 1 with sideband. It returns the number of objects sent.
-func sendPack(ctx context.Context, w *wire, st *filesystem.Storage, req *uploadRequest, commons []plumbing.Hash, progress bool) (int, error) {
+// commons, on band 1 with sideband, copied from the packs of the repository st at dir as
+// they are stored (pack.Packs.WritePack): nothing is re-encoded or held whole in memory. A
+// delta on an object the client lacks is sent whole, unless the client asked for a thin
+// pack and has its base.
+func sendPack(ctx context.Context, w *wire, st *filesystem.Storage, dir string, req *uploadRequest, commons []plumbing.Hash, progress bool) (pack.SendStats, error) {
 	objs, err := revlist.Objects(st, req.wants, commons)
 	if err != nil {
-		return 0, fmt.Errorf("list objects: %w", err)
+		return pack.SendStats{}, fmt.Errorf("list objects: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return pack.SendStats{}, err
 	}
 	if progress {
 		w.notef("Enumerating objects: %d, done.\n", len(objs))
 	}
-	window, err := deltaWindow(st, objs)
+	packs, err := pack.OpenPacks(dir)
 	if err != nil {
-		return 0, err
+		return pack.SendStats{}, fmt.Errorf("read pack indexes: %w", err)
 	}
-	pw := bufio.NewWriterSize(packData{w}, maxBandChunk)
-	// Deltas only against objects in the pack: the client did not ask for a thin pack.
-	enc := packfile.NewEncoder(pw, st, !req.caps.Supports(capability.OFSDelta))
-	if _, err := enc.Encode(objs, window); err != nil {
-		return 0, fmt.Errorf("encode pack: %w", err)
+	defer packs.Close() // opened for reading: Close has nothing to report
+	opt := pack.SendOptions{OFSDelta: req.caps.Supports(capability.OFSDelta)}
+	if req.caps.Supports(capability.ThinPack) {
+		opt.ClientHas = clientHas(st, commons)
 	}
-	if err := pw.Flush(); err != nil {
-		return 0, fmt.Errorf("send pack: %w", err)
+	stats, err := packs.WritePack(ctx, packData{w}, objs, opt)
+	if err != nil {
+		return stats, fmt.Errorf("send pack: %w", err)
 	}
-	return len(objs), nil
+	return stats, nil
 }
 
-// deltaWindow is the delta window for a pack of objs: packWindow, or 0 (no deltas) if its
-// blobs weigh more than deltaBudget.
-func deltaWindow(st storer.EncodedObjectStorer, objs []plumbing.Hash) (uint, error) {
-	var blobs int64
-	for _, h := range objs {
-		o, err := st.EncodedObject(plumbing.AnyObject, h)
-		if err != nil {
-			return 0, fmt.Errorf("object %s: %w", h, err)
+// clientHas reports whether a client that has the commits commons has object h: whether h
+// is reachable from them. The objects reachable from commons are listed on first use.
+func clientHas(st storer.EncodedObjectStorer, commons []plumbing.Hash) func(plumbing.Hash) (bool, error) {
+	var has map[plumbing.Hash]bool
+	return func(h plumbing.Hash) (bool, error) {
+		if len(commons) == 0 {
+			return false, nil
 		}
-		if o.Type() == plumbing.BlobObject {
-			if blobs += o.Size(); blobs > deltaBudget {
-				return 0, nil
+		if has == nil {
+			objs, err := revlist.Objects(st, commons, nil)
+			if err != nil {
+				return false, fmt.Errorf("list the client's objects: %w", err)
+			}
+			has = make(map[plumbing.Hash]bool, len(objs))
+			for _, o := range objs {
+				has[o] = true
 			}
 		}
+		return has[h], nil
 	}
-	return packWindow, nil
 }
 
 // packData is the wire as the pack's writer.
@@ -271,13 +269,13 @@ func (s *Server) alignForFetch(repo string, branchRef plumbing.ReferenceName, li
 
 // uploadAdvertisement lists refs with HEAD naming the deploy branch (if it exists) and the
 // capabilities slipway's upload-pack implements. Not offered: multi_ack (the negotiation is
-// git's plain one), thin-pack, shallow and deepen, filter, include-tag.
+// git's plain one), shallow and deepen, filter, include-tag.
 func uploadAdvertisement(refs map[plumbing.ReferenceName]plumbing.Hash, branchRef plumbing.ReferenceName) (*packp.AdvRefs, error) {
 	ar := packp.NewAdvRefs()
 	for name, h := range refs {
 		ar.References[name.String()] = h
 	}
-	for _, c := range []capability.Capability{capability.OFSDelta, capability.Sideband64k, capability.NoProgress} {
+	for _, c := range []capability.Capability{capability.OFSDelta, capability.ThinPack, capability.Sideband64k, capability.NoProgress} {
 		if err := ar.Capabilities.Add(c); err != nil {
 			return nil, err
 		}

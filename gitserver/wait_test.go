@@ -58,15 +58,17 @@ func TestBusyPushRefused(t *testing.T) {
 	}
 }
 
-// TestBusyPushWaits: with -o wait=..., a push waits for the running deploy and then deploys
-// over whatever that deploy made live, telling the pusher.
+// TestBusyPushWaits: with -o wait=..., a push waits for the running deploy. When that
+// deploy moved the branch, the push is refused as stale ("fetch first"), as git's
+// receive-pack does: deploying it would silently undo the other deploy. Once the pusher has
+// fetched and rebased, the push deploys.
 func TestBusyPushWaits(t *testing.T) {
 	t.Parallel()
 	started, finish := make(chan struct{}), make(chan struct{})
 	d := &fakeDeployer{waiting: make(chan time.Duration, 1)}
 	h := start(t, d, nil)
 	workA := h.work()
-	base := h.pushed(workA)
+	h.pushed(workA)
 	workB := filepath.Join(h.dir, "workB")
 	h.git(h.dir, "clone", "-q", "-o", "production", h.url("myapp/production"), workB)
 	a := h.commit(workA, "a.txt", "from A\n")
@@ -106,34 +108,105 @@ func TestBusyPushWaits(t *testing.T) {
 		t.Fatalf("push A: %v", err)
 	}
 	r := <-pushedB
-	if r.err != nil {
-		t.Fatalf("push B: %v\n%s", r.err, r.stderr)
+	if r.err == nil {
+		t.Fatalf("push B deployed over A, which went live while it waited\n%s", r.stderr)
 	}
 	t.Logf("git push -o wait=1m:\n%s", r.stderr)
 	for _, want := range []string{
 		"remote: -----> waiting up to 1m0s: myapp/production is busy: alice is deploying since 12:00:01",
-		fmt.Sprintf("remote: main moved to %s while waiting; deploying %s over it", a[:7], b[:7]),
-		"remote: deploying " + b,
-		base[:7] + ".." + b[:7] + "  main -> main",
+		fmt.Sprintf("! [remote rejected] main -> main (fetch first: main moved to %s while this push waited)", a[:7]),
 	} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("missing %q in\n%s", want, r.stderr)
 		}
 	}
-	pushes := d.got()
-	if last := pushes[len(pushes)-1]; last.OldSHA != a || last.NewSHA != b || fmt.Sprint(last.Options) != "[wait=1m message=B]" {
-		t.Errorf("push B = old %s new %s options %q; want old %s (A, after the wait) new %s", last.OldSHA, last.NewSHA, last.Options, a, b)
+	if strings.Contains(r.stderr, "remote: deploying "+b) {
+		t.Errorf("B deployed\n%s", r.stderr)
 	}
-	if got := h.serverRef("refs/heads/main"); got != b {
-		t.Errorf("main = %s, want %s", got, b)
+	if pushes := d.got(); len(pushes) != 2 {
+		t.Errorf("Deploy called %d times, want 2 (the first push and A)", len(pushes))
+	}
+	if got := h.serverRef("refs/heads/main"); got != a {
+		t.Errorf("main = %s, want A's %s", got, a)
+	}
+
+	// B takes A's commit in, and deploys.
+	h.git(workB, "pull", "-q", "--rebase", "production", "main")
+	rebased := h.git(workB, "rev-parse", "HEAD")
+	stderr, err := h.push(workB, "-o", "wait=1m", "production", "main")
+	if err != nil {
+		t.Fatalf("push B after the rebase: %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, a[:7]+".."+rebased[:7]+"  main -> main") {
+		t.Errorf("no fast-forward line in\n%s", stderr)
+	}
+	pushes := d.got()
+	if last := pushes[len(pushes)-1]; last.OldSHA != a || last.NewSHA != rebased || fmt.Sprint(last.Options) != "[wait=1m]" {
+		t.Errorf("push B = old %s new %s options %q; want old %s (A) new %s", last.OldSHA, last.NewSHA, last.Options, a, rebased)
+	}
+	if got := h.serverRef("refs/heads/main"); got != rebased {
+		t.Errorf("main = %s, want %s", got, rebased)
 	}
 	// Sessions release their environment after the client has its report.
 	if err := h.stop(5 * time.Second); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
-	// Reserved: the first push, A, B without waiting (busy) and B waiting.
-	if r, rel := d.counts(); r != 4 || rel != 3 {
-		t.Errorf("reserves=%d releases=%d, want 4 and 3", r, rel)
+	// Reserved: the first push, A, B without waiting (busy), B waiting, and B again.
+	if r, rel := d.counts(); r != 5 || rel != 4 {
+		t.Errorf("reserves=%d releases=%d, want 5 and 4", r, rel)
+	}
+}
+
+// TestBusyPushWaitsBranchUnchanged: a push that waited deploys when the deploy it waited
+// for left the branch where it was (it failed), from the value the pusher was shown.
+func TestBusyPushWaitsBranchUnchanged(t *testing.T) {
+	t.Parallel()
+	started, finish := make(chan struct{}), make(chan struct{})
+	d := &fakeDeployer{waiting: make(chan time.Duration, 1)}
+	h := start(t, d, nil)
+	workA := h.work()
+	base := h.pushed(workA)
+	workB := filepath.Join(h.dir, "workB")
+	h.git(h.dir, "clone", "-q", "-o", "production", h.url("myapp/production"), workB)
+	a := h.commit(workA, "a.txt", "from A\n")
+	b := h.commit(workB, "b.txt", "from B\n")
+	d.mu.Lock()
+	d.deploy = func(ctx context.Context, p Push, out io.Writer) error {
+		if p.NewSHA == a {
+			close(started)
+			<-finish
+			return fmt.Errorf("build: exit status 1")
+		}
+		return nil
+	}
+	d.mu.Unlock()
+	pushedA := make(chan error, 1)
+	go func() {
+		_, err := h.push(workA, "production", "main")
+		pushedA <- err
+	}()
+	<-started
+	pushedB := make(chan error, 1)
+	var stderrB string
+	go func() {
+		var err error
+		stderrB, err = h.push(workB, "-o", "wait=1m", "production", "main")
+		pushedB <- err
+	}()
+	<-d.waiting
+	close(finish)
+	if err := <-pushedA; err == nil {
+		t.Error("push A succeeded through a failing deploy")
+	}
+	if err := <-pushedB; err != nil {
+		t.Fatalf("push B: %v\n%s", err, stderrB)
+	}
+	pushes := d.got()
+	if last := pushes[len(pushes)-1]; last.OldSHA != base || last.NewSHA != b {
+		t.Errorf("push B = old %s new %s; want old %s new %s", last.OldSHA, last.NewSHA, base, b)
+	}
+	if got := h.serverRef("refs/heads/main"); got != b {
+		t.Errorf("main = %s, want %s", got, b)
 	}
 }
 

@@ -20,7 +20,7 @@ func (p *Pipeline) destroyCmd(ctx context.Context, e *environment, c Caller, con
 	}
 	if p.auto == nil {
 		return fmt.Errorf("%s is configured in %s: remove its [[env]] there, then its deploy root %s",
-			repo, p.cfg.Server.File, e.cfg.Path)
+			repo, p.server().File, e.cfg.Path)
 	}
 	if err := frozen(e); err != nil {
 		return fmt.Errorf("%w: unlock it before you destroy it", err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -63,8 +64,9 @@ type Pipeline struct {
 
 // environment is one configured (or, in the embedded default, created) environment.
 type environment struct {
-	cfg configs.Env
-	rel *releaser.Releaser
+	cfg    configs.Env
+	rel    *releaser.Releaser // nil while broken
+	broken error              // why it could not be opened; nil when it serves
 }
 
 // Target is what the pipeline says of an environment to the git server.
@@ -112,7 +114,11 @@ var (
 )
 
 // New opens every environment of cfg.Server (and, in the embedded default, every one it
-// created before), recovering each first when cfg.Serving.
+// created before), recovering each first when cfg.Serving. An environment that cannot be
+// opened (a damaged state file, a deploy root it may not write) does not stop the others:
+// it is logged, refused with the reason while it stays broken, and opened again at its next
+// use. Only what concerns every environment (release_files = "link" as root, an unreadable
+// registry) is an error here.
 func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}}
 	envs := cfg.Server.Envs
@@ -130,22 +136,88 @@ func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 		}
 	}
 	for _, ec := range envs {
-		e, err := p.open(ec)
-		if err != nil {
+		if err := p.checkEnv(ec); err != nil {
 			return nil, err
 		}
-		p.envs[ec.Repo] = e
+	}
+	for _, ec := range envs {
+		p.envs[ec.Repo] = p.openOrBroken(ec)
 	}
 	return p, nil
+}
+
+// server is the server configuration in force (Reload replaces it).
+func (p *Pipeline) server() *configs.Server {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg.Server
+}
+
+// checkEnv refuses what no environment may be in this process.
+func (p *Pipeline) checkEnv(ec configs.Env) error {
+	if p.cfg.Serving {
+		return linkAsRoot(ec)
+	}
+	return nil
+}
+
+// openOrBroken opens ec, or returns it broken with the reason, which it logs.
+func (p *Pipeline) openOrBroken(ec configs.Env) *environment {
+	e, err := p.open(ec)
+	if err != nil {
+		p.log.Error().Err(err).Str("repo", ec.Repo).Str("path", ec.Path).
+			Msg("environment unavailable: it is refused until it opens")
+		return &environment{cfg: ec, broken: err}
+	}
+	return e
+}
+
+// Reload makes cfg the server configuration: environments it adds are opened, ones it
+// changes are opened with their new settings, ones it drops are forgotten (their deploy
+// roots stay as they are). A deploy running meanwhile finishes with the settings it
+// started with. What needs a restart (data_dir, the embedded default) is refused.
+func (p *Pipeline) Reload(cfg *configs.Server) error {
+	p.mu.Lock()
+	old := p.cfg.Server
+	p.mu.Unlock()
+	if cfg.DataDir != old.DataDir || cfg.Auto != old.Auto {
+		return errors.New("data_dir (or the use of the embedded default) changed: restart slipway to apply it")
+	}
+	for _, ec := range cfg.Envs {
+		if err := p.checkEnv(ec); err != nil {
+			return err
+		}
+	}
+	opened := map[string]*environment{}
+	for _, ec := range cfg.Envs {
+		p.mu.Lock()
+		cur := p.envs[ec.Repo]
+		p.mu.Unlock()
+		if cur != nil && cur.broken == nil && reflect.DeepEqual(cur.cfg, ec) {
+			opened[ec.Repo] = cur
+			continue
+		}
+		opened[ec.Repo] = p.openOrBroken(ec)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for repo := range p.envs {
+		if _, ok := opened[repo]; !ok && p.auto == nil {
+			p.log.Info().Str("repo", repo).Msg("environment removed from the configuration")
+			delete(p.envs, repo)
+		}
+	}
+	for repo, e := range opened {
+		p.envs[repo] = e
+	}
+	p.cfg.Server = cfg
+	return nil
 }
 
 // open opens one environment, recovering it first in the serving process.
 func (p *Pipeline) open(ec configs.Env) (*environment, error) {
 	log := p.log.With().Str("repo", ec.Repo).Logger()
 	if p.cfg.Serving {
-		if err := linkAsRoot(ec); err != nil {
-			return nil, err
-		}
 		n, err := builder.KillLeftovers("SLIPWAY_DEPLOY_PATH=" + ec.Path)
 		if err != nil {
 			return nil, fmt.Errorf("end leftover builds of %s: %w", ec.Repo, err)
@@ -241,7 +313,8 @@ func (e *environment) allowed(who string) bool {
 
 // access returns repo's environment if who may use it, with an error fit to show them. An
 // environment that does not exist and one that who may not use get the same answer, so
-// that a key cannot learn which environments exist.
+// that a key cannot learn which environments exist. A broken environment is opened again;
+// while that fails it is refused with the reason.
 func (p *Pipeline) access(repo, who string, create bool) (*environment, bool, error) {
 	e, created, err := p.environment(repo, create)
 	switch {
@@ -254,7 +327,34 @@ func (p *Pipeline) access(repo, who string, create bool) (*environment, bool, er
 		p.log.Error().Err(err).Str("repo", repo).Msg("open environment")
 		return nil, false, fmt.Errorf("%s is not available: see the server log", repo)
 	}
+	if e.broken != nil {
+		if e, err = p.reopen(e); err != nil {
+			return nil, false, err
+		}
+	}
 	return e, created, nil
+}
+
+// reopen tries again to open a broken environment, and says why it is unavailable if it
+// still cannot be.
+func (p *Pipeline) reopen(broken *environment) (*environment, error) {
+	e, err := p.open(broken.cfg)
+	if err != nil {
+		p.log.Warn().Err(err).Str("repo", broken.cfg.Repo).Msg("environment still unavailable")
+		return nil, unavailable(broken.cfg.Repo, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.envs[broken.cfg.Repo] == broken { // not replaced by a reload meanwhile
+		p.envs[broken.cfg.Repo] = e
+	}
+	p.log.Info().Str("repo", e.cfg.Repo).Msg("environment available again")
+	return e, nil
+}
+
+// unavailable is the refusal of an environment that cannot be opened.
+func unavailable(repo string, err error) error {
+	return fmt.Errorf("%s is unavailable: %s", repo, safeReason(context.Background(), err))
 }
 
 // Reserve checks that pusher may push to repo and takes its deploy lock, waiting up to

@@ -25,6 +25,7 @@ type envStatus struct {
 	Holder     string           `json:"holder,omitempty"`
 	HeldSince  time.Time        `json:"held_since,omitzero"`
 	Frozen     *releaser.Freeze `json:"frozen,omitempty"`
+	Problem    string           `json:"problem,omitempty"` // why an unavailable environment is
 }
 
 func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
@@ -34,11 +35,7 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	}
 	list := []envStatus{}
 	for _, e := range envs {
-		s, err := e.status()
-		if err != nil {
-			return err
-		}
-		list = append(list, s)
+		list = append(list, e.status())
 	}
 	if asJSON {
 		return writeJSON(stdout, list)
@@ -48,6 +45,8 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	for _, s := range list {
 		state := s.State
 		switch {
+		case s.Problem != "":
+			state = s.Problem
 		case s.Frozen != nil:
 			state = fmt.Sprintf("frozen by %s since %s: %s", s.Frozen.By, stamp(s.Frozen.Since), s.Frozen.Message)
 		case s.Holder != "":
@@ -58,11 +57,16 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	return tw.Flush()
 }
 
-func (e *environment) status() (envStatus, error) {
+func (e *environment) status() envStatus {
 	s := envStatus{Repo: e.cfg.Repo, Branch: e.cfg.Branch, State: "idle"}
+	if e.broken != nil {
+		s.State, s.Problem = "unavailable", unavailable(e.cfg.Repo, e.broken).Error()
+		return s
+	}
 	var err error
 	if s.Live, err = e.rel.Current(); err != nil {
-		return s, fmt.Errorf("%s: read current: %w", e.cfg.Repo, err)
+		s.State, s.Problem = "unavailable", unavailable(e.cfg.Repo, err).Error()
+		return s
 	}
 	if s.Live != "" {
 		if byLive, err := liveEntries(e); err == nil {
@@ -77,7 +81,7 @@ func (e *environment) status() (envStatus, error) {
 	if f, err := e.rel.Frozen(); err == nil && f != nil {
 		s.State, s.Frozen = "frozen", f
 	}
-	return s, nil
+	return s
 }
 
 // liveEntries maps each sha that went live to the journal entry that made it live most

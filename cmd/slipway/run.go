@@ -90,10 +90,10 @@ func exitCode(err error, stderr io.Writer) int {
 	return 1
 }
 
-// configFlag adds --config and returns a loader honouring the default order.
-func configFlag(fs *flag.FlagSet) func() (*configs.Server, error) {
-	file := fs.String("config", "", "configuration file (default ./"+configs.DefaultFile+" if it exists, else the embedded default)")
-	return func() (*configs.Server, error) { return configs.Find(*file) }
+// configFlag adds --config: the configuration file, "" for the default order (see
+// configs.Find).
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "configuration file (default ./"+configs.DefaultFile+" if it exists, else the embedded default)")
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -115,11 +115,11 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 
 func check(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
-	load := configFlag(fs)
+	file := configFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := load()
+	cfg, err := configs.Find(*file)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -31,23 +33,18 @@ func reposDir(cfg *configs.Server) string { return filepath.Join(cfg.DataDir, "r
 // ctx ends; then it lets running deploys finish for shutdown_timeout and cancels the rest.
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
-	load := configFlag(fs)
+	file := configFlag(fs)
 	listen := fs.String("listen", "", "address to listen on, overriding the configuration (port 0 picks one)")
 	logFormat := fs.String("log-format", "json", "operator log format: json or console")
+	logLevel := fs.String("log-level", "info", "least level logged: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	var logOut io.Writer = stderr
-	switch *logFormat {
-	case "json":
-	case "console":
-		logOut = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
-	default:
-		return fmt.Errorf("--log-format must be json or console, not %q", *logFormat)
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
 	}
-	log := zerolog.New(logOut).With().Timestamp().Logger()
-
-	cfg, err := load()
+	cfg, err := configs.Find(*file)
 	if err != nil {
 		return err
 	}
@@ -68,10 +65,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv, err := gitserver.New(gitserver.Config{
-		HostKeyPath: cfg.HostKey,
-		Keys:        cfg.Keys,
-		ReposDir:    repos.Dir,
-		Commands:    gitHooks{p},
+		HostKeyPath:        cfg.HostKey,
+		Keys:               cfg.Keys,
+		ReposDir:           repos.Dir,
+		Commands:           gitHooks{p},
+		HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
+		MaxUnauthenticated: cfg.Limits.MaxUnauthenticated,
+		MaxPushSize:        cfg.Limits.MaxPushSize,
 	}, gitHooks{p}, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
 		return err
@@ -91,6 +91,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+	w := &watcher{file: *file, listen: *listen, cfg: cfg, srv: srv, p: p, log: log.With().Str("component", "reload").Logger()}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		w.run(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
@@ -105,6 +116,22 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-served
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// newLogger is the operator log: JSON (or console) on w, from level up.
+func newLogger(w io.Writer, format, level string) (zerolog.Logger, error) {
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format must be json or console, not %q", format)
+	}
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" || lvl < zerolog.DebugLevel || lvl > zerolog.ErrorLevel {
+		return zerolog.Logger{}, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
 // greet prints what a newcomer needs to push: the host key ssh will ask about, and the two
@@ -162,3 +189,100 @@ type busyError struct{ error }
 
 func (e busyError) Unwrap() error      { return e.error }
 func (busyError) Is(target error) bool { return target == gitserver.ErrBusy }
+
+// keyPoll is how often the authorized keys' files are checked for changes.
+const keyPoll = time.Second
+
+// watcher applies what changes while slipway serves: the authorized keys as soon as their
+// files change, and the whole configuration on SIGHUP. A file with problems changes nothing:
+// every problem is logged and what is in force stays.
+type watcher struct {
+	file, listen string // --config and --listen, as given
+	cfg          *configs.Server
+	srv          *gitserver.Server
+	p            *hooks.Pipeline
+	log          zerolog.Logger
+}
+
+func (w *watcher) run(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(keyPoll)
+	defer tick.Stop()
+	stamp := keysStamp(w.cfg)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			w.reload()
+			stamp = keysStamp(w.cfg)
+		case <-tick.C:
+			if now := keysStamp(w.cfg); now != stamp {
+				stamp = now
+				w.reloadKeys()
+			}
+		}
+	}
+}
+
+// keysStamp sums up the authorized keys' files (name, size, times, inode): it changes when
+// any of them is written, replaced, added or removed.
+func keysStamp(cfg *configs.Server) string {
+	var b strings.Builder
+	for _, f := range cfg.KeyFiles() {
+		var st syscall.Stat_t
+		if err := syscall.Stat(f, &st); err != nil {
+			fmt.Fprintf(&b, "%s:-;", f)
+			continue
+		}
+		fmt.Fprintf(&b, "%s:%d:%d.%d:%d.%d:%d;", f, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Ino)
+	}
+	return b.String()
+}
+
+func (w *watcher) reloadKeys() {
+	keys, notes, err := w.cfg.ReadKeys()
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			w.log.Error().Str("problem", line).Msg("authorized keys not reloaded: the keys in force stay")
+		}
+		return
+	}
+	for _, n := range notes {
+		w.log.Warn().Str("note", n).Msg("authorized keys")
+	}
+	w.srv.SetKeys(keys)
+	w.log.Info().Int("keys", len(keys)).Msg("authorized keys reloaded")
+}
+
+// reload reads the configuration again and applies it: keys and environments at once;
+// listen, data_dir, host_key and the limits at the next start.
+func (w *watcher) reload() {
+	cfg, err := configs.Find(w.file)
+	if err != nil {
+		var pe configs.Problems
+		if errors.As(err, &pe) {
+			for _, pr := range pe {
+				w.log.Error().Str("problem", pr.String()).Msg("configuration not reloaded: the one in force stays")
+			}
+		} else {
+			w.log.Error().Err(err).Msg("configuration not reloaded: the one in force stays")
+		}
+		return
+	}
+	if w.listen != "" {
+		cfg.Listen = w.listen
+	}
+	if err := w.p.Reload(cfg); err != nil {
+		w.log.Error().Err(err).Msg("configuration not reloaded: the one in force stays")
+		return
+	}
+	w.srv.SetKeys(cfg.Keys)
+	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.Limits != w.cfg.Limits || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout {
+		w.log.Warn().Msg("listen, host_key, shutdown_timeout and the limits changed: they take effect when slipway restarts")
+	}
+	w.cfg = cfg
+	w.log.Info().Int("environments", len(cfg.Envs)).Int("keys", len(cfg.Keys)).Msg("configuration reloaded")
+}

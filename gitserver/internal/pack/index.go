@@ -21,7 +21,8 @@ import (
 // is based on, so a base is inflated once for all of its deltas, and a chain's bases are
 // held in memory only while their descendants are resolved. The walks are independent, and
 // run on up to deltaWorkers cores. A delta whose base is not in the pack (a thin pack, which
-// the advertisement's no-thin forbids) or does not apply is a bad pack.
+// the advertisement's no-thin forbids) or does not apply is a bad pack, and so is a tree
+// made by a delta that git's fsck would refuse (a *TreeError).
 func resolveDeltas(ra io.ReaderAt, p *scannedPack) error {
 	r, deltas := newDeltaResolver(p)
 	if deltas == 0 {
@@ -148,6 +149,13 @@ func (r *deltaResolver) resolve(in *packReader, o *packObject, base []byte) (int
 				return n, packErrorf("delta at %d: %v", d.offset, err)
 			}
 			d.typ, d.hash = o.typ, plumbing.ComputeHash(o.typ, content)
+			if d.typ == plumbing.TreeObject {
+				var tree treeChecker
+				_, _ = tree.Write(content) // it keeps what it finds for check
+				if err := tree.check(d.hash); err != nil {
+					return n, err
+				}
+			}
 			n++
 			if r.hasDeltas(d) {
 				m, err := r.resolve(in, d, content)

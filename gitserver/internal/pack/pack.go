@@ -18,7 +18,11 @@
 //     which RemoveTemp removes.
 //   - A pack that breaks the format (truncated, a bad checksum, a delta without its base in
 //     the pack, an object twice, ...) is the client's fault: its error wraps ErrBad. Any other
-//     error is the server's.
+//     error is the server's, or its reader's (a size limit of the caller's).
+//   - Every tree of a pack, whole or a delta, passes git's fsck rules for tree entries
+//     (receive.fsckObjects): no .git in any of its disguises, no ".", "..", empty name or
+//     slash, no symbolic link named .gitmodules, no entry twice. A tree that breaks them is a
+//     *TreeError, which wraps ErrBad, and nothing of its pack is stored.
 //   - A merge holds every object of the packs it replaces, and its caller decides whether
 //     those may be removed: a reader that listed them may still open them.
 //   - Writers of one repository are serialized by the caller: one Store, Consolidate or
@@ -237,8 +241,8 @@ func (c *objectCopier) next(i uint32) (packObject, plumbing.Hash, error) {
 }
 
 // inflate reads the zlib stream of object i, o, which must inflate to its declared size. A
-// whole object is hashed as it inflates, and gets its id; a delta's instructions are only
-// checked.
+// whole object is hashed as it inflates, and gets its id, and a tree is checked as git's
+// fsck checks it (treeChecker); a delta's instructions are only checked.
 func (c *objectCopier) inflate(o *packObject, i uint32) error {
 	var err error
 	if c.zr == nil {
@@ -251,9 +255,14 @@ func (c *objectCopier) inflate(o *packObject, i uint32) error {
 	}
 	var sink io.Writer = io.Discard
 	var hasher plumbing.Hasher
+	var tree *treeChecker
 	if !isDelta(o.typ) {
 		hasher = plumbing.NewHasher(o.typ, int64(o.size))
 		sink = hasher
+	}
+	if o.typ == plumbing.TreeObject {
+		tree = &treeChecker{}
+		sink = io.MultiWriter(hasher, tree)
 	}
 	// Inflate at most one byte more than declared: a zlib bomb is caught at its size. A
 	// stream that ends where declared was read to its end, so its checksum was checked.
@@ -268,6 +277,11 @@ func (c *objectCopier) inflate(o *packObject, i uint32) error {
 	}
 	if !isDelta(o.typ) {
 		o.hash = hasher.Sum()
+	}
+	if tree != nil {
+		if err := tree.check(o.hash); err != nil {
+			return err
+		}
 	}
 	return nil
 }
