@@ -10,7 +10,17 @@ RUN_DIR     ?= $(or $(XDG_STATE_HOME),$(HOME)/.local/state)/slipway
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build run test bench bench-smoke lint fmt check
+# Every parser of untrusted input has a fuzz target: package and target, one pair a line.
+FUZZ_TARGETS := \
+	./gitserver:FuzzDecodeUpdateRequest ./gitserver:FuzzReadPushOptions ./gitserver:FuzzWaitOption \
+	./gitserver:FuzzParseCommand ./gitserver:FuzzShellWordsProblem ./gitserver:FuzzValidateRef \
+	./gitserver:FuzzOneLine ./gitserver/internal/pack:FuzzReadObjectHeader \
+	./gitserver/internal/pack:FuzzPatchDelta ./gitserver/internal/pack:FuzzTreeChecker \
+	./gitserver/internal/pack:FuzzStore ./internal/authkeys:FuzzParse ./internal/reponame:FuzzProblem \
+	./configs:FuzzIndexLines ./configs:FuzzParseRecipe
+FUZZTIME    ?= 3s
+
+.PHONY: help build run test bench bench-smoke lint fmt check fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +46,13 @@ lint: ## go vet, gofmt and staticcheck
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 3s; CI runs this)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s "$${t%%:*}" 2>&1) || \
+			{ echo "$$out"; exit 1; }; \
+	done
 
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')

@@ -1,9 +1,11 @@
 package configs
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -479,4 +481,35 @@ func BenchmarkIndexLines(b *testing.B) {
 	for b.Loop() {
 		indexLines(string(text))
 	}
+}
+
+// FuzzParseRecipe feeds the parser of the pushed tree's slipway.toml, which anyone who may
+// push controls: it never panics, and what it accepts holds only recipe keys and shared
+// paths inside the release.
+func FuzzParseRecipe(f *testing.F) {
+	for _, seed := range []string{
+		"build = [\"make\"]\ntest = [\"make test\"]\n",
+		"shared_files = [\".env\"]\nshared_dirs = [\"storage\", \"a/b\"]\n",
+		"buidl = 1\n",
+		"shared_dirs = [\"../x\"]\n",
+		"build = '''\n[x]\n'''\n",
+		"[table]\nbuild = []\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		r, err := ParseRecipe(text)
+		if err != nil {
+			var pe Problems
+			if !errors.As(err, &pe) || len(pe) == 0 {
+				t.Fatalf("ParseRecipe error %v is not Problems", err)
+			}
+			return
+		}
+		for _, p := range append(append([]string{}, r.SharedFiles...), r.SharedDirs...) {
+			if p == "" || filepath.IsAbs(p) || p != filepath.Clean(p) || p == ".." || strings.HasPrefix(p, "../") {
+				t.Fatalf("accepted shared path %q outside the release", p)
+			}
+		}
+	})
 }
