@@ -44,6 +44,10 @@ type Config struct {
 type Builder struct {
 	cfg Config
 	log zerolog.Logger
+
+	// withTimeout bounds a command's context by its Command.Timeout, ending it with the
+	// cause errTimedOut; tests replace it to time a command out on an event of theirs.
+	withTimeout func(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc)
 }
 
 // New returns a Builder. Zero fields of cfg take their defaults.
@@ -54,7 +58,11 @@ func New(cfg Config, log zerolog.Logger) *Builder {
 	if cfg.MaxLine <= 0 {
 		cfg.MaxLine = 8192
 	}
-	return &Builder{cfg: cfg, log: log}
+	return &Builder{cfg: cfg, log: log, withTimeout: withTimeout}
+}
+
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, errTimedOut)
 }
 
 // Command is one shell command to run.
@@ -86,7 +94,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	runCtx := ctx
 	if c.Timeout > 0 {
 		var cancel context.CancelFunc
-		runCtx, cancel = context.WithTimeoutCause(ctx, c.Timeout, errTimedOut)
+		runCtx, cancel = b.withTimeout(ctx, c.Timeout)
 		defer cancel()
 	}
 

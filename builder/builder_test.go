@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -291,17 +292,54 @@ read x <trapped
 echo ready
 `
 
+// hang bounds the waits of tests for Run to return: far more than Run needs on any machine,
+// far less than the commands' own sleeps, so it tells a Run that waits for them from a slow
+// machine without timing Run.
+const hang = 2 * time.Minute
+
+// runBounded runs c in the background and returns Run's error, failing the test if Run has
+// not returned within hang.
+func runBounded(t *testing.T, b *Builder, ctx context.Context, c Command, out io.Writer) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, c, out) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(hang):
+		t.Fatalf("Run did not return within %v: it waits for a command that sleeps far longer", hang)
+		return nil
+	}
+}
+
+// timeoutOn makes b time its commands out when ready is closed, instead of after their
+// Timeout: on a loaded machine a command may take any time to get where a test needs it.
+func timeoutOn(b *Builder, ready <-chan struct{}) {
+	b.withTimeout = func(ctx context.Context, _ time.Duration) (context.Context, context.CancelFunc) {
+		ctx, stop := context.WithCancelCause(ctx)
+		go func() {
+			select {
+			case <-ready:
+				stop(errTimedOut)
+			case <-ctx.Done(): // Run is over
+			}
+		}()
+		return ctx, func() { stop(context.Canceled) }
+	}
+}
+
 func TestRunLeavesNothing(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		tail    string        // after the escapes
-		timeout time.Duration // Command.Timeout
-		cancel  bool          // cancel ctx once the escapes are ready
+		at      string        // the line after which the timeout expires or ctx is cancelled; default "ready\n"
+		timeout time.Duration // Command.Timeout; it expires at the line at
+		cancel  bool          // cancel ctx at the line at
 		check   func(t *testing.T, err error)
 	}{
 		{
-			name: "timeout", tail: "sleep 1000", timeout: 300 * time.Millisecond,
+			name: "timeout", tail: "sleep 100000", timeout: 300 * time.Millisecond,
 			check: func(t *testing.T, err error) {
 				var ee *ExitError
 				if !errors.As(err, &ee) || !ee.TimedOut || ee.Canceled || ee.Timeout != 300*time.Millisecond {
@@ -316,7 +354,9 @@ func TestRunLeavesNothing(t *testing.T) {
 			},
 		},
 		{
-			name: "timeout with the shell ignoring SIGTERM", tail: `trap "" TERM; sleep 1000`, timeout: 300 * time.Millisecond,
+			// sleep inherits the ignored SIGTERM: only SIGKILL, after KillGrace, ends it.
+			name: "timeout with the shell ignoring SIGTERM", tail: `trap "" TERM; echo trapped; sleep 100000`, at: "trapped\n",
+			timeout: 300 * time.Millisecond,
 			check: func(t *testing.T, err error) {
 				var ee *ExitError
 				if !errors.As(err, &ee) || !ee.TimedOut || ee.Signal != "killed" {
@@ -325,7 +365,7 @@ func TestRunLeavesNothing(t *testing.T) {
 			},
 		},
 		{
-			name: "cancel", tail: "sleep 1000", cancel: true,
+			name: "cancel", tail: "sleep 100000", cancel: true,
 			check: func(t *testing.T, err error) {
 				var ee *ExitError
 				if !errors.As(err, &ee) || !ee.Canceled || ee.TimedOut || !errors.Is(err, context.Canceled) {
@@ -360,15 +400,21 @@ func TestRunLeavesNothing(t *testing.T) {
 			b := newTestBuilder(t, Config{})
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
+			ready := make(chan struct{})
+			timeoutOn(b, ready)
+			at := cmp.Or(tt.at, "ready\n")
 			out := &recorder{onLine: func(l string) {
-				if l == "ready\n" && tt.cancel {
-					cancel()
+				if l == at {
+					close(ready)
+					if tt.cancel {
+						cancel()
+					}
 				}
 			}}
 			c := Command{Name: "build 1/1", Run: escapes + tt.tail, Dir: t.TempDir(), Env: testEnv, Timeout: tt.timeout}
-			start := time.Now()
-			err := b.Run(ctx, c, out)
-			took := time.Since(start)
+			// The commands sleep for a day: Run returns within hang only if the timeout or
+			// the cancel, then KillGrace for SIGTERM, then SIGKILL, end them all.
+			err := runBounded(t, b, ctx, c, out)
 			tt.check(t, err)
 
 			lines := out.Lines()
@@ -390,27 +436,35 @@ func TestRunLeavesNothing(t *testing.T) {
 			if left := carrying(t, kv); len(left) > 0 {
 				t.Errorf("processes %v still carry %s", left, kv)
 			}
-			// Timeout, then KillGrace for SIGTERM, then SIGKILL: well within 2 s more.
-			if limit := tt.timeout + 2*time.Second; took > limit {
-				t.Errorf("Run took %v, want < %v", took, limit)
-			}
 		})
 	}
 }
 
+// The real timer: a command that outlives its Timeout is ended and reported as timed out.
+func TestRunTimeout(t *testing.T) {
+	t.Parallel()
+	b := newTestBuilder(t, Config{})
+	c := Command{Name: "test 1/1", Run: "sleep 100000", Dir: t.TempDir(), Env: testEnv, Timeout: 50 * time.Millisecond}
+	err := runBounded(t, b, t.Context(), c, io.Discard)
+	var ee *ExitError
+	if !errors.As(err, &ee) || !ee.TimedOut || ee.Canceled || ee.Timeout != 50*time.Millisecond || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run = %#v, want a timed out *ExitError", err)
+	}
+	if want := "test 1/1: timed out after 50ms"; err.Error() != want {
+		t.Errorf("Error() = %q, want %q", err.Error(), want)
+	}
+}
+
 // A background child that holds stdout open must not keep Run waiting: it is ended as soon
-// as the shell exits, not after KillGrace (here the default, 5 s).
+// as the shell exits, not after KillGrace. KillGrace is an hour here, so a Run that waited
+// for it would not return within hang.
 func TestRunBackgroundHoldsStdout(t *testing.T) {
 	t.Parallel()
-	b := New(Config{}, zerolog.New(zerolog.NewTestWriter(t)))
+	b := New(Config{KillGrace: time.Hour}, zerolog.New(zerolog.NewTestWriter(t)))
 	var out recorder
-	start := time.Now()
-	err := b.Run(t.Context(), Command{Name: "build 1/1", Run: "sleep 1000 & echo started", Dir: t.TempDir(), Env: testEnv}, &out)
+	err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: "sleep 100000 & echo started", Dir: t.TempDir(), Env: testEnv}, &out)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
-	}
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("Run took %v, want it prompt", took)
 	}
 	if got := out.Lines(); !slices.Equal(got, []string{"started\n"}) {
 		t.Errorf("lines = %q", got)
@@ -422,29 +476,21 @@ func TestRunBackgroundHoldsStdout(t *testing.T) {
 func TestRunEscapeeHoldingStdout(t *testing.T) {
 	// The fifo makes the script wait until the escapee runs with its scrubbed environment.
 	const escapee = `mkfifo escaped
-setsid env -i /bin/sh -c 'echo pid=$$; echo >escaped; exec /bin/sleep 1000' &
+setsid env -i /bin/sh -c 'echo pid=$$; echo >escaped; exec /bin/sleep 100000' &
 read x <escaped`
 	t.Parallel()
 	b := newTestBuilder(t, Config{})
 	var out recorder
-	done := make(chan error, 1)
-	go func() {
-		done <- b.Run(t.Context(), Command{Name: "build 1/1", Run: escapee, Dir: t.TempDir(), Env: testEnv}, &out)
-	}()
-	// The escapee sleeps for 1000s holding the pipe: Run must return long before, once its
-	// WaitDelay gives up on the pipe. The bound only tells a hang from a slow machine.
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("Run did not return: it waits for the process that escaped with its stdout")
-	}
-	for _, p := range values(out.Lines(), "pid") {
-		if pid, err := strconv.Atoi(p); err == nil {
-			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH: gone already, as it should be
+	t.Cleanup(func() {
+		for _, p := range values(out.Lines(), "pid") {
+			if pid, err := strconv.Atoi(p); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL) // ESRCH: gone already, as it should be
+			}
 		}
-	}
-	if err != nil {
+	})
+	// The escapee sleeps for a day holding the pipe: Run must return long before, once its
+	// WaitDelay gives up on the pipe.
+	if err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: escapee, Dir: t.TempDir(), Env: testEnv}, &out); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 }

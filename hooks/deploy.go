@@ -82,7 +82,7 @@ func (d *deploy) begin() (*os.File, error) {
 	previous, err := d.e.rel.Current()
 	if err != nil {
 		d.p.log.Error().Err(err).Str("repo", d.entry.Repo).Msg("read current")
-		return nil, errors.New("cannot read the live release: see the server log")
+		return nil, shown("cannot read the live release", err)
 	}
 	d.entry.PreviousSHA = previous
 	d.log = d.p.log.With().Str("repo", d.entry.Repo).Str("sha", d.entry.SHA).Str("old_sha", previous).
@@ -90,7 +90,7 @@ func (d *deploy) begin() (*os.File, error) {
 	entry, logFile, err := d.e.rel.Begin(d.entry)
 	if err != nil {
 		d.log.Error().Err(err).Msg("journal deploy")
-		return nil, errors.New("cannot record the deploy: see the server log")
+		return nil, shown("cannot record the deploy", err)
 	}
 	d.entry = entry
 	d.log = d.log.With().Int64("id", entry.ID).Logger()
@@ -152,7 +152,7 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
 		d.log.Error().Err(err).Msg("record release complete")
-		return errors.New("cannot record the release: see the server log")
+		return shown("cannot record the release", err)
 	}
 	return d.activate(out)
 }
@@ -174,14 +174,14 @@ func (d *deploy) makeRoom(out io.Writer) (undo func(), err error) {
 	if sha != d.entry.PreviousSHA {
 		if err := rel.Discard(sha); err != nil {
 			d.log.Error().Err(err).Msg("remove release to rebuild")
-			return nil, errors.New("cannot remove the old build of this release: see the server log")
+			return nil, shown("cannot remove the old build of this release", err)
 		}
 		return discard, nil
 	}
 	say(out, "releases/%s is live: a copy serves while it is rebuilt", short(sha))
 	if err := rel.Hold(sha); err != nil {
 		d.log.Error().Err(err).Msg("hold live release")
-		return nil, errors.New("cannot set the live release aside for the rebuild: see the server log")
+		return nil, shown("cannot set the live release aside for the rebuild", err)
 	}
 	return func() {
 		if err := rel.Restore(sha); err != nil {
@@ -285,7 +285,7 @@ func (d *deploy) activate(out io.Writer) error {
 	d.record("activate", start, err)
 	if err != nil {
 		d.log.Error().Err(err).Msg("activate failed")
-		return errors.New("activate: cannot swap current: see the server log")
+		return shown("activate", err)
 	}
 	say(out, "live: current -> releases/%s (%s)", sha, since(start))
 	d.log.Info().Bool("rollback", wasLive).Msg("release activated")
@@ -449,8 +449,20 @@ func notKept(e *environment, sha string) error {
 	return fmt.Errorf("releases/%s is not kept (pruned, or never built): push it to rebuild it", short(sha))
 }
 
+// shown is err as its requester may read it: what failed, and why when the reason is safe
+// to show (releaser.Reason); the operator log has the whole chain.
+func shown(what string, err error) error {
+	if r, ok := releaser.Reason(err); ok {
+		return fmt.Errorf("%s: %s", what, r)
+	}
+	return fmt.Errorf("%s: see the server log", what)
+}
+
 // safeReason is the part of err fit for the pusher: no server paths.
 func safeReason(ctx context.Context, err error) string {
+	if r, ok := releaser.Reason(err); ok {
+		return r
+	}
 	switch {
 	case ctx.Err() != nil:
 		return errCancelled.Error()

@@ -57,6 +57,8 @@ type Pipeline struct {
 	cfg  Config
 	log  zerolog.Logger
 	auto *registry // the embedded default's environments; nil with a config file
+	// limits are those at start: a release's size and file count are checked against them.
+	limits configs.Limits
 
 	mu   sync.Mutex // guards envs: the embedded default adds and removes environments while serving
 	envs map[string]*environment
@@ -120,7 +122,7 @@ var (
 // use. Only what concerns every environment (release_files = "link" as root, an unreadable
 // registry) is an error here.
 func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
-	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}}
+	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}, limits: cfg.Server.Limits}
 	envs := cfg.Server.Envs
 	if cfg.Server.Auto {
 		p.auto = &registry{dataDir: cfg.Server.DataDir}
@@ -227,10 +229,12 @@ func (p *Pipeline) open(ec configs.Env) (*environment, error) {
 		}
 	}
 	rel, err := releaser.New(releaser.Config{
-		Path:         ec.Path,
-		KeepReleases: ec.KeepReleases,
-		PruneGrace:   ec.PruneGrace,
-		LinkFiles:    ec.LinkFiles,
+		Path:            ec.Path,
+		KeepReleases:    ec.KeepReleases,
+		PruneGrace:      ec.PruneGrace,
+		LinkFiles:       ec.LinkFiles,
+		MaxReleaseSize:  p.limits.MaxReleaseSize,
+		MaxReleaseFiles: int(p.limits.MaxReleaseFiles),
 	}, log.With().Str("component", "releaser").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", ec.Repo, err)
@@ -404,7 +408,7 @@ func (p *Pipeline) reserve(ctx context.Context, repo, pusher string, wait time.D
 	if err != nil {
 		release()
 		p.log.Error().Err(err).Str("repo", repo).Msg("read current")
-		return Target{}, nil, fmt.Errorf("%s: cannot read the live release: see the server log", repo)
+		return Target{}, nil, shown(repo+": cannot read the live release", err)
 	}
 	return Target{Branch: e.cfg.Branch, Live: live}, release, nil
 }
@@ -430,7 +434,7 @@ func (p *Pipeline) lock(ctx context.Context, e *environment, holder string, wait
 		return nil, err
 	case err != nil:
 		p.log.Error().Err(err).Str("repo", e.cfg.Repo).Msg("take the deploy lock")
-		return nil, fmt.Errorf("%s cannot be locked: see the server log", e.cfg.Repo)
+		return nil, shown(e.cfg.Repo+" cannot be locked", err)
 	}
 	return unlock, nil
 }
@@ -445,7 +449,7 @@ func (busyMark) Is(target error) bool { return target == ErrBusy }
 func frozen(e *environment) error {
 	f, err := e.rel.Frozen()
 	if err != nil {
-		return fmt.Errorf("%s: cannot read its freeze: %w", e.cfg.Repo, err)
+		return shown(e.cfg.Repo+": cannot read its freeze", err)
 	}
 	if f != nil {
 		return fmt.Errorf("%s is frozen by %s since %s: %s", e.cfg.Repo, f.By, f.Since.UTC().Format(time.RFC3339), f.Message)
@@ -462,7 +466,7 @@ func (p *Pipeline) Inspect(repo, who string) (Target, error) {
 	live, err := e.rel.Current()
 	if err != nil {
 		p.log.Error().Err(err).Str("repo", repo).Msg("read current")
-		return Target{}, fmt.Errorf("%s: cannot read the live release: see the server log", repo)
+		return Target{}, shown(repo+": cannot read the live release", err)
 	}
 	return Target{Branch: e.cfg.Branch, Live: live}, nil
 }

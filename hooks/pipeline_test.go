@@ -244,3 +244,51 @@ func (w *watcher) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// TestCorruptStateStaysInItsEnvironment: a damaged state file in one environment does not
+// stop the server or the others; that one is refused with what is wrong and how to mend it,
+// and serves again once it is mended.
+func TestCorruptStateStaysInItsEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	const other = "myapp/staging"
+	f := newFixture(t, env(dir, repo), env(dir, other))
+	for _, r := range []string{repo, other} {
+		sha := commit(t, f.repos.store(t, r), map[string]string{"f": r})
+		if out, err := f.push(t.Context(), r, sha); err != nil {
+			t.Fatalf("deploy %s: %v\n%s", r, err, out)
+		}
+	}
+	records := filepath.Join(dir, "deploy", "myapp", "production", ".slipway", "releases.json")
+	good, err := os.ReadFile(records)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(records, good[:len(good)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	f.open() // a restart: it must not fail
+	const damaged = ".slipway/releases.json is damaged"
+	stdout, _, code := f.command(Caller{}, "status")
+	if code != 0 || !strings.Contains(stdout, "myapp/production is unavailable: "+damaged) || !strings.Contains(stdout, other) {
+		t.Errorf("status (exit %d):\n%s", code, stdout)
+	}
+	if strings.Contains(stdout, dir) {
+		t.Errorf("status shows a server path:\n%s", stdout)
+	}
+	if _, _, err := f.p.Reserve(t.Context(), repo, "alice", 0); err == nil || !strings.Contains(err.Error(), damaged) {
+		t.Errorf("push to the damaged environment: %v", err)
+	}
+	sha := commit(t, f.repos.store(t, other), map[string]string{"f": "2"})
+	if out, err := f.push(t.Context(), other, sha); err != nil {
+		t.Errorf("the other environment does not deploy: %v\n%s", err, out)
+	}
+
+	if err := os.WriteFile(records, good, 0o644); err != nil { // the operator restores it
+		t.Fatal(err)
+	}
+	sha = commit(t, f.repos.store(t, repo), map[string]string{"f": "3"})
+	if out, err := f.push(t.Context(), repo, sha); err != nil {
+		t.Errorf("the mended environment does not deploy: %v\n%s", err, out)
+	}
+}

@@ -114,6 +114,9 @@ func (r *Releaser) Complete(sha string) error {
 //
 // While the live release is held (Hold), only that sha, rebuilt and completed, may be
 // activated; the hold is removed once current has moved.
+//
+// A failure to move current is a *SwapError (see Reason); then the release live before
+// stays live, unless only the final sync of the deploy root failed.
 func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 	if err := checkSHA(sha); err != nil {
 		return false, fmt.Errorf("activate: %w", err)
@@ -137,6 +140,10 @@ func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 	if err := r.swapCurrent(sha); err != nil {
 		return false, fmt.Errorf("activate %s: %w", sha, err)
 	}
+	// sha is live: the shared dirs made for it are its own now.
+	r.mu.Lock()
+	r.forgetCreatedLocked()
+	r.mu.Unlock()
 	r.journalActivation(sha)
 	now := r.now().UTC()
 	err = r.updateState(func(st *state) (bool, error) {
@@ -157,21 +164,25 @@ func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 }
 
 // swapCurrent points current at releases/<name> (a sha, or a hold) atomically and durably.
+// Its errors are *SwapError.
 func (r *Releaser) swapCurrent(name string) error {
 	if err := r.removeTempLinks(); err != nil {
-		return err
+		return &SwapError{Err: err}
 	}
 	tmp := filepath.Join(r.path, tmpLinkPrefix+randSuffix())
 	if err := os.Symlink("releases/"+name, tmp); err != nil {
-		return err
+		return &SwapError{Err: err}
 	}
 	// rename(2) replaces the symlink current itself, never an entry inside its target
 	// (unlike mv without -T). If current is a real directory, it fails.
 	if err := os.Rename(tmp, r.currentLink()); err != nil {
 		os.Remove(tmp) // if this fails too, the next swap's removeTempLinks removes it
-		return err
+		return &SwapError{Err: err}
 	}
-	return atomicfile.SyncDir(r.path)
+	if err := atomicfile.SyncDir(r.path); err != nil {
+		return &SwapError{Err: err}
+	}
+	return nil
 }
 
 // removeTempLinks removes temporary links left by a swap interrupted by a crash.

@@ -47,6 +47,9 @@ func (r *Releaser) Destroy() error {
 	if err := atomicfile.SyncDir(parent); err != nil {
 		return fmt.Errorf("destroy %s: renamed to %s: %w", r.path, hidden, err)
 	}
+	r.mu.Lock()
+	r.forgetCreatedLocked() // removed with the root, or by RemoveDestroyed
+	r.mu.Unlock()
 	if err := removeIn(parent, hidden); err != nil {
 		return fmt.Errorf("destroy %s: remove %s: %w", r.path, hidden, err)
 	}

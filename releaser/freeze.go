@@ -24,7 +24,7 @@ type Freeze struct {
 	Since   time.Time `json:"since"`
 }
 
-func (r *Releaser) freezePath() string { return filepath.Join(r.metaDir(), "freeze.json") }
+func (r *Releaser) freezePath() string { return filepath.Join(r.path, freezeFile) }
 
 // Freeze freezes the environment, durably, replacing any freeze in place. It does not take
 // the deploy lock: a deploy running already finishes. Callers refusing deploys check
@@ -56,7 +56,8 @@ func (r *Releaser) Unfreeze() error {
 }
 
 // Frozen returns the freeze in place, or nil, nil if the environment is not frozen. A
-// freeze file that cannot be read is an error, never "not frozen".
+// freeze file that cannot be read is an error, never "not frozen"; one that does not parse
+// is a *CorruptError (Unfreeze removes it all the same).
 func (r *Releaser) Frozen() (*Freeze, error) {
 	b, err := os.ReadFile(r.freezePath())
 	if errors.Is(err, fs.ErrNotExist) {
@@ -67,7 +68,7 @@ func (r *Releaser) Frozen() (*Freeze, error) {
 	}
 	var f Freeze
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("frozen: %s: %w", r.freezePath(), err)
+		return nil, fmt.Errorf("frozen: %w", &CorruptError{File: freezeFile, Err: err})
 	}
 	return &f, nil
 }

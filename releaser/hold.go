@@ -106,7 +106,8 @@ func (r *Releaser) hold(sha string) error {
 // Restore gives up the rebuild of the held release sha: it puts the held tree back at
 // releases/<sha> (as a hard-linked copy, so that current names a complete tree at every
 // moment), records it complete again with its old record, points current at it and
-// removes the hold. Whatever was rebuilt at releases/<sha> is removed first.
+// removes the hold. Whatever was rebuilt at releases/<sha> is removed first, and so are
+// the shared dirs LinkShared created for the rebuild (see LinkShared).
 func (r *Releaser) Restore(sha string) error {
 	if err := checkSHA(sha); err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -121,6 +122,9 @@ func (r *Releaser) Restore(sha string) error {
 		return fmt.Errorf("restore %s: release is not held", sha)
 	}
 	if err := r.restore(sha); err != nil {
+		return fmt.Errorf("restore %s: %w", sha, err)
+	}
+	if err := r.removeCreatedLocked(sha); err != nil {
 		return fmt.Errorf("restore %s: %w", sha, err)
 	}
 	return nil

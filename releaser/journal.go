@@ -163,6 +163,16 @@ type activateLine struct {
 	Time  time.Time `json:"time"`
 }
 
+// known reports whether l is of an event this version journals.
+func (l *journalLine) known() bool {
+	switch l.Event {
+	case eventBegin, eventFinish, eventActivate:
+		return true
+	}
+	return false
+}
+
+// valid reports whether l, of a known event, has what that event needs.
 func (l *journalLine) valid() bool {
 	switch l.Event {
 	case eventBegin:
@@ -175,7 +185,7 @@ func (l *journalLine) valid() bool {
 	return false
 }
 
-func (r *Releaser) journalPath() string { return filepath.Join(r.metaDir(), "history.jsonl") }
+func (r *Releaser) journalPath() string { return filepath.Join(r.path, journalFile) }
 
 func (r *Releaser) logPath(id int64) string {
 	return filepath.Join(r.logsDir(), fmt.Sprintf("%06d.log", id))
@@ -200,8 +210,11 @@ func logID(name string) (int64, bool) {
 // The journal, .slipway/history.jsonl, is only ever appended to, one whole JSON line per
 // event (begin, finish, activate) in a single write, fsynced before Begin, Finish or
 // Activate return. Writers serialize on an flock(2) of the journal itself; readers take no
-// lock and ignore a last line without its newline (being written, or torn by a crash), and
-// the next writer cuts such a torn line off before it appends.
+// lock and ignore a last line without its newline (being written, or torn by a crash) or
+// that does not parse (garbled by a crash), and the next writer cuts such a torn line off
+// before it appends. A line that does not parse anywhere else is damage no crash makes:
+// Begin, Finish and every reader of the journal return a *CorruptError then, so that no
+// entry id is handed out twice.
 func (r *Releaser) Begin(e Entry) (Entry, *os.File, error) {
 	switch e.Kind {
 	case "push", "rollback", "redeploy":
@@ -389,29 +402,56 @@ func (r *Releaser) readJournal() ([]journalLine, error) {
 	return lines, err
 }
 
-// parseJournal reads journal lines from rd. complete is the length of the lines that end
-// in a newline: what follows them is a line being written, or torn by a crash, and is
-// ignored. A complete line that cannot be read is skipped, with a warning.
-func (r *Releaser) parseJournal(rd io.Reader) (lines []journalLine, complete int64, err error) {
+// parseJournal reads journal lines from rd. keep is the length of what is sound: every
+// line up to the last one that ends in a newline and parses. What follows is a line being
+// written, or one torn by a crash (without its newline, or, if the disk lost part of it,
+// with its newline but garbled), and is ignored. A line that does not parse followed by
+// another line cannot be either: that is a *CorruptError naming the line. A line of an
+// event this version does not know is skipped, with a warning.
+func (r *Releaser) parseJournal(rd io.Reader) (lines []journalLine, keep int64, err error) {
 	br := bufio.NewReaderSize(rd, 64<<10)
+	var (
+		offset  int64 // where the next line starts
+		bad     error // the last non-blank line, if it does not parse
+		badLine int
+	)
 	for n := 1; ; n++ {
 		b, err := br.ReadBytes('\n')
 		if err == io.EOF {
-			return lines, complete, nil
+			if bad != nil {
+				r.log.Warn().Str("file", r.journalPath()).Int("line", badLine).AnErr("problem", bad).
+					Msg("ignoring a garbled last journal line: a crash while it was written")
+			}
+			return lines, keep, nil
 		}
 		if err != nil {
 			return nil, 0, err
 		}
-		complete += int64(len(b))
+		offset += int64(len(b))
 		if len(strings.TrimSpace(string(b))) == 0 {
+			if bad == nil {
+				keep = offset
+			}
 			continue
+		}
+		if bad != nil {
+			return nil, 0, &CorruptError{File: journalFile, Err: fmt.Errorf("line %d: %w", badLine, bad)}
 		}
 		var l journalLine
-		if err := json.Unmarshal(b, &l); err != nil || !l.valid() {
-			r.log.Warn().Str("file", r.journalPath()).Int("line", n).Msg("skipping unreadable journal line")
+		if err := json.Unmarshal(b, &l); err != nil {
+			bad, badLine = err, n
 			continue
 		}
-		lines = append(lines, l)
+		switch {
+		case !l.known():
+			r.log.Warn().Str("file", r.journalPath()).Int("line", n).Str("event", l.Event).Msg("skipping a journal line of an unknown event")
+		case !l.valid():
+			bad, badLine = errors.New("not a journal entry"), n
+			continue
+		default:
+			lines = append(lines, l)
+		}
+		keep = offset
 	}
 }
 
@@ -437,7 +477,7 @@ func (r *Releaser) appendJournal(add func(lines []journalLine) ([]any, error)) e
 	}
 	if fi.Size() > complete {
 		// A line torn by a crash: no writer is at work, we hold the flock. Appending after
-		// it would glue the next line to it.
+		// it would glue the next line to it, or make it a damaged line in the middle.
 		r.log.Warn().Str("file", r.journalPath()).Int64("bytes", fi.Size()-complete).Msg("cutting off a torn journal line")
 		if err := f.Truncate(complete); err != nil {
 			return err

@@ -35,12 +35,26 @@ const maxSymlinkTarget = 4096
 // object store (no worktree, no index). A leftover incomplete directory of that name is
 // removed first; a release already complete is refused.
 //
+// Before it writes anything, it scans the whole tree (tree objects and blob headers, never
+// blob content) and refuses, with a *TreeError, any entry it would not write: names git
+// refuses (".", "..", ".git" in any case or disguise, control characters), names with a
+// "/" or longer than 255 bytes, duplicates, trees nested more than 1000 directories deep,
+// symlink targets over 4096 bytes, tree objects that do not parse. With a *LimitError, it
+// refuses a tree over MaxReleaseSize or MaxReleaseFiles, or one that needs more space or
+// inodes than the filesystem of releases/ has free, with a margin of 10% (files LinkFiles
+// will hard-link from the live release need neither). Both errors are safe to show a
+// pusher (see Reason).
+//
 // Regular files get 0644 and executables 0755 whatever the umask (0444 and 0555 with
 // LinkFiles), directories 0755; symlinks are created with their target verbatim and never
-// followed by the writer; submodules (gitlinks) become empty directories. Entry names
-// go-git rejects (".", "..", ".git" and its disguises, control characters) and names
-// containing "/" fail the whole release, as does any entry whose path goes through
-// something other than a directory the writer made (a symlink that leaves the release).
+// followed by the writer; submodules (gitlinks) become empty directories. Any entry whose
+// path goes through something other than a directory the writer made (a symlink that
+// leaves the release) fails the whole release.
+//
+// Every blob is copied to its file through its object's reader, a buffer at a time, so
+// memory does not grow with a blob's size provided objs streams large objects: go-git's
+// filesystem storage does for blobs above its Options.LargeObjectThreshold, and reads any
+// other blob whole into memory.
 //
 // On any error, or when ctx is done, the partial directory is removed. progress, if not
 // nil, gets a line about every second of a long write ("  wrote 12000 files, 120 MB") and
@@ -52,9 +66,47 @@ func (r *Releaser) Materialize(ctx context.Context, objs storer.EncodedObjectSto
 	if r.IsComplete(sha) {
 		return Stats{}, fmt.Errorf("materialize %s: release is already complete", sha)
 	}
+	stats, err := r.materialize(ctx, objs, sha, progress)
+	if err != nil {
+		return Stats{}, fmt.Errorf("materialize %s: %w", sha, err)
+	}
+	return stats, nil
+}
+
+func (r *Releaser) materialize(ctx context.Context, objs storer.EncodedObjectStorer, sha string, progress io.Writer) (Stats, error) {
+	commit, err := object.GetCommit(objs, plumbing.NewHash(sha))
+	if err != nil {
+		return Stats{}, fmt.Errorf("commit: %w", err)
+	}
+	b := r.openBase(objs, sha)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			b.top().release()
+		}
+	}()
+	var linkFrom *base
+	if r.linkFiles {
+		linkFrom = b
+	}
+	start := time.Now()
+	total, linked, err := scanTree(ctx, objs, commit.TreeHash, linkFrom)
+	if err != nil {
+		return Stats{}, err
+	}
+	r.log.Debug().Str("sha", sha).Int64("entries", total.entries).Int64("bytes", total.bytes).
+		Int64("linked_entries", linked.entries).Int64("linked_bytes", linked.bytes).
+		Int64("took_ms", time.Since(start).Milliseconds()).Msg("release tree scanned")
+	if err := r.checkLimits(total); err != nil {
+		return Stats{}, err
+	}
+	tree, err := commit.Tree()
+	if err != nil {
+		return Stats{}, fmt.Errorf("tree: %w", err)
+	}
 	// A record whose directory is gone must go before the directory reappears, or the
 	// release would count as complete while it is being written.
-	err := r.updateState(func(st *state) (bool, error) {
+	err = r.updateState(func(st *state) (bool, error) {
 		if _, ok := st.Releases[sha]; !ok {
 			return false, nil
 		}
@@ -62,36 +114,35 @@ func (r *Releaser) Materialize(ctx context.Context, objs storer.EncodedObjectSto
 		return true, nil
 	})
 	if err != nil {
-		return Stats{}, fmt.Errorf("materialize %s: %w", sha, err)
+		return Stats{}, err
 	}
 	if err := r.removeRelease(sha); err != nil {
-		return Stats{}, fmt.Errorf("materialize %s: remove leftover: %w", sha, err)
+		return Stats{}, fmt.Errorf("remove leftover: %w", err)
+	}
+	need := size{entries: total.entries - linked.entries, bytes: total.bytes - linked.bytes}
+	if err := r.checkSpace(need); err != nil {
+		return Stats{}, err
 	}
 	if err := os.Mkdir(r.Dir(sha), 0o755); err != nil {
-		return Stats{}, fmt.Errorf("materialize %s: %w", sha, err)
+		return Stats{}, err
 	}
-	stats, err := r.writeTree(ctx, objs, sha, progress)
+	handedOver = true
+	stats, err := r.writeTree(ctx, objs, sha, tree, b, progress)
 	if err != nil {
 		if rerr := r.removeRelease(sha); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove partial release: %w", rerr))
 		}
-		return Stats{}, fmt.Errorf("materialize %s: %w", sha, err)
+		return Stats{}, err
 	}
 	return stats, nil
 }
 
-func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStorer, sha string, progress io.Writer) (Stats, error) {
-	commit, err := object.GetCommit(objs, plumbing.NewHash(sha))
-	if err != nil {
-		return Stats{}, fmt.Errorf("commit: %w", err)
-	}
-	tree, err := commit.Tree()
-	if err != nil {
-		return Stats{}, fmt.Errorf("tree: %w", err)
-	}
-
+// writeTree writes tree into releases/<sha>, which exists and is empty, copying unchanged
+// files from b if it is not nil. It takes b's directory over, and releases it.
+func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStorer, sha string, tree *object.Tree, b *base, progress io.Writer) (Stats, error) {
 	top, err := openDir(unix.AT_FDCWD, r.Dir(sha))
 	if err != nil {
+		b.top().release()
 		return Stats{}, err
 	}
 	// The umask can narrow the modes we create with; only if it does is every entry
@@ -99,17 +150,18 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 	var st unix.Stat_t
 	if err := unix.Fstat(top.fd, &st); err != nil {
 		top.release()
+		b.top().release()
 		return Stats{}, err
 	}
 	exact := st.Mode&0o777 != 0o755
 	if exact {
 		if err := unix.Fchmod(top.fd, 0o755); err != nil {
 			top.release()
+			b.top().release()
 			return Stats{}, err
 		}
 	}
 
-	b := r.openBase(objs, sha)
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	tw := &treeWriter{

@@ -20,7 +20,8 @@ import (
 // is dangling, names an incomplete release, or is missing while some release has been live,
 // it is repointed to the most recently activated complete release, or removed if there is
 // none; each repair is logged at warn level. current that is not a symlink is an error, and
-// so is an unreadable releases.json: nothing is removed then.
+// so is an unreadable releases.json or history.jsonl (a *CorruptError if it does not
+// parse): nothing is changed then.
 //
 // If releases.json does not exist at all while current names an existing release, the
 // records were lost, not the release: the live release is adopted as complete rather than
@@ -54,6 +55,9 @@ func (r *Releaser) Recover() error {
 func (r *Releaser) repair() error {
 	if _, _, err := r.loadState(); err != nil {
 		return err // an unreadable record: change nothing
+	}
+	if _, err := r.readJournal(); err != nil {
+		return err // a damaged journal: change nothing either
 	}
 	if err := r.restoreHold(); err != nil {
 		return err

@@ -36,6 +36,32 @@
 //	                 rewritten; see Begin
 //	logs/            one file per journal entry: <id>.log, the id zero-padded to 6 digits
 //	freeze.json      present while the environment is frozen (see Freeze)
+//
+// A state file damaged by a disk fault or a hand edit stops this environment only, and
+// says so: its readers, Recover and the steps that need it return a *CorruptError naming
+// the file (relative to the root) and what to do, which the caller can tell apart with
+// errors.As and show a pusher; nothing is changed meanwhile. Per file:
+//
+//   - releases.json that does not parse, or holds a record of something that is not a full
+//     commit id: every reader and writer of the records refuses, Recover too (it would
+//     otherwise delete every release as incomplete). Moved away, Recover adopts the live
+//     release and removes the others; restored, all goes on.
+//   - history.jsonl: a line that does not parse followed by any other line (no crash makes
+//     that) stops History, Entry, ActivatedAt, Begin, Finish, Prune's log pruning and
+//     Recover, so that no entry id is handed out twice. A last line without its newline, or
+//     garbled, is what a crash during an append leaves: it is ignored, and cut off by the
+//     next append. A line of an event this version does not know is skipped.
+//   - freeze.json that does not parse: Frozen returns the error, never "not frozen", so
+//     deploys stay refused, as the operator who froze the environment meant; Unfreeze
+//     removes it and Freeze replaces it.
+//   - deploy.holder is a note beside the lock, whose flock is the truth: damaged, it reads
+//     as "holder unknown" while the lock is held, as nobody when it is not, and the next
+//     Lock replaces it. It never fails anything.
+//
+// A deploy that fails before the swap leaves shared/ as it found it: the shared dirs
+// LinkShared created for the release are removed with it by Discard (or Restore). That
+// memory is the process's: a crash in between leaves them, empty or with what the build
+// wrote. A shared dir that existed before is never touched.
 package releaser
 
 import (
@@ -49,6 +75,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Config is one environment's deploy root and retention policy.
@@ -70,6 +97,13 @@ type Config struct {
 	// a checked-out file in place fails (EACCES), unless it runs as root or chmods it first.
 	// The caller decides whether that is acceptable; see reuse.go.
 	LinkFiles bool
+	// MaxReleaseSize is the most bytes a release's files may hold in all, as the blobs'
+	// headers in the object store give them; Materialize refuses a bigger tree with a
+	// *LimitError before it writes anything. 0 = no limit.
+	MaxReleaseSize int64
+	// MaxReleaseFiles is the most files, directories and symlinks a release may have;
+	// Materialize refuses more likewise. 0 = no limit.
+	MaxReleaseFiles int
 }
 
 // Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
@@ -84,12 +118,16 @@ type Releaser struct {
 	keep      int
 	grace     time.Duration
 	linkFiles bool
+	maxSize   int64 // MaxReleaseSize; 0: none
+	maxFiles  int64 // MaxReleaseFiles; 0: none
 	log       zerolog.Logger
 
 	// now is the clock; tests replace it.
 	now func() time.Time
 	// progressEvery is the interval between Materialize's progress lines; tests shorten it.
 	progressEvery time.Duration
+	// statfs is statfs(2), for Materialize's check of free space; tests fake a full disk.
+	statfs func(path string, st *unix.Statfs_t) error
 	// lockBusy, if set, is called by LockWait after each attempt that found the lock
 	// taken; tests use it to know that a waiter waits.
 	lockBusy func()
@@ -98,10 +136,13 @@ type Releaser struct {
 	lockOpened func()
 
 	// mu serializes read-modify-write cycles of releases.json within this process; across
-	// processes the deploy lock does. It also guards written.
+	// processes the deploy lock does. It also guards written and created.
 	mu sync.Mutex
 	// written holds, from Materialize until Complete, when each release's tree was written.
 	written map[string]time.Time
+	// created is what LinkShared created in shared/ for the release being built, from then
+	// until a release goes live (forgotten) or it is discarded (removed); nil if nothing.
+	created *created
 }
 
 const defaultKeepReleases = 5
@@ -117,14 +158,20 @@ func New(cfg Config, log zerolog.Logger) (*Releaser, error) {
 	if cfg.PruneGrace < 0 {
 		return nil, fmt.Errorf("releaser: prune grace %s is negative", cfg.PruneGrace)
 	}
+	if cfg.MaxReleaseSize < 0 || cfg.MaxReleaseFiles < 0 {
+		return nil, fmt.Errorf("releaser: release limits %d bytes, %d files: negative", cfg.MaxReleaseSize, cfg.MaxReleaseFiles)
+	}
 	r := &Releaser{
 		path:          filepath.Clean(cfg.Path),
 		keep:          cfg.KeepReleases,
 		grace:         cfg.PruneGrace,
 		linkFiles:     cfg.LinkFiles,
+		maxSize:       cfg.MaxReleaseSize,
+		maxFiles:      int64(cfg.MaxReleaseFiles),
 		log:           log,
 		now:           time.Now,
 		progressEvery: time.Second,
+		statfs:        unix.Statfs,
 	}
 	if r.keep == 0 {
 		r.keep = defaultKeepReleases

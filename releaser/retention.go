@@ -131,8 +131,9 @@ func (r *Releaser) Prune() (removed []string, err error) {
 	return removed, errors.Join(errs...)
 }
 
-// Discard removes release sha, complete or not, and its records. It refuses the live
-// release. Directories the build made read-only are made writable to be removed.
+// Discard removes release sha, complete or not, and its records, and the shared dirs
+// LinkShared created for it (see LinkShared), durably. It refuses the live release.
+// Directories the build made read-only are made writable to be removed.
 func (r *Releaser) Discard(sha string) error {
 	if err := checkSHA(sha); err != nil {
 		return fmt.Errorf("discard: %w", err)
@@ -155,6 +156,9 @@ func (r *Releaser) Discard(sha string) error {
 		return fmt.Errorf("discard %s: %w", sha, err)
 	}
 	if err := r.removeRelease(sha); err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
+	if err := r.removeCreated(sha); err != nil {
 		return fmt.Errorf("discard %s: %w", sha, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 // files (.env and the like) hold what the operator provides; slipway never makes them up.
 type MissingSharedError struct {
 	Path string // absolute path of the file to create
+	Name string // its path under shared/, as LinkShared was given it, cleaned
 }
 
 func (e *MissingSharedError) Error() string {
@@ -26,6 +27,12 @@ func (e *MissingSharedError) Error() string {
 // is an error. Missing shared dirs are created; a missing shared file is a
 // *MissingSharedError, found before anything changes. Each p must be a relative path that
 // stays inside the release. LinkShared is idempotent: it runs again at every activation.
+//
+// The shared dirs it creates (the topmost missing one of each path, below which it creates
+// the rest) are remembered for sha until a release goes live: if sha never does, Discard(sha)
+// or Restore(sha) removes them again, with whatever the failed build wrote into them, so
+// that a rejected deploy leaves shared/ as it found it. A shared dir that existed before is
+// never touched. The memory is this process's: after a crash in between, the dirs stay.
 func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 	if err := checkSHA(sha); err != nil {
 		return fmt.Errorf("link shared: %w", err)
@@ -66,7 +73,7 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 		src := filepath.Join(r.sharedDir(), l.p)
 		fi, err := os.Stat(src)
 		if errors.Is(err, fs.ErrNotExist) {
-			return &MissingSharedError{Path: src}
+			return &MissingSharedError{Path: src, Name: l.p}
 		}
 		if err != nil {
 			return fmt.Errorf("link shared %s: %w", l.p, err)
@@ -79,14 +86,7 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 		if !l.dir {
 			continue
 		}
-		src := filepath.Join(r.sharedDir(), l.p)
-		fi, err := os.Stat(src)
-		if errors.Is(err, fs.ErrNotExist) {
-			err = os.MkdirAll(src, 0o755)
-		} else if err == nil && !fi.IsDir() {
-			err = fmt.Errorf("shared dir %s is not a directory", src)
-		}
-		if err != nil {
+		if err := r.makeSharedDir(sha, l.p); err != nil {
 			return fmt.Errorf("link shared %s: %w", l.p, err)
 		}
 	}
@@ -150,4 +150,130 @@ func localPath(p string) (string, bool) {
 	}
 	c := filepath.Clean(p)
 	return c, c != "." && filepath.IsLocal(c)
+}
+
+// createdDir is a shared dir LinkShared created for a release that has not gone live.
+type createdDir struct {
+	// parent is the directory it was created in, held open, so that its removal goes
+	// where its creation went, whatever the build did to the path in between (a symlink
+	// put in place of a parent leads nowhere).
+	parent *os.Root
+	name   string // its name in parent
+	path   string // its path under shared/, for messages
+}
+
+// created is what LinkShared created in shared/ for one release being built.
+type created struct {
+	sha  string
+	dirs []createdDir
+}
+
+// makeSharedDir makes the shared dir p (relative to shared/) if it is missing, with its
+// missing parents, and remembers the topmost one it made for sha (see LinkShared).
+func (r *Releaser) makeSharedDir(sha, p string) error {
+	src := filepath.Join(r.sharedDir(), p)
+	fi, err := os.Stat(src)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("shared dir %s is not a directory", src)
+		}
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	// The topmost missing element: made here, removed by Discard with all below it.
+	top := ""
+	for c := range strings.SplitSeq(p, string(filepath.Separator)) {
+		top = filepath.Join(top, c)
+		if _, err := os.Stat(filepath.Join(r.sharedDir(), top)); errors.Is(err, fs.ErrNotExist) {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	parent, err := os.OpenRoot(filepath.Join(r.sharedDir(), filepath.Dir(top)))
+	if err != nil {
+		return err
+	}
+	rest, err := filepath.Rel(filepath.Dir(top), p)
+	if err == nil {
+		err = parent.MkdirAll(rest, 0o755)
+	}
+	if err != nil {
+		parent.Close() // a directory: closing it loses nothing
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.created != nil && r.created.sha != sha {
+		// A deploy of another release ended without Discard: its dirs are no longer
+		// this deploy's to remove.
+		r.forgetCreatedLocked()
+	}
+	if r.created == nil {
+		r.created = &created{sha: sha}
+	}
+	r.created.dirs = append(r.created.dirs, createdDir{parent: parent, name: filepath.Base(top), path: top})
+	return nil
+}
+
+// removeCreated removes the shared dirs LinkShared created for sha, if sha is the release
+// they were created for, durably, and forgets them. Dirs already gone count as removed.
+func (r *Releaser) removeCreated(sha string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.removeCreatedLocked(sha)
+}
+
+// removeCreatedLocked is removeCreated for a caller holding r.mu.
+func (r *Releaser) removeCreatedLocked(sha string) error {
+	if r.created == nil || r.created.sha != sha {
+		return nil
+	}
+	var errs []error
+	var left []createdDir
+	for _, d := range r.created.dirs {
+		err := removeAll(d.parent, d.name)
+		if err == nil {
+			err = syncRootDir(d.parent)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove shared dir %s: %w", d.path, err))
+			left = append(left, d)
+			continue
+		}
+		r.log.Info().Str("sha", sha).Str("dir", d.path).Msg("removed the shared dir made for a release that did not go live")
+		d.parent.Close() // a directory: closing it loses nothing
+	}
+	r.created.dirs = left
+	if len(left) == 0 {
+		r.created = nil
+	}
+	return errors.Join(errs...)
+}
+
+// forgetCreatedLocked forgets the shared dirs LinkShared created, leaving them in place:
+// a release went live, and may use them. The caller holds r.mu.
+func (r *Releaser) forgetCreatedLocked() {
+	if r.created == nil {
+		return
+	}
+	for _, d := range r.created.dirs {
+		d.parent.Close() // a directory: closing it loses nothing
+	}
+	r.created = nil
+}
+
+// syncRootDir fsyncs root's directory, which makes the removal of its entries durable.
+func syncRootDir(root *os.Root) error {
+	d, err := root.Open(".")
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -153,3 +153,133 @@ func TestLinkShared(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscardRemovesCreatedSharedDirs: a deploy that fails leaves shared/ as it found it.
+// The shared dirs LinkShared created for it go with Discard, with what the build wrote into
+// them; those that existed before stay as they are, and so do those created for a release
+// that went live.
+func TestDiscardRemovesCreatedSharedDirs(t *testing.T) {
+	e := newEnv(t, Config{})
+	g := newRepo(t)
+	shared := filepath.Join(e.r.Path(), "shared")
+	write := func(rel string) {
+		t.Helper()
+		p := filepath.Join(shared, rel)
+		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		must(t, os.WriteFile(p, []byte(rel), 0o644))
+	}
+
+	// uploads is created for a release that goes live: it is that release's now.
+	live := g.commit(g.treeOf(map[string]file{"live": {filemode.Regular, "live"}}))
+	_, err := e.r.Materialize(t.Context(), g.st, live, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(live, nil, []string{"uploads"}))
+	must(t, e.r.Complete(live))
+	e.activate(live)
+	write("uploads/photo.jpg")
+	write("keep/k")
+	before := snapshot(t, shared)
+
+	failed := g.commit(g.treeOf(map[string]file{"failed": {filemode.Regular, "failed"}}))
+	_, err = e.r.Materialize(t.Context(), g.st, failed, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(failed, nil, []string{"uploads", "new/deep/dir", "logs", "keep/sub"}))
+	must(t, e.r.LinkShared(failed, nil, []string{"uploads", "new/deep/dir", "logs", "keep/sub"})) // again: idempotent
+	for _, d := range []string{"new/deep/dir", "logs", "keep/sub"} {
+		if !isDir(filepath.Join(shared, d)) {
+			t.Fatalf("shared/%s was not created", d)
+		}
+	}
+	// What the failed build wrote.
+	write("new/deep/dir/out")
+	write("logs/build.log")
+	write("keep/sub/z")
+	write("keep/written-by-the-build")
+	write("uploads/u")
+	must(t, e.r.Discard(failed))
+
+	want := before
+	want["keep/written-by-the-build"] = "file 0644 keep/written-by-the-build"
+	want["uploads/u"] = "file 0644 uploads/u"
+	assertSnapshot(t, snapshot(t, shared), want)
+
+	// Another failed release that created nothing removes nothing; nor does a second Discard.
+	other := g.commit(g.treeOf(map[string]file{"other": {filemode.Regular, "other"}}))
+	_, err = e.r.Materialize(t.Context(), g.st, other, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(other, nil, []string{"uploads", "keep"}))
+	must(t, e.r.Discard(other))
+	must(t, e.r.Discard(failed))
+	assertSnapshot(t, snapshot(t, shared), want)
+}
+
+// TestDiscardAfterLiveKeepsSharedDirs: once a release went live, the dirs created for it
+// are no longer Discard's, not even when that release is discarded later (a redeploy after
+// a rollback): the live release may use them.
+func TestDiscardAfterLiveKeepsSharedDirs(t *testing.T) {
+	e := newEnv(t, Config{})
+	g := newRepo(t)
+	a := g.commit(g.treeOf(map[string]file{"a": {filemode.Regular, "a"}}))
+	_, err := e.r.Materialize(t.Context(), g.st, a, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(a, nil, []string{"uploads"}))
+	must(t, e.r.Complete(a))
+	e.activate(a)
+	b := e.release(g)
+	must(t, e.r.LinkShared(b, nil, []string{"uploads"}))
+	e.activate(b)
+	must(t, e.r.Discard(a))
+	if !isDir(filepath.Join(e.r.Path(), "shared", "uploads")) {
+		t.Error("shared/uploads, made for a release that went live, was removed when it was discarded")
+	}
+}
+
+// TestDiscardCreatedSharedDirsNotThroughSymlinks: a build that puts a symlink in place of a
+// created shared dir, or of its parent, cannot make Discard remove anything elsewhere.
+func TestDiscardCreatedSharedDirsNotThroughSymlinks(t *testing.T) {
+	e := newEnv(t, Config{})
+	g := newRepo(t)
+	shared := filepath.Join(e.r.Path(), "shared")
+	victim := filepath.Join(e.base, "victim")
+	for _, p := range []string{"top/k", "x/k"} {
+		must(t, os.MkdirAll(filepath.Join(victim, filepath.Dir(p)), 0o755))
+		must(t, os.WriteFile(filepath.Join(victim, p), []byte("precious"), 0o644))
+	}
+	must(t, os.Mkdir(filepath.Join(shared, "pre"), 0o755))
+	sha := g.commit(g.treeOf(map[string]file{"a": {filemode.Regular, "a"}}))
+	_, err := e.r.Materialize(t.Context(), g.st, sha, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(sha, nil, []string{"top", "pre/x"})) // creates top, and x in pre
+	// The build swaps both for symlinks to the victim's.
+	must(t, os.RemoveAll(filepath.Join(shared, "top")))
+	must(t, os.Symlink(filepath.Join(victim, "top"), filepath.Join(shared, "top")))
+	must(t, os.RemoveAll(filepath.Join(shared, "pre")))
+	must(t, os.Symlink(victim, filepath.Join(shared, "pre")))
+
+	must(t, e.r.Discard(sha))
+	for _, p := range []string{"top/k", "x/k"} {
+		if b, err := os.ReadFile(filepath.Join(victim, p)); err != nil || string(b) != "precious" {
+			t.Errorf("victim/%s: %q, %v", p, b, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(shared, "top")); !os.IsNotExist(err) {
+		t.Errorf("shared/top, the symlink in place of a created dir: %v, want it removed", err)
+	}
+}
+
+// TestRestoreRemovesCreatedSharedDirs: a failed rebuild of the live release leaves shared/
+// as it found it too.
+func TestRestoreRemovesCreatedSharedDirs(t *testing.T) {
+	e := newEnv(t, Config{})
+	g := newRepo(t)
+	live := e.release(g)
+	e.activate(live)
+	must(t, e.r.Hold(live))
+	_, err := e.r.Materialize(t.Context(), g.st, live, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(live, nil, []string{"fresh/dir"}))
+	must(t, e.r.Restore(live))
+	if entries, err := os.ReadDir(filepath.Join(e.r.Path(), "shared")); err != nil || len(entries) != 0 {
+		t.Errorf("shared/ after a restore: %v, %v; want it empty", entries, err)
+	}
+}

@@ -43,9 +43,10 @@ type record struct {
 	Seq         uint64    `json:"seq,omitempty"`        // state.Seq at the last activation; 0 = never
 }
 
-func (r *Releaser) statePath() string { return filepath.Join(r.metaDir(), "releases.json") }
+func (r *Releaser) statePath() string { return filepath.Join(r.path, stateFile) }
 
 // loadState reads the records. A missing file is an empty state; exists says which it was.
+// A file that does not parse, or holds a record that is not one, is a *CorruptError.
 func (r *Releaser) loadState() (st *state, exists bool, err error) {
 	st = &state{Releases: map[string]*record{}}
 	b, err := os.ReadFile(r.statePath())
@@ -56,18 +57,21 @@ func (r *Releaser) loadState() (st *state, exists bool, err error) {
 		return nil, false, err
 	}
 	if err := json.Unmarshal(b, st); err != nil {
-		return nil, true, fmt.Errorf("%s: %w", r.statePath(), err)
+		return nil, true, &CorruptError{File: stateFile, Err: err}
 	}
 	if st.Releases == nil {
 		st.Releases = map[string]*record{}
 	}
 	for sha := range st.Releases {
 		if !validSHA(sha) || st.Releases[sha] == nil {
-			return nil, true, fmt.Errorf("%s: bad record %q", r.statePath(), sha)
+			return nil, true, &CorruptError{File: stateFile, Err: fmt.Errorf("bad record %q", sha)}
 		}
 	}
 	if st.Hold != nil && !validSHA(st.Hold.SHA) {
-		return nil, true, fmt.Errorf("%s: bad hold %q", r.statePath(), st.Hold.SHA)
+		return nil, true, &CorruptError{File: stateFile, Err: fmt.Errorf("bad hold %q", st.Hold.SHA)}
+	}
+	if st.Live != "" && !validSHA(st.Live) {
+		return nil, true, &CorruptError{File: stateFile, Err: fmt.Errorf("bad live release %q", st.Live)}
 	}
 	return st, true, nil
 }

@@ -52,6 +52,7 @@ func TestScripts(t *testing.T) {
 			"sshas":    cmdSSHAs,
 			"waitgrep": cmdWaitGrep,
 			"signal":   cmdSignal,
+			"peakrss":  cmdPeakRSS,
 		},
 	})
 }
@@ -189,6 +190,43 @@ func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
 	if sent == 0 {
 		ts.Fatalf("signal: no process of this script matches %q", args[1])
 	}
+}
+
+// peakrss PATTERN MAXMB: this script's process whose command line contains PATTERN has
+// used at most MAXMB megabytes of memory at its peak (VmHWM). It logs the figure.
+func cmdPeakRSS(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: peakrss PATTERN MAXMB")
+	}
+	maxMB, err := strconv.Atoi(args[1])
+	if err != nil {
+		ts.Fatalf("peakrss: %v", err)
+	}
+	work := ts.Getenv("WORK")
+	for _, pid := range findProcs(args[0]) {
+		if cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd")); err != nil || cwd != work {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+		if err != nil {
+			ts.Fatalf("peakrss: %v", err)
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")))
+				if err != nil {
+					ts.Fatalf("peakrss: VmHWM %q: %v", kb, err)
+				}
+				ts.Logf("peak RSS of %d (%s): %.1f MB", pid, args[0], float64(n)/1024)
+				if n > maxMB*1024 {
+					ts.Fatalf("peakrss: %s peaked at %.1f MB, more than %d MB", args[0], float64(n)/1024, maxMB)
+				}
+				return
+			}
+		}
+		ts.Fatalf("peakrss: no VmHWM for %d", pid)
+	}
+	ts.Fatalf("peakrss: no process of this script matches %q", args[0])
 }
 
 // waitgone PATH: wait until PATH no longer exists.
