@@ -20,7 +20,7 @@ FUZZ_TARGETS := \
 	./configs:FuzzIndexLines ./configs:FuzzParseRecipe
 FUZZTIME    ?= 3s
 
-.PHONY: help build run test bench bench-smoke lint fmt check fuzz
+.PHONY: help build run test soak bench bench-smoke lint fmt check fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ run: build ## run slipway on its embedded default (127.0.0.1:2222, keys from ~/.
 
 test: ## run every test, with the race detector (needs git, ssh, ssh-keygen)
 	$(GO) test -race -count=1 ./...
+
+soak: ## the long runs (a 1 GiB zip bomb pushed and cloned, ...); they report figures (go test -v)
+	$(GO) test -tags soak -count=1 -v -run TestSoak -timeout 60m ./cmd/slipway 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|peak RSS'
 
 bench: ## benchmark slipway against git + OpenSSH + a hook; prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk)
 	$(GO) run ./cmd/slipway-bench -out BENCHMARKS.md $(BENCH_FLAGS)

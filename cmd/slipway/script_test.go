@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,13 +27,18 @@ func TestMain(m *testing.M) {
 const waitFor = 60 * time.Second
 
 func TestScripts(t *testing.T) {
+	testscript.Run(t, scriptParams(t, "testdata/script"))
+}
+
+// scriptParams runs the scripts in dir with slipway's script commands.
+func scriptParams(t *testing.T, dir string) testscript.Params {
 	for _, tool := range []string{"git", "ssh", "ssh-keygen"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("the end-to-end tests need %s on PATH (.ci/run installs it): %v", tool, err)
 		}
 	}
-	testscript.Run(t, testscript.Params{
-		Dir:                 "testdata/script",
+	return testscript.Params{
+		Dir:                 dir,
 		Setup:               setupScript,
 		RequireExplicitExec: true,
 		Condition: func(cond string) (bool, error) {
@@ -53,8 +59,9 @@ func TestScripts(t *testing.T) {
 			"waitgrep": cmdWaitGrep,
 			"signal":   cmdSignal,
 			"peakrss":  cmdPeakRSS,
+			"flood":    cmdFlood,
 		},
-	})
+	}
 }
 
 // setupScript makes git and ssh hermetic: HOME is $WORK/home, no system config, keys for
@@ -189,6 +196,33 @@ func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if sent == 0 {
 		ts.Fatalf("signal: no process of this script matches %q", args[1])
+	}
+}
+
+// flood N SRC ADDR: open N TCP connections from the local address SRC to ADDR that send
+// nothing, held until the script ends, as a client exhausting the server's connections
+// would. The server may close them at once; that is not an error.
+func cmdFlood(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: flood N SRC ADDR")
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil {
+		ts.Fatalf("flood: %v", err)
+	}
+	conns := make([]net.Conn, 0, n)
+	ts.Defer(func() {
+		for _, c := range conns {
+			c.Close() // the test is over; the server may have closed it already
+		}
+	})
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(args[1])}}
+	for range n {
+		c, err := d.Dial("tcp", args[2])
+		if err != nil {
+			ts.Fatalf("flood: connection %d: %v", len(conns)+1, err)
+		}
+		conns = append(conns, c)
 	}
 }
 
