@@ -37,7 +37,8 @@ test: ## run every test, with the race detector (needs git, ssh, ssh-keygen)
 	$(GO) test -race -count=1 ./...
 
 soak: ## the long runs (a 1 GiB zip bomb pushed and cloned, ...); they report figures (go test -v)
-	$(GO) test -tags soak -count=1 -v -run TestSoak -timeout 60m ./cmd/slipway 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|peak RSS'
+	@log=$$(mktemp); $(GO) test -tags soak -count=1 -v -run TestSoak -timeout 60m ./cmd/slipway >$$log 2>&1; \
+		status=$$?; grep -E '^(=== RUN|--- |ok|FAIL|PASS)|peak RSS|FAIL:' $$log; rm -f $$log; exit $$status
 
 bench: ## benchmark slipway against git + OpenSSH + a hook; prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk)
 	$(GO) run ./cmd/slipway-bench -out BENCHMARKS.md $(BENCH_FLAGS)
