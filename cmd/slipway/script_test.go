@@ -60,6 +60,7 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"signal":   cmdSignal,
 			"peakrss":  cmdPeakRSS,
 			"flood":    cmdFlood,
+			"procfds":  cmdProcFDs,
 		},
 	}
 }
@@ -226,6 +227,46 @@ func cmdFlood(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
+// procfds PATTERN VAR: set VAR to the number of open file descriptors of this script's
+// process whose command line contains PATTERN, and fail if it has a zombie child.
+func cmdProcFDs(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: procfds PATTERN VAR")
+	}
+	pid := scriptProc(ts, args[0])
+	fds, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
+	if err != nil {
+		ts.Fatalf("procfds: %v", err)
+	}
+	dirs, _ := os.ReadDir("/proc") // a process that vanished meanwhile is not a zombie of ours
+	for _, d := range dirs {
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after its last ')'.
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(fields) > 1 && fields[0] == "Z" && fields[1] == strconv.Itoa(pid) {
+			ts.Fatalf("procfds: %s has a zombie child %s", args[0], d.Name())
+		}
+	}
+	ts.Logf("%s (%d) has %d open file descriptors", args[0], pid, len(fds))
+	ts.Setenv(args[1], strconv.Itoa(len(fds)))
+}
+
+// scriptProc is the pid of this script's process (working directory $WORK) whose command
+// line contains pattern.
+func scriptProc(ts *testscript.TestScript, pattern string) int {
+	work := ts.Getenv("WORK")
+	for _, pid := range findProcs(pattern) {
+		if cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd")); err == nil && cwd == work {
+			return pid
+		}
+	}
+	ts.Fatalf("no process of this script matches %q", pattern)
+	return 0
+}
+
 // peakrss PATTERN MAXMB: this script's process whose command line contains PATTERN has
 // used at most MAXMB megabytes of memory at its peak (VmHWM). It logs the figure.
 func cmdPeakRSS(ts *testscript.TestScript, neg bool, args []string) {
@@ -236,31 +277,25 @@ func cmdPeakRSS(ts *testscript.TestScript, neg bool, args []string) {
 	if err != nil {
 		ts.Fatalf("peakrss: %v", err)
 	}
-	work := ts.Getenv("WORK")
-	for _, pid := range findProcs(args[0]) {
-		if cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd")); err != nil || cwd != work {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-		if err != nil {
-			ts.Fatalf("peakrss: %v", err)
-		}
-		for _, line := range strings.Split(string(status), "\n") {
-			if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")))
-				if err != nil {
-					ts.Fatalf("peakrss: VmHWM %q: %v", kb, err)
-				}
-				ts.Logf("peak RSS of %d (%s): %.1f MB", pid, args[0], float64(n)/1024)
-				if n > maxMB*1024 {
-					ts.Fatalf("peakrss: %s peaked at %.1f MB, more than %d MB", args[0], float64(n)/1024, maxMB)
-				}
-				return
-			}
-		}
-		ts.Fatalf("peakrss: no VmHWM for %d", pid)
+	pid := scriptProc(ts, args[0])
+	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		ts.Fatalf("peakrss: %v", err)
 	}
-	ts.Fatalf("peakrss: no process of this script matches %q", args[0])
+	for _, line := range strings.Split(string(status), "\n") {
+		if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")))
+			if err != nil {
+				ts.Fatalf("peakrss: VmHWM %q: %v", kb, err)
+			}
+			ts.Logf("peak RSS of %d (%s): %.1f MB", pid, args[0], float64(n)/1024)
+			if n > maxMB*1024 {
+				ts.Fatalf("peakrss: %s peaked at %.1f MB, more than %d MB", args[0], float64(n)/1024, maxMB)
+			}
+			return
+		}
+	}
+	ts.Fatalf("peakrss: no VmHWM for %d", pid)
 }
 
 // waitgone PATH: wait until PATH no longer exists.
