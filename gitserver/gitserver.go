@@ -70,6 +70,11 @@ type Config struct {
 	// streams: reading stops at the limit, nothing is stored and the push is refused.
 	// Default 2 GiB.
 	MaxPushSize int64
+	// MaxObjectSize is the largest object (a file, or a delta's result) a push may hold: one
+	// larger could never be in a release (slipway passes max_release_size). It is refused
+	// from its header, before it costs the time to inflate or build it. Default: no limit
+	// but the pack format's.
+	MaxObjectSize int64
 	// StallTimeout is how long a write to a client may wait for the client to read before
 	// the client counts as gone: its connection is closed and its session's context is
 	// cancelled (with ErrStalled as the cause), as when it disconnects. Default 2m.

@@ -259,16 +259,21 @@ func (r *receiveSession) storePack() (unpackStatus, refused string) {
 	if !needsPack(r.req.Commands) {
 		return "ok", ""
 	}
-	_, err := pack.Store(r.env.dir, r.packReader(), r.ka.start)
+	_, err := pack.Store(r.env.dir, r.packReader(), r.s.cfg.MaxObjectSize, r.ka.start)
 	// The storage may have looked at objects before; make it see the new pack.
 	r.env.st.Reindex()
 	var tree *pack.TreeError
+	var big *pack.TooLargeError
 	switch {
 	case err == nil:
 		return "ok", ""
 	case errors.Is(err, errPushTooLarge):
 		r.rec.outcome, r.rec.err = "too-large", err
 		msg := r.tooLarge()
+		return msg, msg
+	case errors.As(err, &big):
+		r.rec.outcome, r.rec.err = "too-large", err
+		msg := fmt.Sprintf("push refused: it holds an object of %s, over max_release_size (%s)", formatSize(big.Size), formatSize(big.Max))
 		return msg, msg
 	case errors.As(err, &tree):
 		r.rec.outcome, r.rec.err = "bad-tree", err

@@ -72,6 +72,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
 		MaxUnauthenticated: cfg.Limits.MaxUnauthenticated,
 		MaxPushSize:        cfg.Limits.MaxPushSize,
+		MaxObjectSize:      cfg.Limits.MaxReleaseSize,
 	}, gitHooks{p}, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
 		return err

@@ -239,7 +239,7 @@ func parseTree(content []byte) ([]parsedEntry, bool) {
 func FuzzStore(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
-		n, err := Store(dir, bufio.NewReader(bytes.NewReader(data)), func() {})
+		n, err := Store(dir, bufio.NewReader(bytes.NewReader(data)), 0, func() {})
 		dn, derr := Discard(bufio.NewReader(bytes.NewReader(data)))
 		packDir := filepath.Join(dir, "objects", "pack")
 		if err != nil {
@@ -340,7 +340,7 @@ func TestSeedPacks(t *testing.T) {
 	t.Parallel()
 	bad := map[string]bool{"badtree": true, "truncated": true, "garbage": true}
 	for name, p := range seedPacks() {
-		_, err := Store(t.TempDir(), bufio.NewReader(bytes.NewReader(p)), func() {})
+		_, err := Store(t.TempDir(), bufio.NewReader(bytes.NewReader(p)), 0, func() {})
 		if bad[name] != (err != nil) || err != nil && !errors.Is(err, ErrBad) {
 			t.Errorf("%s: Store = %v", name, err)
 		}

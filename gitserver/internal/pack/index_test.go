@@ -83,7 +83,7 @@ func TestStorePackMatchesGitIndexPack(t *testing.T) {
 			}
 			pack := gitIn(t, src, "", args...)
 
-			scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)))
+			scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)), 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +98,7 @@ func TestStorePackMatchesGitIndexPack(t *testing.T) {
 			}
 
 			dir := bareRepo(t)
-			n, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+			n, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {})
 			if err != nil || n != len(scan.objects) {
 				t.Fatalf("Store = %d, %v; want %d objects", n, err, len(scan.objects))
 			}
@@ -148,7 +148,7 @@ func TestStorePackRefusesBadObjects(t *testing.T) {
 
 	for name, pack := range map[string][]byte{"thin": thin, "bad delta": badRef, "base inside an object": inside, "twice": twice} {
 		dir := bareRepo(t)
-		_, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+		_, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {})
 		if !errors.Is(err, ErrBad) {
 			t.Errorf("%s: err = %v, want ErrBad", name, err)
 		}
@@ -160,7 +160,7 @@ func TestStorePackRefusesBadObjects(t *testing.T) {
 	// The same delta on its whole base resolves.
 	ok := rawPack(rawObject{typ: plumbing.BlobObject, data: base},
 		rawObject{typ: plumbing.OFSDeltaObject, ofsTo: 12, data: goodDelta})
-	scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(ok)))
+	scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(ok)), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
 // Package pack is the pack store of the git server's repositories: it streams a pushed pack
 // into a bare repository's objects/pack and indexes it (Store), reads a pack only to drop it
-// (Discard), and keeps the number of packs in a repository bounded by merging them
-// (Consolidate).
+// (Discard), keeps the number of packs in a repository bounded by merging them
+// (Consolidate), and writes the pack a fetch sends by copying stored objects (Packs,
+// WritePack), with a stream of large deltas for go-git's lookups (LargeDeltas).
 //
 // Invariants:
 //   - A pack is read by its own structure (the 12-byte header with the object count, each
@@ -11,6 +12,11 @@
 //   - No object is held in memory whole while a pack streams: it is checked and indexed as it
 //     arrives (each whole object hashed, every object's offset and CRC-32 recorded), and only
 //     its deltas are resolved once the trailer has arrived, reading the stored pack back.
+//     Memory stays bounded whatever the sizes: a delta whose base, instructions or result is
+//     over 1 MiB is applied as it streams, its large bases kept in temporary files (unlinked
+//     once open, so a crash leaves none), and chains deeper than git's 4095 are refused. An
+//     object over the size Store is given (whole, or a delta's result) is refused from its
+//     header with a *TooLargeError, before it costs the time to build it.
 //   - A pack appears in a repository whole or not at all: it is written to a temporary file,
 //     its index next to it, both synced and renamed to pack-<sum>.idx and then pack-<sum>.pack
 //     (git and go-git find packs by their .pack file), and the directory synced. A failed
@@ -61,9 +67,12 @@ func packErrorf(format string, args ...any) error {
 // Store reads one pack from r into the bare repository at dir: written to a temporary file
 // under objects/pack while it is checked and indexed, then published as pack-<sum>.idx and
 // pack-<sum>.pack. A pack with no objects stores nothing. On error nothing is left behind.
-// received is called once the whole pack has been read from r, before its deltas are
-// resolved (which may take a while). It returns the number of objects stored.
-func Store(dir string, r *bufio.Reader, received func()) (objects int, err error) {
+// An object (whole, or a delta's result) over maxObject bytes is refused with a
+// *TooLargeError as soon as its header says so, before it costs the time to inflate or build
+// it; maxObject <= 0 means the format's own cap. received is called once the whole pack
+// has been read from r, before its deltas are resolved (which may take a while). It returns
+// the number of objects stored.
+func Store(dir string, r *bufio.Reader, maxObject int64, received func()) (objects int, err error) {
 	packDir := filepath.Join(dir, "objects", "pack")
 	if err := os.MkdirAll(packDir, 0o755); err != nil {
 		return 0, err
@@ -81,7 +90,7 @@ func Store(dir string, r *bufio.Reader, received func()) (objects int, err error
 	}()
 
 	bw := bufio.NewWriterSize(f, 64*1024)
-	pack, err := copyPack(bw, r)
+	pack, err := copyPack(bw, r, maxObject)
 	if err != nil {
 		return 0, err
 	}
@@ -105,7 +114,7 @@ func Store(dir string, r *bufio.Reader, received func()) (objects int, err error
 // Discard reads one pack from r, checking it as Store does except for its deltas, and drops
 // it. It returns the number of objects the pack holds.
 func Discard(r *bufio.Reader) (objects int, err error) {
-	pack, err := copyPack(io.Discard, r)
+	pack, err := copyPack(io.Discard, r, 0)
 	if err != nil {
 		return 0, err
 	}
@@ -128,10 +137,24 @@ type packObject struct {
 // scannedPack is what copyPack learnt from a pack: every object in pack order, the bases of
 // its REF deltas (by object index), and the pack's checksum.
 type scannedPack struct {
-	objects  []packObject
-	refBases map[int]plumbing.Hash
-	sum      plumbing.Hash
+	objects   []packObject
+	refBases  map[int]plumbing.Hash
+	sum       plumbing.Hash
+	maxObject int64 // the largest object allowed, whole or a delta's result
 }
+
+// TooLargeError is an object over the size Store was told to allow.
+type TooLargeError struct {
+	Offset    int64 // of the object in the pack
+	Size, Max int64
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("an object of %d bytes (at offset %d) is over the %d bytes allowed", e.Size, e.Offset, e.Max)
+}
+
+// Is makes a TooLargeError an ErrBad.
+func (e *TooLargeError) Is(target error) bool { return target == ErrBad }
 
 // copyPack copies exactly one pack from r to w, following its structure: the 12-byte
 // header with the object count; per object its type/size header, its delta base (offset or
@@ -143,15 +166,18 @@ type scannedPack struct {
 // It indexes the pack as it streams: each whole object is hashed as it inflates, and every
 // object's offset and CRC-32 are recorded, so that once the trailer has arrived only the
 // deltas are left to resolve (resolveDeltas).
-func copyPack(w io.Writer, r *bufio.Reader) (*scannedPack, error) {
+func copyPack(w io.Writer, r *bufio.Reader, maxObject int64) (*scannedPack, error) {
 	src := &packSource{r: r, w: w, h: sha1.New()}
 	count, err := readPackHeader(src)
 	if err != nil {
 		return nil, err
 	}
+	if maxObject <= 0 || maxObject > maxObjectSize {
+		maxObject = maxObjectSize
+	}
 	// The count is the client's word; let the slice grow with the objects that do arrive.
-	p := &scannedPack{objects: make([]packObject, 0, min(count, 1<<16))}
-	c := &objectCopier{src: src, buf: make([]byte, 64*1024)}
+	p := &scannedPack{objects: make([]packObject, 0, min(count, 1<<16)), maxObject: maxObject}
+	c := &objectCopier{src: src, buf: make([]byte, 64*1024), maxObject: maxObject}
 	for i := uint32(0); i < count; i++ {
 		o, ref, err := c.next(i)
 		if err != nil {
@@ -210,9 +236,10 @@ func copyTrailer(src *packSource) (plumbing.Hash, error) {
 // objectCopier reads the objects of a pack one after the other, with one inflater and one
 // buffer for all of them.
 type objectCopier struct {
-	src *packSource
-	zr  io.ReadCloser // reset for each object; nil until the first
-	buf []byte
+	src       *packSource
+	zr        io.ReadCloser // reset for each object; nil until the first
+	buf       []byte
+	maxObject int64 // the largest whole object allowed
 }
 
 // next reads object i of the pack, its header and its zlib stream, and returns its record
@@ -229,6 +256,9 @@ func (c *objectCopier) next(i uint32) (packObject, plumbing.Hash, error) {
 		return o, plumbing.ZeroHash, fmt.Errorf("object %d: %w", i, err)
 	}
 	o.typ, o.size, o.base = h.typ, h.size, h.base
+	if !isDelta(h.typ) && int64(h.size) > c.maxObject {
+		return o, plumbing.ZeroHash, &TooLargeError{Offset: o.offset, Size: int64(h.size), Max: c.maxObject}
+	}
 	o.data = src.n
 	if err := c.inflate(&o, i); err != nil {
 		return o, plumbing.ZeroHash, err

@@ -33,7 +33,7 @@ func TestCopyPackStopsAtTrailer(t *testing.T) {
 		[][]byte{[]byte("hello\n"), bytes.Repeat([]byte("big blob "), 10000)})
 	r := bufio.NewReader(io.MultiReader(bytes.NewReader(pack), strings.NewReader("AFTER")))
 	var out bytes.Buffer
-	p, err := copyPack(&out, r)
+	p, err := copyPack(&out, r, 0)
 	if err != nil || len(p.objects) != 2 {
 		t.Fatalf("copyPack = %v, %v", p, err)
 	}
@@ -79,7 +79,7 @@ func TestCopyPackRejectsBadPacks(t *testing.T) {
 		"bad type":    append(append([]byte{}, good[:12]...), 0x50, 0x00),
 		"zero offset": append(append([]byte{}, good[:12]...), 0x60, 0x00),
 	} {
-		_, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(p)))
+		_, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(p)), 0)
 		if !errors.Is(err, ErrBad) {
 			t.Errorf("%s: err = %v, want ErrBad", name, err)
 		}
@@ -94,7 +94,7 @@ func TestStorePack(t *testing.T) {
 	dir := bareRepo(t)
 	blob := []byte("stored blob\n")
 	pack := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject}, [][]byte{blob})
-	n, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+	n, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {})
 	if err != nil || n != 1 {
 		t.Fatalf("Store = %d, %v", n, err)
 	}
@@ -105,12 +105,12 @@ func TestStorePack(t *testing.T) {
 	}
 
 	// An empty pack stores nothing; a bad one leaves nothing behind.
-	if n, err := Store(dir, bufio.NewReader(bytes.NewReader(buildPack(t, nil, nil))), func() {}); err != nil || n != 0 {
+	if n, err := Store(dir, bufio.NewReader(bytes.NewReader(buildPack(t, nil, nil))), 0, func() {}); err != nil || n != 0 {
 		t.Errorf("empty pack: Store = %d, %v", n, err)
 	}
 	bad := bytes.Clone(pack)
 	bad[len(bad)-1] ^= 1
-	if _, err := Store(dir, bufio.NewReader(bytes.NewReader(bad)), func() {}); !errors.Is(err, ErrBad) {
+	if _, err := Store(dir, bufio.NewReader(bytes.NewReader(bad)), 0, func() {}); !errors.Is(err, ErrBad) {
 		t.Errorf("bad pack: %v", err)
 	}
 	entries, err := os.ReadDir(filepath.Join(dir, "objects", "pack"))
@@ -125,7 +125,7 @@ func TestRemoveTemp(t *testing.T) {
 	t.Parallel()
 	dir := bareRepo(t)
 	pack := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject}, [][]byte{[]byte("kept\n")})
-	if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+	if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil {
 		t.Fatal(err)
 	}
 	packDir := filepath.Join(dir, "objects", "pack")
@@ -143,5 +143,28 @@ func TestRemoveTemp(t *testing.T) {
 	}
 	if err := RemoveTemp(filepath.Join(t.TempDir(), "none.git")); err != nil {
 		t.Errorf("no objects/pack: %v", err)
+	}
+}
+
+// TestStoreRefusesTooLargeObjects: an object over the size Store allows, whole or as a
+// delta's result, is refused from its header, and nothing is stored.
+func TestStoreRefusesTooLargeObjects(t *testing.T) {
+	whole := buildPack(t, []plumbing.ObjectType{plumbing.BlobObject}, [][]byte{bytes.Repeat([]byte{'x'}, 2<<20)})
+	bomb, _ := deltaBomb(8 << 20)
+	for name, p := range map[string][]byte{"whole object": whole, "delta result": bomb} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			_, err := Store(dir, bufio.NewReader(bytes.NewReader(p)), 1<<20, func() {})
+			var big *TooLargeError
+			if !errors.As(err, &big) || !errors.Is(err, ErrBad) || big.Max != 1<<20 || big.Size < 2<<20 {
+				t.Fatalf("Store with a 1 MiB cap = %v, want a *TooLargeError", err)
+			}
+			if packs, _ := filepath.Glob(filepath.Join(dir, "objects", "pack", "*")); len(packs) != 0 {
+				t.Errorf("left behind: %v", packs)
+			}
+			if _, err := Store(dir, bufio.NewReader(bytes.NewReader(p)), 0, func() {}); err != nil {
+				t.Errorf("Store without a cap: %v", err)
+			}
+		})
 	}
 }

@@ -64,7 +64,7 @@ func TestConsolidatePacks(t *testing.T) {
 	ranges = append(ranges, "main\n^main~12\n", "v1\n")
 	for _, revs := range ranges {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset", "--window=50")
-		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil {
 			t.Fatalf("store %q: %v", revs, err)
 		}
 	}
@@ -112,7 +112,7 @@ func TestConsolidatePacks(t *testing.T) {
 	// A reader keeps the merged packs in place; nothing is lost, and the next merge takes them.
 	for _, revs := range ranges[:MaxPacks] {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")
-		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil {
 			t.Fatalf("store %q: %v", revs, err)
 		}
 	}
@@ -181,10 +181,10 @@ func TestMergePacksRebasesDeltas(t *testing.T) {
 	var packs []packFile
 	for _, revs := range []string{"main~20\n^main~30\n", "main~10\n^main~40\n", "main~40\n"} {
 		pack := gitIn(t, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset", "--window=50")
-		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+		if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil {
 			t.Fatal(err)
 		}
-		scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)))
+		scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,7 +229,7 @@ func BenchmarkObjectLookup(b *testing.B) {
 				revs += fmt.Sprintf("^main~%d\n", i+1)
 			}
 			pack := gitIn(b, src, revs, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")
-			if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil {
+			if _, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil {
 				b.Fatal(err)
 			}
 		}

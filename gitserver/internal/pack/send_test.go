@@ -77,7 +77,7 @@ func writePack(t testing.TB, dir string, objs []plumbing.Hash, opt SendOptions) 
 // deltaTypes counts the objects of pack by how they are stored.
 func deltaTypes(t testing.TB, pack []byte) map[plumbing.ObjectType]int {
 	t.Helper()
-	scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)))
+	scan, err := copyPack(io.Discard, bufio.NewReader(bytes.NewReader(pack)), 0)
 	if err != nil {
 		t.Fatalf("the pack written does not parse: %v", err)
 	}

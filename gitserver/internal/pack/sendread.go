@@ -37,7 +37,7 @@ type Packs struct {
 	packs []*packIndex
 	files map[*packIndex]*os.File
 
-	zpool sync.Pool // of *zlibReader
+	zpool zlibPool
 }
 
 // OpenPacks reads the pack indexes of the bare repository at dir. Pack files are opened when
@@ -218,18 +218,31 @@ type zlibReader struct {
 // inflate returns the stream of n inflated bytes that starts at off in f, from the pool.
 // It fails if the stream holds fewer or more bytes than n, or fails its checksum.
 func (s *Packs) inflate(f io.ReaderAt, off, n int64, release func()) io.ReadCloser {
-	z, _ := s.zpool.Get().(*zlibReader)
+	return s.zpool.inflate(f, off, n, release)
+}
+
+// zlibPool keeps the inflaters of streams that were closed, for the next ones: a stream
+// applied through a chain of deltas opens one per delta, again and again.
+type zlibPool struct {
+	pool sync.Pool // of *zlibReader
+}
+
+// inflate returns the stream of n inflated bytes that starts at off in f. It fails if the
+// stream holds fewer or more bytes than n, or fails its checksum. release is called once
+// it is closed.
+func (zp *zlibPool) inflate(f io.ReaderAt, off, n int64, release func()) io.ReadCloser {
+	z, _ := zp.pool.Get().(*zlibReader)
 	if z == nil {
 		z = &zlibReader{br: bufio.NewReaderSize(nil, 16*1024)}
 	}
 	z.br.Reset(io.NewSectionReader(f, off, 1<<62))
-	return &sizedReader{s: s, z: z, left: n, release: release}
+	return &sizedReader{pool: zp, z: z, left: n, release: release}
 }
 
 // sizedReader reads exactly its left bytes from a zlib stream, then makes sure the stream
 // ends there (which checks its checksum).
 type sizedReader struct {
-	s       *Packs
+	pool    *zlibPool
 	z       *zlibReader
 	started bool
 	left    int64
@@ -288,7 +301,7 @@ func (r *sizedReader) Read(p []byte) (int, error) {
 
 func (r *sizedReader) Close() error {
 	if r.z != nil {
-		r.s.zpool.Put(r.z) // reusable whatever its state: the next use resets it
+		r.pool.pool.Put(r.z) // reusable whatever its state: the next use resets it
 		r.z = nil
 		r.release()
 	}
@@ -651,10 +664,11 @@ func (s *Packs) readSmall(l location, size int64, depth int) ([]byte, plumbing.O
 	return b, typ, nil
 }
 
-// deltaBase is the base a delta copies from: in memory, or a stream that is opened again
-// when a copy goes backwards.
+// deltaBase is the base a delta copies from: in memory, in a file read where each copy
+// starts, or a stream that is opened again when a copy goes backwards.
 type deltaBase struct {
 	mem  []byte
+	file io.ReaderAt // of size bytes, if not nil
 	size int64
 	open func() (io.ReadCloser, int64, error)
 	r    io.ReadCloser
@@ -666,7 +680,7 @@ type deltaBase struct {
 // seek starts a copy of n bytes at off.
 func (b *deltaBase) seek(off, n int64) error {
 	b.at, b.left = off, n
-	if b.mem != nil {
+	if b.mem != nil || b.file != nil {
 		return nil
 	}
 	if b.r == nil || off < b.pos {
@@ -703,6 +717,17 @@ func (b *deltaBase) Read(p []byte) (int, error) {
 		b.left -= int64(n)
 		return n, nil
 	}
+	if b.file != nil {
+		n, err := b.file.ReadAt(p, b.at)
+		b.at += int64(n)
+		b.left -= int64(n)
+		if n == len(p) || err == io.EOF && n > 0 {
+			err = nil
+		} else if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	}
 	n, err := b.r.Read(p)
 	b.pos += int64(n)
 	b.left -= int64(n)
@@ -720,14 +745,14 @@ func (b *deltaBase) Close() error {
 		_ = b.r.Close() // a reader of this package: Close has nothing to report
 		b.r = nil
 	}
-	b.mem = nil
+	b.mem, b.file = nil, nil
 	return nil
 }
 
 // patchReader applies a delta as it is read: its instructions, read as they stream, copy
 // from the base or insert their own bytes.
 type patchReader struct {
-	loc     location
+	loc     fmt.Stringer  // where the delta is, for errors
 	delta   *bufio.Reader // over deltaRC
 	deltaRC io.ReadCloser
 	base    *deltaBase

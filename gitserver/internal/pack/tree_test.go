@@ -205,7 +205,7 @@ func TestStoreRefusesBadTrees(t *testing.T) {
 			rawObject{typ: plumbing.REFDeltaObject, ref: plumbing.ComputeHash(plumbing.TreeObject, good), data: delta}),
 	} {
 		dir := bareRepo(t)
-		_, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), func() {})
+		_, err := Store(dir, bufio.NewReader(bytes.NewReader(pack)), 0, func() {})
 		var te *TreeError
 		if !errors.As(err, &te) || te.Entry != "git~1" || te.ID != "hasDotgit" ||
 			te.Tree != plumbing.ComputeHash(plumbing.TreeObject, bad) || !errors.Is(err, ErrBad) {
@@ -220,7 +220,7 @@ func TestStoreRefusesBadTrees(t *testing.T) {
 	fineDelta := append([]byte{byte(len(good)), byte(len(fine)), 0x80 | 0x10, byte(len(good) / 2), byte(len(fine) - len(good)/2)}, fine[len(good)/2:]...)
 	pack := rawPack(rawObject{typ: plumbing.BlobObject, data: blob}, rawObject{typ: plumbing.TreeObject, data: good},
 		rawObject{typ: plumbing.REFDeltaObject, ref: plumbing.ComputeHash(plumbing.TreeObject, good), data: fineDelta})
-	if n, err := Store(bareRepo(t), bufio.NewReader(bytes.NewReader(pack)), func() {}); err != nil || n != 3 {
+	if n, err := Store(bareRepo(t), bufio.NewReader(bytes.NewReader(pack)), 0, func() {}); err != nil || n != 3 {
 		t.Errorf("good trees: Store = %d, %v", n, err)
 	}
 }
