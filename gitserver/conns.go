@@ -27,12 +27,12 @@ const (
 // connections that close before they authenticate, are counted in refusals, never logged
 // one by one: a flood of them must not flood the log.
 type gate struct {
+	refusals *refusalLog
+
+	mu             sync.Mutex // guards the fields below
 	max, perSource int
 	timeout        time.Duration
-	refusals       *refusalLog
-
-	mu       sync.Mutex          // guards the fields below
-	closing  bool                // Shutdown: admit nothing more
+	closing        bool                // Shutdown: admit nothing more
 	pending  map[*gatedConn]bool // the connections that have not authenticated
 	bySource map[string]int      // how many of them each source address holds
 }
@@ -46,6 +46,13 @@ func newGate(limit int, timeout time.Duration, refusals *refusalLog) *gate {
 		pending:   make(map[*gatedConn]bool),
 		bySource:  make(map[string]int),
 	}
+}
+
+// setLimits changes the caps and the deadline for the connections admitted from now on.
+func (g *gate) setLimits(limit int, timeout time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.max, g.perSource, g.timeout = limit, max(1, limit/4), timeout
 }
 
 // admit is gliderlabs' ConnCallback: it returns c wrapped to count it as unauthenticated

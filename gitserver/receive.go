@@ -75,14 +75,23 @@ func (s *Server) receivePack(sess ssh.Session, repo string, who Identity, rec *r
 	return code
 }
 
+// limits are the push limits of this session, taken once, when it first asks.
+func (r *receiveSession) limits() pushLimits {
+	if r.pushLimits == nil {
+		r.pushLimits = r.s.push.Load()
+	}
+	return *r.pushLimits
+}
+
 // receiveSession is one receive-pack session as its phases go: what each one learnt, and
 // what the session holds until close.
 type receiveSession struct {
-	s    *Server
-	sess ssh.Session
-	repo string
-	who  Identity
-	rec  *record
+	s          *Server
+	pushLimits *pushLimits // see limits
+	sess       ssh.Session
+	repo       string
+	who        Identity
+	rec        *record
 
 	// Held until close.
 	reserved reservation // the environment, once Reserve gave it
@@ -259,7 +268,7 @@ func (r *receiveSession) storePack() (unpackStatus, refused string) {
 	if !needsPack(r.req.Commands) {
 		return "ok", ""
 	}
-	_, err := pack.Store(r.env.dir, r.packReader(), r.s.cfg.MaxObjectSize, r.ka.start)
+	_, err := pack.Store(r.env.dir, r.packReader(), r.limits().maxObject, r.ka.start)
 	// The storage may have looked at objects before; make it see the new pack.
 	r.env.st.Reindex()
 	var tree *pack.TreeError
@@ -293,12 +302,12 @@ var errPushTooLarge = errors.New("the pack exceeds max_push_size")
 // packReader is the pack as it arrives, read no further than Config.MaxPushSize bytes: a
 // read past it fails with errPushTooLarge, so the pack stops streaming there.
 func (r *receiveSession) packReader() *bufio.Reader {
-	return bufio.NewReaderSize(&limitedReader{r: r.br, n: r.s.cfg.MaxPushSize, err: errPushTooLarge}, 64*1024)
+	return bufio.NewReaderSize(&limitedReader{r: r.br, n: r.limits().maxPush, err: errPushTooLarge}, 64*1024)
 }
 
 // tooLarge is the reason a pack over Config.MaxPushSize is refused with.
 func (r *receiveSession) tooLarge() string {
-	return fmt.Sprintf("push refused: the pack exceeds max_push_size (%s)", formatSize(r.s.cfg.MaxPushSize))
+	return fmt.Sprintf("push refused: the pack exceeds max_push_size (%s)", formatSize(r.limits().maxPush))
 }
 
 // formatSize writes a size in bytes the way a configuration gives it: "2.0 GiB".

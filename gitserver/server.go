@@ -67,6 +67,7 @@ type Server struct {
 	keys     atomic.Pointer[[]authkeys.Key] // the authorized keys: Config.Keys, then each SetKeys
 	gate     *gate                          // admits connections until they authenticate
 	refusals *refusalLog                    // counts what gate refuses
+	push     atomic.Pointer[pushLimits]     // Config's MaxPushSize and MaxObjectSize, then each SetLimits
 
 	// stopping is cancelled, with ErrShuttingDown as its cause, when Shutdown's grace is over:
 	// every session's context derives from it, so running deploys are cancelled and can
@@ -136,6 +137,7 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 	}
 	s.SetKeys(cfg.Keys)
 	s.cfg.Keys = nil // s.keys holds them
+	s.push.Store(&pushLimits{maxPush: cfg.MaxPushSize, maxObject: cfg.MaxObjectSize})
 	s.ssh = &ssh.Server{
 		Version:          "slipway",
 		Handler:          s.handle,
@@ -186,6 +188,34 @@ func (s *Server) SetKeys(keys []authkeys.Key) {
 	if len(own) == 0 {
 		s.log.Warn().Msg("no authorized keys: every connection will be refused")
 	}
+}
+
+// Limits are what SetLimits changes while the server runs: Config's fields of the same
+// names, with the same defaults for zero values.
+type Limits struct {
+	HandshakeTimeout   time.Duration
+	MaxUnauthenticated int
+	MaxPushSize        int64
+	MaxObjectSize      int64
+}
+
+// pushLimits bound one push; a push reads them once, when it starts to read its pack.
+type pushLimits struct{ maxPush, maxObject int64 }
+
+// SetLimits changes the limits for the connections and pushes that start from now on; the
+// ones running keep theirs. Safe for concurrent use.
+func (s *Server) SetLimits(l Limits) {
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if l.MaxUnauthenticated <= 0 {
+		l.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if l.MaxPushSize <= 0 {
+		l.MaxPushSize = DefaultMaxPushSize
+	}
+	s.gate.setLimits(l.MaxUnauthenticated, l.HandshakeTimeout)
+	s.push.Store(&pushLimits{maxPush: l.MaxPushSize, maxObject: l.MaxObjectSize})
 }
 
 // HostKeyFingerprint returns the SHA256 fingerprint of the host key ("SHA256:..."), the one

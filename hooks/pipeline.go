@@ -57,8 +57,6 @@ type Pipeline struct {
 	cfg  Config
 	log  zerolog.Logger
 	auto *registry // the embedded default's environments; nil with a config file
-	// limits are those at start: a release's size and file count are checked against them.
-	limits configs.Limits
 
 	mu   sync.Mutex // guards envs: the embedded default adds and removes environments while serving
 	envs map[string]*environment
@@ -122,7 +120,7 @@ var (
 // use. Only what concerns every environment (release_files = "link" as root, an unreadable
 // registry) is an error here.
 func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
-	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}, limits: cfg.Server.Limits}
+	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}}
 	envs := cfg.Server.Envs
 	if cfg.Server.Auto {
 		p.auto = &registry{dataDir: cfg.Server.DataDir}
@@ -143,7 +141,7 @@ func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 		}
 	}
 	for _, ec := range envs {
-		p.envs[ec.Repo] = p.openOrBroken(ec)
+		p.envs[ec.Repo] = p.openOrBroken(ec, cfg.Server.Limits)
 	}
 	return p, nil
 }
@@ -164,8 +162,8 @@ func (p *Pipeline) checkEnv(ec configs.Env) error {
 }
 
 // openOrBroken opens ec, or returns it broken with the reason, which it logs.
-func (p *Pipeline) openOrBroken(ec configs.Env) *environment {
-	e, err := p.open(ec)
+func (p *Pipeline) openOrBroken(ec configs.Env, limits configs.Limits) *environment {
+	e, err := p.open(ec, limits)
 	if err != nil {
 		p.log.Error().Err(err).Str("repo", ec.Repo).Str("path", ec.Path).
 			Msg("environment unavailable: it is refused until it opens")
@@ -175,8 +173,8 @@ func (p *Pipeline) openOrBroken(ec configs.Env) *environment {
 }
 
 // Reload makes cfg the server configuration: environments it adds are opened, ones it
-// changes are opened with their new settings, ones it drops are forgotten (their deploy
-// roots stay as they are). A deploy running meanwhile finishes with the settings it
+// changes (or all, when the limits change) are opened with their new settings, ones it
+// drops are forgotten (their deploy roots stay as they are). A deploy running meanwhile finishes with the settings it
 // started with. What needs a restart (data_dir, the embedded default) is refused.
 func (p *Pipeline) Reload(cfg *configs.Server) error {
 	p.mu.Lock()
@@ -195,11 +193,22 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 		p.mu.Lock()
 		cur := p.envs[ec.Repo]
 		p.mu.Unlock()
-		if cur != nil && cur.broken == nil && reflect.DeepEqual(cur.cfg, ec) {
+		if cur != nil && cur.broken == nil && reflect.DeepEqual(cur.cfg, ec) && cfg.Limits == old.Limits {
 			opened[ec.Repo] = cur
 			continue
 		}
-		opened[ec.Repo] = p.openOrBroken(ec)
+		opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits)
+	}
+	if p.auto != nil && cfg.Limits != old.Limits { // the created environments take the new limits too
+		p.mu.Lock()
+		created := make([]configs.Env, 0, len(p.envs))
+		for _, e := range p.envs {
+			created = append(created, e.cfg)
+		}
+		p.mu.Unlock()
+		for _, ec := range created {
+			opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -217,7 +226,7 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 }
 
 // open opens one environment, recovering it first in the serving process.
-func (p *Pipeline) open(ec configs.Env) (*environment, error) {
+func (p *Pipeline) open(ec configs.Env, limits configs.Limits) (*environment, error) {
 	log := p.log.With().Str("repo", ec.Repo).Logger()
 	if p.cfg.Serving {
 		n, err := builder.KillLeftovers("SLIPWAY_DEPLOY_PATH=" + ec.Path)
@@ -233,8 +242,8 @@ func (p *Pipeline) open(ec configs.Env) (*environment, error) {
 		KeepReleases:    ec.KeepReleases,
 		PruneGrace:      ec.PruneGrace,
 		LinkFiles:       ec.LinkFiles,
-		MaxReleaseSize:  p.limits.MaxReleaseSize,
-		MaxReleaseFiles: int(p.limits.MaxReleaseFiles),
+		MaxReleaseSize:  limits.MaxReleaseSize,
+		MaxReleaseFiles: int(limits.MaxReleaseFiles),
 	}, log.With().Str("component", "releaser").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", ec.Repo, err)
@@ -264,7 +273,7 @@ func (p *Pipeline) environment(repo string, create bool) (e *environment, create
 	if p.auto == nil || !create {
 		return nil, false, fmt.Errorf("%w %s", ErrUnknownEnvironment, repo)
 	}
-	e, err = p.open(p.cfg.Server.AutoEnv(repo))
+	e, err = p.open(p.cfg.Server.AutoEnv(repo), p.cfg.Server.Limits)
 	if err != nil {
 		return nil, false, err
 	}
@@ -342,7 +351,7 @@ func (p *Pipeline) access(repo, who string, create bool) (*environment, bool, er
 // reopen tries again to open a broken environment, and says why it is unavailable if it
 // still cannot be.
 func (p *Pipeline) reopen(broken *environment) (*environment, error) {
-	e, err := p.open(broken.cfg)
+	e, err := p.open(broken.cfg, p.server().Limits)
 	if err != nil {
 		p.log.Warn().Err(err).Str("repo", broken.cfg.Repo).Msg("environment still unavailable")
 		return nil, unavailable(broken.cfg.Repo, err)

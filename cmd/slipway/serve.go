@@ -65,18 +65,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv, err := gitserver.New(gitserver.Config{
-		HostKeyPath:        cfg.HostKey,
-		Keys:               cfg.Keys,
-		ReposDir:           repos.Dir,
-		Commands:           gitHooks{p},
-		HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
-		MaxUnauthenticated: cfg.Limits.MaxUnauthenticated,
-		MaxPushSize:        cfg.Limits.MaxPushSize,
-		MaxObjectSize:      cfg.Limits.MaxReleaseSize,
+		HostKeyPath: cfg.HostKey,
+		Keys:        cfg.Keys,
+		ReposDir:    repos.Dir,
+		Commands:    gitHooks{p},
 	}, gitHooks{p}, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
 		return err
 	}
+	srv.SetLimits(gitLimits(cfg.Limits))
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -153,6 +150,17 @@ func greet(w io.Writer, cfg *configs.Server, addr, hostKeyFP string) {
 	fmt.Fprintf(w, "host key %s (ssh asks you to accept it on the first push)\n", hostKeyFP)
 	fmt.Fprintf(w, "  git remote add %s ssh://git@%s/%s\n", remote, addr, repo)
 	fmt.Fprintf(w, "  git push %s %s\n", remote, branch)
+}
+
+// gitLimits are the limits the git server enforces. An object larger than a release may be
+// is refused as it arrives: it could never be deployed.
+func gitLimits(l configs.Limits) gitserver.Limits {
+	return gitserver.Limits{
+		HandshakeTimeout:   l.HandshakeTimeout,
+		MaxUnauthenticated: l.MaxUnauthenticated,
+		MaxPushSize:        l.MaxPushSize,
+		MaxObjectSize:      l.MaxReleaseSize,
+	}
 }
 
 // gitHooks hands the git server's pushes and commands to the deploy pipeline. The two
@@ -258,8 +266,8 @@ func (w *watcher) reloadKeys() {
 	w.log.Info().Int("keys", len(keys)).Msg("authorized keys reloaded")
 }
 
-// reload reads the configuration again and applies it: keys and environments at once;
-// listen, data_dir, host_key and the limits at the next start.
+// reload reads the configuration again and applies it: keys, environments and limits at
+// once; listen, data_dir, host_key and shutdown_timeout at the next start.
 func (w *watcher) reload() {
 	cfg, err := configs.Find(w.file)
 	if err != nil {
@@ -281,8 +289,9 @@ func (w *watcher) reload() {
 		return
 	}
 	w.srv.SetKeys(cfg.Keys)
-	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.Limits != w.cfg.Limits || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout {
-		w.log.Warn().Msg("listen, host_key, shutdown_timeout and the limits changed: they take effect when slipway restarts")
+	w.srv.SetLimits(gitLimits(cfg.Limits))
+	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout {
+		w.log.Warn().Msg("listen, host_key or shutdown_timeout changed: they take effect when slipway restarts")
 	}
 	w.cfg = cfg
 	w.log.Info().Int("environments", len(cfg.Envs)).Int("keys", len(cfg.Keys)).Msg("configuration reloaded")
