@@ -33,8 +33,8 @@ type gate struct {
 	max, perSource int
 	timeout        time.Duration
 	closing        bool                // Shutdown: admit nothing more
-	pending  map[*gatedConn]bool // the connections that have not authenticated
-	bySource map[string]int      // how many of them each source address holds
+	pending        map[*gatedConn]bool // the connections that have not authenticated
+	bySource       map[string]int      // how many of them each source address holds
 }
 
 func newGate(limit int, timeout time.Duration, refusals *refusalLog) *gate {
