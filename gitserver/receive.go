@@ -347,14 +347,29 @@ func (s *Server) consolidate(dir, repo string) {
 	}
 }
 
+// readsReportAfterPipeBreaks reports whether the client is git's own: when the server stops
+// reading its pack, git's send-pack still reads the report and shows each ref's reason
+// (send-pack.c, after pack_objects fails), so a refused push need not upload its pack
+// first. Other clients (go-git, libgit2) may stop at the broken pipe and show that instead:
+// their pack is read and dropped.
+func (r *receiveSession) readsReportAfterPipeBreaks() bool {
+	for _, agent := range r.req.Capabilities.Get(capability.Agent) {
+		if strings.HasPrefix(agent, "git/") {
+			return true
+		}
+	}
+	return false
+}
+
 // refusePush refuses a whole push once its commands have been read. git sends the pack
 // without waiting for an answer, and at this point it shows an ERR packet only as
-// "protocol error: bad band #69": so the pack is read and dropped, and every command is
-// answered "ng <ref> <reason>", which git shows as "! [remote rejected] <ref> (<reason>)".
-// It returns the exit status.
+// "protocol error: bad band #69": so every command is answered "ng <ref> <reason>", which
+// git shows as "! [remote rejected] <ref> (<reason>)". git's own client gets that answer at
+// once, and the session ends without reading its pack (a busy environment does not cost
+// the upload); another client's pack is read and dropped first. It returns the exit status.
 func (r *receiveSession) refusePush(reason string) int {
 	unpackStatus := "ok"
-	if needsPack(r.req.Commands) {
+	if needsPack(r.req.Commands) && !r.readsReportAfterPipeBreaks() {
 		_, err := pack.Discard(r.packReader())
 		switch {
 		case err == nil:

@@ -338,3 +338,44 @@ func TestBusyRefusalClientKeepsStdinOpen(t *testing.T) {
 		t.Errorf("session: %v", err)
 	}
 }
+
+// TestBusyRefusalBeforeThePack: git's own client is refused as soon as its commands are
+// read, without uploading its pack: the report comes while the pack has not been sent.
+func TestBusyRefusalBeforeThePack(t *testing.T) {
+	t.Parallel()
+	d := &fakeDeployer{}
+	h := start(t, d, nil)
+	work := h.work()
+	head := h.git(work, "rev-parse", "HEAD")
+	d.hold(t, "bob")
+
+	g := h.rawGit("git-receive-pack 'myapp/production'")
+	e := pktline.NewEncoder(g.stdin)
+	for _, err := range []error{
+		e.EncodeString(fmt.Sprintf("%s %s refs/heads/main\x00report-status agent=git/2.39.5", plumbing.ZeroHash, head)),
+		e.Flush(),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// No pack is sent: a server that reads it first would never answer.
+	done := make(chan struct{})
+	var report string
+	var err error
+	go func() {
+		defer close(done)
+		report, err = readReport(g.out, false)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("no report before the pack: the server waits for a pack git would upload in vain")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "unpack ok\nng refs/heads/main " + busyReason + "\n"; report != want {
+		t.Errorf("report = %q, want %q", report, want)
+	}
+}

@@ -10,12 +10,28 @@ import (
 
 // What a deploy tells its requester, and keeps in its log.
 
+// say writes a step's header: a line of the pipeline's own, which a requester who fell
+// behind still gets (keeper), unlike the commands' output.
 func say(w io.Writer, format string, args ...any) {
-	fmt.Fprintf(w, "-----> "+format+"\n", args...)
+	writeKept(w, fmt.Sprintf("-----> "+format+"\n", args...))
 }
 
+// indent writes a line of the pipeline's own under a header, as say does.
 func indent(w io.Writer, format string, args ...any) {
-	fmt.Fprintf(w, "       "+format+"\n", args...)
+	writeKept(w, fmt.Sprintf("       "+format+"\n", args...))
+}
+
+// keeper is a writer that can be told a line must not be dropped.
+type keeper interface {
+	keep(line []byte)
+}
+
+func writeKept(w io.Writer, line string) {
+	if k, ok := w.(keeper); ok {
+		k.keep([]byte(line))
+		return
+	}
+	io.WriteString(w, line) //nolint:errcheck // a gone requester cancels the deploy through ctx
 }
 
 func since(t time.Time) string {
@@ -56,6 +72,11 @@ func (t *tee) Write(b []byte) (int, error) {
 	t.log.Write(b)    //nolint:errcheck // the log is best effort
 	t.pusher.Write(b) //nolint:errcheck // a gone requester cancels the deploy through ctx
 	return len(b), nil
+}
+
+func (t *tee) keep(line []byte) {
+	t.log.Write(line) //nolint:errcheck // the log is best effort
+	writeKept(t.pusher, string(line))
 }
 
 // capped writes at most left bytes, then one truncation marker, then nothing.
@@ -121,16 +142,31 @@ func (r *relay) Write(b []byte) (int, error) {
 	case r.queued+len(b) > maxBehind:
 		r.dropped++
 	default:
-		line := bytes.Clone(b)
-		if r.dropped > 0 {
-			line = append([]byte(gapNote(r.dropped)), line...)
-			r.dropped = 0
-		}
-		r.queue = append(r.queue, line)
-		r.queued += len(line)
-		r.more.Signal()
+		r.enqueue(b)
 	}
 	return len(b), nil
+}
+
+// keep queues a line of the pipeline's own (a step's header, its outcome): it is never
+// dropped, however far behind the requester is. There are a few per step.
+func (r *relay) keep(line []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.failed && !r.closed {
+		r.enqueue(line)
+	}
+}
+
+// enqueue queues b, after the note of what was dropped before it. The caller holds r.mu.
+func (r *relay) enqueue(b []byte) {
+	line := bytes.Clone(b)
+	if r.dropped > 0 {
+		line = append([]byte(gapNote(r.dropped)), line...)
+		r.dropped = 0
+	}
+	r.queue = append(r.queue, line)
+	r.queued += len(line)
+	r.more.Signal()
 }
 
 // drain writes the queue to the requester until Close.

@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"fmt"
+	"io"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -95,3 +96,26 @@ func TestRelayGoneRequester(t *testing.T) {
 type failing struct{}
 
 func (failing) Write([]byte) (int, error) { return 0, fmt.Errorf("gone") }
+
+// TestRelayKeepsOwnLines: however far behind the requester is, the pipeline's own lines (a
+// step's header and outcome, the deploy's result) reach them, in order, after the note of
+// what was dropped before them.
+func TestRelayKeepsOwnLines(t *testing.T) {
+	s := &stalled{release: make(chan struct{})}
+	r := newRelay(s)
+	tee := &tee{pusher: r, log: io.Discard}
+	for i := range 100_000 {
+		fmt.Fprintf(tee, "output %d\n", i)
+	}
+	indent(tee, "build 1/1 ok")
+	say(tee, "abc1234 is live")
+	close(s.release)
+	r.Close()
+	out := s.got.String()
+	note := strings.Index(out, "lines not shown")
+	ok := strings.Index(out, "       build 1/1 ok\n")
+	live := strings.Index(out, "-----> abc1234 is live\n")
+	if note < 0 || ok < 0 || live < 0 || !(note < ok && ok < live) {
+		t.Errorf("note at %d, step outcome at %d, result at %d; want all three, in that order", note, ok, live)
+	}
+}
