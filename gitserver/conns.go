@@ -37,14 +37,12 @@ type gate struct {
 	bySource       map[string]int      // how many of them each source address holds
 }
 
-func newGate(limit int, timeout time.Duration, refusals *refusalLog) *gate {
+// newGate returns a gate that admits nothing until setLimits gives it its limits.
+func newGate(refusals *refusalLog) *gate {
 	return &gate{
-		max:       limit,
-		perSource: max(1, limit/4),
-		timeout:   timeout,
-		refusals:  refusals,
-		pending:   make(map[*gatedConn]bool),
-		bySource:  make(map[string]int),
+		refusals: refusals,
+		pending:  make(map[*gatedConn]bool),
+		bySource: make(map[string]int),
 	}
 }
 

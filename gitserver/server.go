@@ -105,15 +105,6 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 	if cfg.Keepalive <= 0 {
 		cfg.Keepalive = DefaultKeepalive
 	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if cfg.MaxUnauthenticated <= 0 {
-		cfg.MaxUnauthenticated = DefaultMaxUnauthenticated
-	}
-	if cfg.MaxPushSize <= 0 {
-		cfg.MaxPushSize = DefaultMaxPushSize
-	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
 	}
@@ -130,14 +121,19 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		refusals:  newRefusalLog(log),
 	}
-	s.gate = newGate(cfg.MaxUnauthenticated, cfg.HandshakeTimeout, s.refusals)
+	s.gate = newGate(s.refusals)
+	s.SetLimits(Limits{
+		HandshakeTimeout:   cfg.HandshakeTimeout,
+		MaxUnauthenticated: cfg.MaxUnauthenticated,
+		MaxPushSize:        cfg.MaxPushSize,
+		MaxObjectSize:      cfg.MaxObjectSize,
+	})
 	s.stopping, s.stop = context.WithCancelCause(context.Background())
 	if created {
 		log.Info().Str("path", cfg.HostKeyPath).Str("host_key_fp", s.HostKeyFingerprint()).Msg("host key created")
 	}
 	s.SetKeys(cfg.Keys)
 	s.cfg.Keys = nil // s.keys holds them
-	s.push.Store(&pushLimits{maxPush: cfg.MaxPushSize, maxObject: cfg.MaxObjectSize})
 	s.ssh = &ssh.Server{
 		Version:          "slipway",
 		Handler:          s.handle,
