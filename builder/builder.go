@@ -1,19 +1,25 @@
 // Package builder runs a deploy's shell commands (build, test, hooks) in a release
-// directory: each with `sh -c`, stdin from /dev/null, a complete environment, its own process
-// group, a timeout, and its output streamed line by line.
+// directory: each with `sh -c`, stdin from /dev/null, a complete environment, a timeout, and
+// its output streamed line by line, in a box (box.go) that confines and limits it.
 //
-// Invariant: when Run returns, no process the command started is left running. That covers
-// children put in the background, and ones that left the process group (setsid, double
-// fork): every process started by a command carries a unique SLIPWAY_RUN_ID in its
-// environment, and Run ends every process that carries it. The one way out is a process
-// that drops that entry by exec'ing with a new environment (env -i); see proc.go.
+// Invariant: when Run returns, no process the command started is left running, whatever it
+// did to its environment, session or process group. Each command runs under a helper, this
+// program re-executed (BoxMain), which is the init of the command's own PID namespace where
+// the kernel allows one, and its child subreaper elsewhere; the helper ends everything when
+// the shell exits, and the kernel ends the namespace when the helper dies. Every process also
+// carries a unique SLIPWAY_RUN_ID in its environment, the way to find leftovers when a helper
+// itself died (proc.go).
 //
-// The package is Linux only: it finds processes through /proc and signals them through pidfds.
+// A command that is Confined may write only below its Writable paths and its TempDir
+// (Landlock, where the kernel has it), and signal no process outside its box.
+//
+// The package is Linux only: it uses namespaces, Landlock, /proc and pidfds.
 package builder
 
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +31,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 )
 
 // runIDVar is the environment variable that tags every process started by one Run.
@@ -48,6 +53,9 @@ type Builder struct {
 	// withTimeout bounds a command's context by its Command.Timeout, ending it with the
 	// cause errTimedOut; tests replace it to time a command out on an event of theirs.
 	withTimeout func(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc)
+	// noNamespaces runs every command under a subreaper, as where the kernel allows no user
+	// namespace; tests set it to run that path on any kernel.
+	noNamespaces bool
 }
 
 // New returns a Builder. Zero fields of cfg take their defaults.
@@ -65,13 +73,32 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithTimeoutCause(ctx, d, errTimedOut)
 }
 
+// Sandbox returns what confinement this kernel gives commands, found out on the process's
+// first call (it starts one helper).
+func (b *Builder) Sandbox() Sandbox {
+	sb := kernel.get()
+	if b.noNamespaces {
+		sb.Namespaces = false
+	}
+	return sb
+}
+
 // Command is one shell command to run.
 type Command struct {
 	Name    string        // what the pusher sees in errors, e.g. "build 1/2"
 	Run     string        // shell command, run as: sh -c Run
 	Dir     string        // working directory (the release dir)
-	Env     []string      // the complete environment, "K=V"; nothing of the server's own environment is added (Run adds only SLIPWAY_RUN_ID)
+	Env     []string      // the complete environment, "K=V"; nothing of the server's own environment is added (Run adds only SLIPWAY_RUN_ID, and TMPDIR with TempDir)
 	Timeout time.Duration // 0 = no limit
+
+	// Confined makes the command, and every process it starts, unable to write anywhere
+	// but below Writable and TempDir (Landlock, where the kernel has it).
+	Confined bool
+	Writable []string
+	// TempDir, if set, is made (0700; it must not exist) for the command alone, given to it
+	// as TMPDIR, and removed with everything in it when the command ends.
+	TempDir string
+	Limits  Limits
 }
 
 // errTimedOut is the cause of the context that enforces Command.Timeout.
@@ -84,12 +111,30 @@ var errTimedOut = errors.New("command timed out")
 // when the pusher is gone). out should not block indefinitely: Run waits for it.
 //
 // Run returns nil if the command exited 0, an *ExitError if it did not succeed (non-zero
-// exit, signal, timeout, cancellation), and another error if it could not be started.
+// exit, signal, timeout, cancellation), a *SetupError if its box could not be made (a
+// writable path that does not exist), and another error if it could not be started.
 // Processes left behind by a command get SIGTERM and, after KillGrace, SIGKILL, whether the
 // command succeeded or not.
 func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	start := time.Now()
 	tag := runIDVar + "=" + rand.Text()
+
+	if fi, err := os.Stat(c.Dir); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = fmt.Errorf("%s: %w", c.Dir, syscall.ENOTDIR)
+		}
+		return fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	env := append(slices.Clip(c.Env), tag)
+	writable := c.Writable
+	if c.TempDir != "" {
+		if err := os.Mkdir(c.TempDir, 0o700); err != nil {
+			return fmt.Errorf("start %s: temporary directory: %w", c.Name, err)
+		}
+		defer b.removeTemp(c.TempDir)
+		env = append(env, "TMPDIR="+c.TempDir)
+		writable = append(slices.Clip(writable), c.TempDir)
+	}
 
 	runCtx := ctx
 	if c.Timeout > 0 {
@@ -103,40 +148,55 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		return fmt.Errorf("start %s: output pipe: %w", c.Name, err)
 	}
 	defer pr.Close() // the read end: closing it loses nothing
+	sr, sw, err := os.Pipe()
+	if err != nil {
+		pw.Close() // unused: closing it loses nothing
+		return fmt.Errorf("start %s: status pipe: %w", c.Name, err)
+	}
+	defer sr.Close() // the read end: closing it loses nothing
 
 	log := b.log.With().Str("step", c.Name).Logger()
-	procs := newTracked(tag)
+	sb := b.Sandbox()
+	spec := boxSpec{
+		Run: c.Run, Dir: c.Dir, Limits: c.Limits, GraceMs: b.cfg.KillGrace.Milliseconds(),
+		Confine:  c.Confined && sb.Landlock > 0,
+		Writable: writable,
+	}
+	box, err := boxCmd(spec, sb.Namespaces)
+	if err != nil {
+		pw.Close() // unused: closing it loses nothing
+		sw.Close() // unused: closing it loses nothing
+		return fmt.Errorf("start %s: %w", c.Name, err)
+	}
 	var stop stopTime
-	cmd := exec.CommandContext(runCtx, shell, "-c", c.Run)
+	cmd := exec.CommandContext(runCtx, box.Path)
+	cmd.Args, cmd.SysProcAttr = box.Args, box.SysProcAttr
 	cmd.Dir = c.Dir
-	cmd.Env = append(slices.Clip(c.Env), tag)
+	cmd.Env = env
 	cmd.Stdout = pw
 	cmd.Stderr = pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = []*os.File{sw}
 	cmd.Cancel = func() error {
 		stop.set(time.Now())
-		if err := procs.term(cmd.Process.Pid); err != nil {
-			log.Warn().Err(err).Msg("terminate command")
-		}
-		return nil
+		// The helper sends SIGTERM to everything, and SIGKILL after KillGrace.
+		return cmd.Process.Signal(syscall.SIGTERM)
 	}
-	// The output pipe is ours (Stdout is an *os.File), so WaitDelay does not bound it here;
-	// it is the SIGKILL of the shell itself if it outlives KillGrace after Cancel. The pipe is
-	// bounded below, after every tagged process has been ended.
-	cmd.WaitDelay = b.cfg.KillGrace
+	// The backstop, if the helper itself does not end in time: SIGKILL to it, which in a
+	// PID namespace ends everything; elsewhere the scan below ends what is left.
+	cmd.WaitDelay = b.cfg.KillGrace + 2*time.Second
 
 	err = cmd.Start()
-	// The children hold their copies; ours would keep the pipe open forever. Closing the
+	// The helper holds its copies; ours would keep the pipes open forever. Closing the
 	// write end of a pipe loses nothing.
 	pw.Close()
+	sw.Close()
 	if err != nil {
 		if runCtx.Err() != nil { // exec does not start a command whose ctx is done
-			return result(ctx, runCtx, c, nil, err, true)
+			return result(ctx, runCtx, c, nil, true)
 		}
 		return fmt.Errorf("start %s: %w", c.Name, err)
 	}
-	pid := cmd.Process.Pid
-	log.Debug().Int("pid", pid).Msg("command started")
+	log.Debug().Int("pid", cmd.Process.Pid).Bool("namespace", sb.Namespaces).Bool("confined", spec.Confine).Msg("command started")
 
 	var (
 		drained    = make(chan struct{})
@@ -147,22 +207,18 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		werr, rerr = copyLines(out, pr, b.cfg.MaxLine)
 	}()
 
-	// Wait for the shell to exit without reaping it: while it is a zombie its pid cannot be
-	// reused, so signalling its process group cannot reach a stranger.
-	if err := waitExited(pid); err != nil {
-		// Cannot happen for our own child; fall through to Wait, which reaps it.
-		log.Warn().Err(err).Int("pid", pid).Msg("wait for exit")
-	}
-	stoppedAt, stopped := stop.get()
-	deadline := time.Now().Add(b.cfg.KillGrace)
-	if stopped {
-		deadline = stoppedAt.Add(b.cfg.KillGrace)
-	}
-	endErr := procs.end(pid, deadline)
 	waitErr := cmd.Wait()
+	_, stopped := stop.get()
+	st, stErr := readStatus(sr)
+	var endErr error
+	if !sb.Namespaces || stErr != nil {
+		// Without a namespace, a helper that died (the backstop, the OOM killer) leaves its
+		// command's processes behind: the tag finds them.
+		endErr = newTracked(tag).kill(newScanner(tag))
+	}
 
-	// Every process carrying the tag is gone, so the pipe reaches EOF at once unless a
-	// process that escaped the tag still holds it: give that one KillGrace, no more.
+	// Every process of the command is gone, so the pipe reaches EOF at once unless a
+	// process that escaped still holds it: give that one KillGrace, no more.
 	// It cannot fail: the ends of an os.Pipe are pollable.
 	_ = pr.SetReadDeadline(time.Now().Add(b.cfg.KillGrace))
 	<-drained
@@ -171,7 +227,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	if endErr != nil {
 		ev = log.Error().Err(endErr)
 	}
-	ev.Int64("took_ms", time.Since(start).Milliseconds()).Int("killed", procs.count()).Msg("command finished")
+	ev.Int64("took_ms", time.Since(start).Milliseconds()).Int("killed", st.Leftover).Int("landlock", st.Landlock).Msg("command finished")
 	if werr != nil {
 		log.Warn().Err(werr).Msg("output discarded")
 	}
@@ -179,25 +235,66 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		log.Warn().Err(rerr).Msg("output pipe not drained")
 	}
 
-	return result(ctx, runCtx, c, cmd.ProcessState, waitErr, stopped)
+	switch {
+	case stErr != nil && !stopped:
+		log.Error().Err(stErr).AnErr("wait", waitErr).Msg("helper failed")
+		return fmt.Errorf("run %s: the helper failed: %w", c.Name, stErr)
+	case st.Err != "":
+		return &SetupError{Name: c.Name, Path: st.ErrPath, Err: errors.New(st.Err)}
+	case stErr != nil: // stopped, and the backstop killed the helper
+		return result(ctx, runCtx, c, &exitInfo{code: -1, signal: syscall.SIGKILL.String()}, stopped)
+	}
+	ws := syscall.WaitStatus(st.Status)
+	ex := &exitInfo{code: ws.ExitStatus()}
+	if ws.Signaled() {
+		ex.signal = ws.Signal().String()
+	}
+	return result(ctx, runCtx, c, ex, stopped)
 }
 
-// result turns how the shell ended (st, nil if it never started) into Run's error. stopped
+// removeTemp removes a command's temporary directory; a failure only costs space, and is
+// logged.
+func (b *Builder) removeTemp(dir string) {
+	if err := os.RemoveAll(dir); err != nil {
+		b.log.Warn().Err(err).Str("path", dir).Msg("remove temporary directory")
+	}
+}
+
+// readStatus reads the helper's report from the status pipe, which the helper has closed.
+func readStatus(r io.Reader) (boxStatus, error) {
+	var st boxStatus
+	b, err := io.ReadAll(io.LimitReader(r, 1<<16))
+	if err != nil {
+		return st, fmt.Errorf("read the helper's status: %w", err)
+	}
+	if len(b) == 0 {
+		return st, errors.New("the helper ended without a status")
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("read the helper's status: %w", err)
+	}
+	return st, nil
+}
+
+// exitInfo is how the shell ended.
+type exitInfo struct {
+	code   int    // exit status; -1 if killed by a signal
+	signal string // the signal's description, if one killed it
+}
+
+// result turns how the shell ended (ex, nil if it never started) into Run's error. stopped
 // tells whether runCtx had ended the command before it exited.
-func result(ctx, runCtx context.Context, c Command, st *os.ProcessState, waitErr error, stopped bool) error {
-	e := &ExitError{Name: c.Name, Code: -1, Err: waitErr}
-	if st != nil {
-		e.Code = st.ExitCode()
-		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			e.Signal = ws.Signal().String()
-		}
+func result(ctx, runCtx context.Context, c Command, ex *exitInfo, stopped bool) error {
+	e := &ExitError{Name: c.Name, Code: -1}
+	if ex != nil {
+		e.Code, e.Signal = ex.code, ex.signal
 	}
 	switch {
 	case stopped && context.Cause(runCtx) == errTimedOut:
 		e.TimedOut, e.Timeout, e.Err = true, c.Timeout, context.DeadlineExceeded
 	case stopped:
 		e.Canceled, e.Err = true, ctx.Err()
-	case st != nil && st.Success():
+	case ex != nil && ex.code == 0 && ex.signal == "":
 		return nil
 	}
 	return e
@@ -222,15 +319,4 @@ func (s *stopTime) get() (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.at, s.ok
-}
-
-// waitExited blocks until the child pid has exited, leaving it a zombie for Wait to reap.
-func waitExited(pid int) error {
-	for {
-		var info unix.Siginfo
-		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if err != unix.EINTR {
-			return err
-		}
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -73,17 +74,20 @@ func values(lines []string, key string) []string {
 // from /proc independently of the package's own scanner.
 func carrying(t *testing.T, kv string) []int {
 	t.Helper()
+	return procsWhere(t, func(pid int) bool { return hasEnv(pid, kv) })
+}
+
+// procsWhere returns the pids of the server's /proc (every namespace's processes show
+// there) for which match is true.
+func procsWhere(t *testing.T, match func(pid int) bool) []int {
+	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pids []int
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if hasEnv(pid, kv) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && match(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -162,10 +166,6 @@ func TestRunExit(t *testing.T) {
 			}
 			if got := err.Error(); got != tt.message {
 				t.Errorf("Error() = %q, want %q", got, tt.message)
-			}
-			var xe *exec.ExitError
-			if !errors.As(err, &xe) {
-				t.Errorf("Run = %v, does not unwrap to *exec.ExitError", err)
 			}
 		})
 	}
@@ -277,20 +277,46 @@ func TestRunDoneBeforeStart(t *testing.T) {
 }
 
 // escapes starts processes in every way a build can leave them behind: in the background,
-// out of the process group (setsid), double-forked, nohup'd, and one out of the group that
-// also ignores SIGTERM. Each prints pid=N; the script prints "ready" once all are running
+// out of the process group (setsid), double-forked, nohup'd, one out of the group that also
+// ignores SIGTERM, and one that drops its environment too (env -i). Each sleeps for $NAP
+// seconds, a number unique to the test, which finds them by their command line whatever
+// namespace they run in; each prints pid=N; the script prints "ready" once all are running
 // (the fifo waits for the trap to be set).
 const escapes = `
 echo id=$SLIPWAY_RUN_ID
-sleep 1000 & echo pid=$!
-setsid sleep 1000 & echo pid=$!
-sh -c 'sleep 1000 & echo pid=$!'
-nohup sleep 1000 >/dev/null 2>&1 & echo pid=$!
+sleep $NAP & echo pid=$!
+setsid sleep $NAP & echo pid=$!
+sh -c 'sleep $NAP & echo pid=$!'
+nohup sleep $NAP >/dev/null 2>&1 & echo pid=$!
+setsid env -i /bin/sleep $NAP & echo pid=$!
 mkfifo trapped
-setsid sh -c 'trap "" TERM; echo pid=$$; echo >trapped; exec sleep 1000' &
+setsid sh -c 'trap "" TERM; echo pid=$$; echo >trapped; exec sleep $NAP' &
 read x <trapped
 echo ready
 `
+
+// napFor returns a NAP for escapes: a day and a number unique to this test process and t.
+func napFor(t *testing.T) string {
+	napMu.Lock()
+	defer napMu.Unlock()
+	napSeq++
+	return strconv.Itoa(86400 + os.Getpid()%100000*1000 + napSeq)
+}
+
+var (
+	napMu  sync.Mutex
+	napSeq int
+)
+
+// sleepers returns the pids of the processes running `sleep nap`.
+func sleepers(t *testing.T, nap string) []int {
+	t.Helper()
+	return procsWhere(t, func(pid int) bool {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		return err == nil && len(args) == 2 && filepath.Base(args[0]) == "sleep" && args[1] == nap
+	})
+}
 
 // hang bounds the waits of tests for Run to return: far more than Run needs on any machine,
 // far less than the commands' own sleeps, so it tells a Run that waits for them from a slow
@@ -328,16 +354,19 @@ func timeoutOn(b *Builder, ready <-chan struct{}) {
 	}
 }
 
+// leaveCase is a case of TestRunLeavesNothing.
+type leaveCase struct {
+	name    string
+	tail    string        // after the escapes
+	at      string        // the line after which the timeout expires or ctx is cancelled; default "ready\n"
+	timeout time.Duration // Command.Timeout; it expires at the line at
+	cancel  bool          // cancel ctx at the line at
+	check   func(t *testing.T, err error)
+}
+
 func TestRunLeavesNothing(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		tail    string        // after the escapes
-		at      string        // the line after which the timeout expires or ctx is cancelled; default "ready\n"
-		timeout time.Duration // Command.Timeout; it expires at the line at
-		cancel  bool          // cancel ctx at the line at
-		check   func(t *testing.T, err error)
-	}{
+	tests := []leaveCase{
 		{
 			name: "timeout", tail: "sleep 100000", timeout: 300 * time.Millisecond,
 			check: func(t *testing.T, err error) {
@@ -394,49 +423,55 @@ func TestRunLeavesNothing(t *testing.T) {
 			},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			b := newTestBuilder(t, Config{})
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			ready := make(chan struct{})
-			timeoutOn(b, ready)
-			at := cmp.Or(tt.at, "ready\n")
-			out := &recorder{onLine: func(l string) {
-				if l == at {
-					close(ready)
-					if tt.cancel {
-						cancel()
-					}
-				}
-			}}
-			c := Command{Name: "build 1/1", Run: escapes + tt.tail, Dir: t.TempDir(), Env: testEnv, Timeout: tt.timeout}
-			// The commands sleep for a day: Run returns within hang only if the timeout or
-			// the cancel, then KillGrace for SIGTERM, then SIGKILL, end them all.
-			err := runBounded(t, b, ctx, c, out)
-			tt.check(t, err)
+	for _, mode := range boxModes(t) {
+		for _, tt := range tests {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				t.Parallel()
+				leavesNothing(t, mode, tt)
+			})
+		}
+	}
+}
 
-			lines := out.Lines()
-			ids := values(lines, "id")
-			pids := values(lines, "pid")
-			if len(ids) != 1 || len(pids) != 5 || !slices.Contains(lines, "ready\n") {
-				t.Fatalf("output = %q, want an id and the pids", lines)
+// leavesNothing runs escapes then tt.tail in mode, ends it (the timeout expiring or ctx
+// being cancelled at the line tt.at), checks Run's error, and that nothing is left.
+func leavesNothing(t *testing.T, mode boxMode, tt leaveCase) {
+	b := mode.builder(t, Config{})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ready := make(chan struct{})
+	timeoutOn(b, ready)
+	at := cmp.Or(tt.at, "ready\n")
+	out := &recorder{onLine: func(l string) {
+		if l == at {
+			close(ready)
+			if tt.cancel {
+				cancel()
 			}
-			kv := "SLIPWAY_RUN_ID=" + ids[0]
-			for _, p := range pids {
-				pid, err := strconv.Atoi(p)
-				if err != nil {
-					t.Fatalf("pid %q: %v", p, err)
-				}
-				if hasEnv(pid, kv) {
-					t.Errorf("process %d of the command still runs", pid)
-				}
-			}
-			if left := carrying(t, kv); len(left) > 0 {
-				t.Errorf("processes %v still carry %s", left, kv)
-			}
-		})
+		}
+	}}
+	nap := napFor(t)
+	dir := t.TempDir()
+	// Confined, as builds are: the helper must still reach every process of the command.
+	c := Command{Name: "build 1/1", Run: escapes + tt.tail, Dir: dir, Env: append(slices.Clone(testEnv), "NAP="+nap), Timeout: tt.timeout,
+		Confined: true, Writable: []string{dir}}
+	// The commands sleep for a day: Run returns within hang only if the timeout or
+	// the cancel, then KillGrace for SIGTERM, then SIGKILL, end them all.
+	err := runBounded(t, b, ctx, c, out)
+	tt.check(t, err)
+
+	lines := out.Lines()
+	ids := values(lines, "id")
+	pids := values(lines, "pid")
+	if len(ids) != 1 || len(pids) != 6 || !slices.Contains(lines, "ready\n") {
+		t.Fatalf("output = %q, want an id and the pids", lines)
+	}
+	kv := "SLIPWAY_RUN_ID=" + ids[0]
+	if left := carrying(t, kv); len(left) > 0 {
+		t.Errorf("processes %v still carry %s", left, kv)
+	}
+	if left := sleepers(t, nap); len(left) > 0 {
+		t.Errorf("processes %v still run sleep %s (%d started)", left, nap, len(pids))
 	}
 }
 
@@ -456,42 +491,51 @@ func TestRunTimeout(t *testing.T) {
 }
 
 // A background child that holds stdout open must not keep Run waiting: it is ended as soon
-// as the shell exits, not after KillGrace. KillGrace is an hour here, so a Run that waited
-// for it would not return within hang.
+// as the shell exits, not after KillGrace, confined or not, in either mode. KillGrace is an
+// hour here, so a Run that waited for it would not return within hang.
 func TestRunBackgroundHoldsStdout(t *testing.T) {
 	t.Parallel()
-	b := New(Config{KillGrace: time.Hour}, zerolog.New(zerolog.NewTestWriter(t)))
-	var out recorder
-	err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: "sleep 100000 & echo started", Dir: t.TempDir(), Env: testEnv}, &out)
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if got := out.Lines(); !slices.Equal(got, []string{"started\n"}) {
-		t.Errorf("lines = %q", got)
+	for _, mode := range boxModes(t) {
+		for _, confined := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/confined=%v", mode.name, confined), func(t *testing.T) {
+				t.Parallel()
+				b := mode.builder(t, Config{KillGrace: time.Hour})
+				dir := t.TempDir()
+				var out recorder
+				c := Command{Name: "build 1/1", Run: "sleep 100000 & echo started", Dir: dir, Env: testEnv, Confined: confined, Writable: []string{dir}}
+				if err := runBounded(t, b, t.Context(), c, &out); err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+				if got := out.Lines(); !slices.Equal(got, []string{"started\n"}) {
+					t.Errorf("lines = %q", got)
+				}
+			})
+		}
 	}
 }
 
-// The documented limit: a process that drops its environment escapes the run id. Run must
-// still return, within KillGrace, though it holds the output pipe.
+// A process that drops its environment and leaves the session, holding the output pipe, is
+// ended too, in either mode: by the namespace, or by the subreaper that it was reparented to.
 func TestRunEscapeeHoldingStdout(t *testing.T) {
 	// The fifo makes the script wait until the escapee runs with its scrubbed environment.
 	const escapee = `mkfifo escaped
-setsid env -i /bin/sh -c 'echo pid=$$; echo >escaped; exec /bin/sleep 100000' &
+setsid env -i /bin/sh -c 'echo >escaped; exec /bin/sleep '$NAP &
 read x <escaped`
 	t.Parallel()
-	b := newTestBuilder(t, Config{})
-	var out recorder
-	t.Cleanup(func() {
-		for _, p := range values(out.Lines(), "pid") {
-			if pid, err := strconv.Atoi(p); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL) // ESRCH: gone already, as it should be
+	for _, mode := range boxModes(t) {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			b := mode.builder(t, Config{})
+			nap := napFor(t)
+			env := append(slices.Clone(testEnv), "NAP="+nap)
+			// The escapee sleeps for a day holding the pipe: Run must return long before.
+			if err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: escapee, Dir: t.TempDir(), Env: env}, io.Discard); err != nil {
+				t.Fatalf("Run: %v", err)
 			}
-		}
-	})
-	// The escapee sleeps for a day holding the pipe: Run must return long before, once its
-	// WaitDelay gives up on the pipe.
-	if err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: escapee, Dir: t.TempDir(), Env: testEnv}, &out); err != nil {
-		t.Fatalf("Run: %v", err)
+			if left := sleepers(t, nap); len(left) > 0 {
+				t.Errorf("the escapee %v still runs", left)
+			}
+		})
 	}
 }
 

@@ -67,3 +67,19 @@ func signalName(desc string) string {
 	}
 	return desc
 }
+
+// SetupError is what Run returns when the command's box could not be made: a writable path
+// that does not exist, limits the kernel refused, a Landlock ruleset it refused. The
+// command did not run.
+type SetupError struct {
+	Name string // Command.Name
+	Path string // the path concerned, if any
+	Err  error
+}
+
+func (e *SetupError) Error() string {
+	return fmt.Sprintf("%s: could not be set up: %v", e.Name, e.Err)
+}
+
+// Unwrap returns the underlying cause.
+func (e *SetupError) Unwrap() error { return e.Err }

@@ -1,16 +1,16 @@
 package builder
 
-// Finding and ending a command's processes.
+// Finding a command's processes by their tag: the fallback for what the box (box.go) did not
+// end itself, a crash of the server (KillLeftovers, at start) or a helper that died.
 //
-// Every process a command starts inherits SLIPWAY_RUN_ID=<id> from the shell, through any
-// number of forks, setsid, nohup and daemonizing, so scanning /proc/*/environ for that exact
-// entry finds the processes that left the process group too.
+// Every process a command starts inherits SLIPWAY_RUN_ID=<id> (and the deploy's
+// SLIPWAY_DEPLOY_PATH) from the shell, through any number of forks, setsid, nohup and
+// daemonizing, so scanning /proc/*/environ for that exact entry finds them.
 //
 // Limit: /proc/<pid>/environ shows the environment a process was exec'd with. A process
 // that execs with a scrubbed environment (env -i, execve with a new env), or overwrites
-// that memory (setproctitle-style), is no longer found and survives, and so do its children.
-// A cgroup per command (cgroup.kill) would close that; it is not used because this host runs
-// a cgroup v1 hybrid and the server may not own a cgroup to delegate from.
+// that memory (setproctitle-style), is no longer found. The box is what ends those: the PID
+// namespace, or the helper as their subreaper.
 //
 // Processes whose environ cannot be read (another user's, without privilege) are skipped:
 // a command runs as the server's user, so its own processes are readable.
@@ -46,18 +46,17 @@ func KillLeftovers(kv string) (int, error) {
 		return 0, fmt.Errorf("kill leftovers: %q is not a K=V entry", kv)
 	}
 	t := newTracked(kv)
-	err := t.kill(newScanner(kv), 0)
+	err := t.kill(newScanner(kv))
 	return t.count(), err
 }
 
 // tracked is the set of processes of one command: every process whose environment carries
-// the entry kv and, given to each method, its process group (0 for none).
+// the entry kv.
 type tracked struct {
 	kv string
 
-	mu          sync.Mutex   // guards signalled and groupTermed
-	signalled   map[int]bool // pids signalled so far
-	groupTermed bool         // the process group got its SIGTERM
+	mu        sync.Mutex   // guards signalled
+	signalled map[int]bool // pids signalled so far
 }
 
 func newTracked(kv string) *tracked {
@@ -71,38 +70,10 @@ func (t *tracked) count() int {
 	return len(t.signalled)
 }
 
-// terminate sends SIGTERM to the group pgid and to each of procs, each process only once:
-// a second SIGTERM makes many programs skip their clean shutdown. A process in the group is
-// taken as signalled by the group's SIGTERM (one forked just after it will get SIGKILL
-// without a SIGTERM first).
-func (t *tracked) terminate(pgid int, procs []proc) {
+// killAll sends SIGKILL to each of procs.
+func (t *tracked) killAll(procs []proc) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if pgid > 0 && !t.groupTermed {
-		_ = unix.Kill(-pgid, unix.SIGTERM) // ESRCH: the group is gone already, as wanted
-		t.groupTermed = true
-	}
-	for _, p := range procs {
-		if t.signalled[p.pid] {
-			continue
-		}
-		if pgid > 0 && p.pgid == pgid {
-			t.signalled[p.pid] = true
-			continue
-		}
-		if unix.PidfdSendSignal(p.fd, unix.SIGTERM, nil, 0) == nil {
-			t.signalled[p.pid] = true
-		}
-	}
-}
-
-// killAll sends SIGKILL to the group pgid and to each of procs.
-func (t *tracked) killAll(pgid int, procs []proc) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if pgid > 0 {
-		_ = unix.Kill(-pgid, unix.SIGKILL) // ESRCH: the group is gone already, as wanted
-	}
 	for _, p := range procs {
 		if unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0) == nil {
 			t.signalled[p.pid] = true
@@ -110,47 +81,12 @@ func (t *tracked) killAll(pgid int, procs []proc) {
 	}
 }
 
-// term sends SIGTERM to the group and, in one scan, to every tagged process.
-func (t *tracked) term(pgid int) error {
-	procs, err := newScanner(t.kv).find()
-	if err != nil {
-		t.terminate(pgid, nil)
-		return err
-	}
-	t.terminate(pgid, procs)
-	closeAll(procs)
-	return nil
-}
-
-// end ends the group and every tagged process: SIGTERM, a wait until they are gone or
-// deadline passes, then SIGKILL to whatever is left. The group leader must not have been
-// reaped yet, so that the group id cannot have been reused by a stranger.
-func (t *tracked) end(pgid int, deadline time.Time) error {
-	s := newScanner(t.kv)
-	for time.Now().Before(deadline) {
-		// Scan before signalling the group, so that its members are counted.
-		procs, err := s.find()
-		if err != nil {
-			break // kill scans again, and kills the group whatever happens
-		}
-		t.terminate(pgid, procs)
-		if len(procs) == 0 {
-			break
-		}
-		// A process may fork between the scan and its death: loop and scan again.
-		waitGone(procs, deadline)
-		closeAll(procs)
-	}
-	return t.kill(s, pgid)
-}
-
-// kill sends SIGKILL to the group and, scan after scan, to every tagged process until a
-// scan finds none.
-func (t *tracked) kill(s *scanner, pgid int) error {
+// kill sends SIGKILL, scan after scan, to every tagged process until a scan finds none.
+func (t *tracked) kill(s *scanner) error {
 	end := time.Now().Add(killBudget)
 	for range maxSweeps {
 		procs, err := s.find()
-		t.killAll(pgid, procs)
+		t.killAll(procs)
 		if err != nil {
 			return err
 		}
@@ -204,9 +140,8 @@ func waitGone(procs []proc, deadline time.Time) {
 
 // proc is a process found by a scan, held by a pidfd.
 type proc struct {
-	pid  int
-	pgid int
-	fd   int
+	pid int
+	fd  int
 }
 
 func closeAll(procs []proc) {
@@ -252,19 +187,18 @@ func (s *scanner) find() ([]proc, error) {
 		if err != nil {
 			continue // gone already
 		}
-		// Environ and pgid are read after the pidfd was opened: if that process is still
-		// alive afterwards, the pid still named it when they were read.
+		// Environ is read after the pidfd was opened: if that process is still alive
+		// afterwards, the pid still named it when it was read.
 		env, err := s.environ(pid)
 		if err != nil || !hasEntry(env, s.kv) {
 			_ = unix.Close(fd) // a pidfd: closing it loses nothing
 			continue
 		}
-		pgid, err := unix.Getpgid(pid)
-		if err != nil || unix.PidfdSendSignal(fd, 0, nil, 0) != nil {
+		if unix.PidfdSendSignal(fd, 0, nil, 0) != nil {
 			_ = unix.Close(fd) // a pidfd: closing it loses nothing
 			continue
 		}
-		procs = append(procs, proc{pid: pid, pgid: pgid, fd: fd})
+		procs = append(procs, proc{pid: pid, fd: fd})
 	}
 	return procs, nil
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,7 +67,11 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for running deploys before cancelling them.
 	ShutdownTimeout time.Duration
 	Limits          Limits
-	Envs            []Env
+	// Sandbox is how builds are confined (SPEC 11): "auto" confines where the kernel allows
+	// and warns otherwise, "required" refuses to serve where it cannot, "off" confines
+	// nothing (processes are still ended and limited).
+	Sandbox string
+	Envs    []Env
 	// Notes are what the operator should know at start (keys skipped, none found).
 	Notes []string
 	// Auto is the embedded default: an environment is created the first time an authorized
@@ -107,7 +112,32 @@ type Env struct {
 	Allow          []string // empty: every authorized key
 	Vars           []string // "K=V", sorted by key
 	Recipe         Recipe
+	// Writable are the paths, beyond the release, shared/, the build cache and TMPDIR, that
+	// this environment's commands may write (absolute, clean).
+	Writable []string
+	Box      Box
 }
+
+// Box is what one command of an environment may use (SPEC 11). Zero fields set no limit.
+type Box struct {
+	MemoryMax int64 // memory_max
+	PidsMax   int   // pids_max
+	CPUWeight int   // cpu_weight: 1 to 10000, where a cgroup is delegated
+}
+
+// Sandbox modes.
+const (
+	SandboxAuto     = "auto"
+	SandboxRequired = "required"
+	SandboxOff      = "off"
+)
+
+// Box limits' bounds: below these, the helper that confines a command cannot run itself.
+const (
+	minMemoryMax = 16 << 20
+	minPidsMax   = 16
+	maxCPUWeight = 10000
+)
 
 // Recipe is what a deploy runs. It is set by the server's [[env]] and by the pushed tree's
 // own slipway.toml; the server wins key by key, and a key set to an empty list counts as set.
@@ -204,7 +234,7 @@ func Load(file string) (*Server, error) {
 		return nil, err
 	}
 	root := table{doc: doc, m: doc.data}
-	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env",
+	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env", "sandbox",
 		"max_push_size", "max_release_size", "max_release_files", "handshake_timeout", "max_unauthenticated")
 	rel := relativeTo(filepath.Dir(abs))
 	cfg := readServer(root, rel)
@@ -250,6 +280,13 @@ func readServer(root table, resolve func(string) string) *Server {
 	cfg.HostKey = resolve(root.str("host_key"))
 	if cfg.HostKey == "" && cfg.DataDir != "" {
 		cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
+	}
+	switch cfg.Sandbox = root.str("sandbox"); cfg.Sandbox {
+	case "":
+		cfg.Sandbox = SandboxAuto
+	case SandboxAuto, SandboxRequired, SandboxOff:
+	default:
+		root.doc.addf("sandbox", "sandbox: %q is not \"auto\", \"required\" or \"off\"", cfg.Sandbox)
 	}
 	return cfg
 }
@@ -302,10 +339,36 @@ func checkLayout(root table, cfg *Server) {
 		case e.Path == "":
 		case e.Path == string(filepath.Separator):
 			t.doc.addf(t.key("path"), "%s: the deploy root cannot be /", t.name("path"))
-		case cfg.DataDir != "" && (e.Path == cfg.DataDir || within(e.Path, cfg.DataDir) || within(cfg.DataDir, e.Path)):
+		case cfg.DataDir != "" && overlaps(e.Path, cfg.DataDir):
 			t.doc.addf(t.key("path"), "%s: %s overlaps data_dir %s (slipway's repositories and state)", t.name("path"), e.Path, cfg.DataDir)
 		}
+		checkWritable(t, cfg, e)
 	}
+}
+
+// checkWritable refuses writable paths that would let a build write what slipway keeps:
+// the filesystem root, data_dir, and any environment's deploy root.
+func checkWritable(t table, cfg *Server, e Env) {
+	for _, w := range e.Writable {
+		switch {
+		case w == string(filepath.Separator):
+			t.doc.addf(t.key("writable"), "%s: / cannot be writable", t.name("writable"))
+		case cfg.DataDir != "" && overlaps(w, cfg.DataDir):
+			t.doc.addf(t.key("writable"), "%s: %s overlaps data_dir %s (slipway's repositories and state)", t.name("writable"), w, cfg.DataDir)
+		default:
+			for _, o := range cfg.Envs {
+				if o.Path != "" && overlaps(w, o.Path) {
+					t.doc.addf(t.key("writable"), "%s: %s overlaps the deploy root %s (of %s): slipway's releases and state", t.name("writable"), w, o.Path, o.Repo)
+					break
+				}
+			}
+		}
+	}
+}
+
+// overlaps reports whether a and b are the same path or one holds the other.
+func overlaps(a, b string) bool {
+	return a == b || within(a, b) || within(b, a)
 }
 
 // readKeys reads the authorized_keys file keysFile. Its problems are the configuration's,
@@ -364,7 +427,8 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 // readEnv reads one [[env]]; keyNames are the authorized keys' names, for allow.
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
-		"build", "test", "after_activate", "command_timeout", "allow", "vars")
+		"build", "test", "after_activate", "command_timeout", "allow", "vars",
+		"writable", "memory_max", "pids_max", "cpu_weight")
 	e := Env{
 		Repo:           t.str("repo"),
 		Path:           resolve(t.str("path")),
@@ -375,6 +439,8 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		Allow:          t.strings("allow"),
 		Recipe:         readRecipe(t),
 		Vars:           readVars(t),
+		Writable:       readWritable(t, resolve),
+		Box:            readBox(t),
 	}
 	// t.name("") is "env[N]." with a trailing dot; name the table without it.
 	where := strings.TrimSuffix(t.name(""), ".")
@@ -414,6 +480,41 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		}
 	}
 	return e
+}
+
+// readWritable reads writable: paths made absolute and clean, each once.
+func readWritable(t table, resolve func(string) string) []string {
+	var out []string
+	for _, w := range t.strings("writable") {
+		switch w = resolve(w); {
+		case w == "":
+			t.doc.addf(t.key("writable"), "%s: an empty path", t.name("writable"))
+		case !slices.Contains(out, w):
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// readBox reads memory_max, pids_max and cpu_weight.
+func readBox(t table) Box {
+	// -1 stands for "unset or already reported", so that a value is reported once.
+	b := Box{
+		MemoryMax: t.size("memory_max", -1),
+		PidsMax:   t.integer("pids_max", -1),
+		CPUWeight: t.integer("cpu_weight", -1),
+	}
+	if b.MemoryMax >= 0 && b.MemoryMax < minMemoryMax {
+		t.doc.addf(t.key("memory_max"), "%s must be at least 16MiB", t.name("memory_max"))
+	}
+	if b.PidsMax >= 0 && b.PidsMax < minPidsMax {
+		t.doc.addf(t.key("pids_max"), "%s must be at least %d", t.name("pids_max"), minPidsMax)
+	}
+	if b.CPUWeight >= 0 && (b.CPUWeight < 1 || b.CPUWeight > maxCPUWeight) {
+		t.doc.addf(t.key("cpu_weight"), "%s must be from 1 to %d", t.name("cpu_weight"), maxCPUWeight)
+	}
+	b.MemoryMax, b.PidsMax, b.CPUWeight = max(b.MemoryMax, 0), max(b.PidsMax, 0), max(b.CPUWeight, 0)
+	return b
 }
 
 // readVars reads [env.vars] as "K=V", sorted by name.
@@ -467,6 +568,7 @@ func Default() (*Server, error) {
 		Auto:            true,
 		ShutdownTimeout: defaultShutdown,
 		Limits:          DefaultLimits,
+		Sandbox:         SandboxAuto,
 	}
 	cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	cfg.sshDir = filepath.Join(home, ".ssh")

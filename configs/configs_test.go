@@ -59,8 +59,12 @@ func TestExampleConfigs(t *testing.T) {
 	prod := cfg.Envs[0]
 	if prod.Repo != "myapp/production" || prod.KeepReleases != 5 || prod.PruneGrace != time.Minute ||
 		prod.CommandTimeout != 30*time.Minute || strings.Join(prod.Vars, ",") != "APP_ENV=production" ||
-		strings.Join(prod.Allow, ",") != "alice,ci" || strings.Join(prod.Recipe.Build, ",") != "composer install --no-dev" {
+		strings.Join(prod.Allow, ",") != "alice,ci" || strings.Join(prod.Recipe.Build, ",") != "composer install --no-dev" ||
+		strings.Join(prod.Writable, ",") != "/var/cache/myapp" || prod.Box != (Box{MemoryMax: 2 << 30, PidsMax: 1024, CPUWeight: 100}) {
 		t.Errorf("env[0] decoded as %+v", prod)
+	}
+	if cfg.Sandbox != SandboxAuto {
+		t.Errorf("sandbox = %q, want auto", cfg.Sandbox)
 	}
 	if cfg.Envs[1].Branch != "develop" || cfg.Envs[1].KeepReleases != defaultKeepReleases {
 		t.Errorf("env[1] decoded as %+v", cfg.Envs[1])
@@ -166,6 +170,41 @@ path = "data/repos/a/four.git"
 				`slipway.toml:14: env[1].path: /srv/app overlaps the path of env[0]`,
 				`slipway.toml:18: env[2].path: the deploy root cannot be /`,
 				`slipway.toml:22: env[3].path: …/data/repos/a/four.git overlaps data_dir …/data (slipway's repositories and state)`,
+			},
+		},
+		{
+			name: "sandbox and its limits",
+			toml: `data_dir = "/var/lib/slipway-test"
+authorized_keys = "authorized_keys"
+sandbox = "on"
+
+[[env]]
+repo = "a/one"
+path = "/srv/one"
+writable = ["", "/", "/srv/one/releases", "/srv", "/var/lib/slipway-test/repos", "/var/cache/two"]
+memory_max = "1MiB"
+pids_max = 2
+cpu_weight = 0
+
+[[env]]
+repo = "a/two"
+path = "/srv/two"
+writable = ["/var/cache/two", "/var/cache/two/"]
+memory_max = "lots"
+cpu_weight = 10001
+`,
+			want: []string{
+				`slipway.toml:3: sandbox: "on" is not "auto", "required" or "off"`,
+				`slipway.toml:8: env[0].writable: an empty path`,
+				`slipway.toml:8: env[0].writable: / cannot be writable`,
+				`slipway.toml:8: env[0].writable: /srv/one/releases overlaps the deploy root /srv/one (of a/one)`,
+				`slipway.toml:8: env[0].writable: /srv overlaps the deploy root /srv/one (of a/one)`,
+				`slipway.toml:8: env[0].writable: /var/lib/slipway-test/repos overlaps data_dir /var/lib/slipway-test (slipway's repositories and state)`,
+				`slipway.toml:9: env[0].memory_max must be at least 16MiB`,
+				`slipway.toml:10: env[0].pids_max must be at least 16`,
+				`slipway.toml:11: env[0].cpu_weight must be from 1 to 10000`,
+				`slipway.toml:17: env[1].memory_max: "lots" is not a size`,
+				`slipway.toml:18: env[1].cpu_weight must be from 1 to 10000`,
 			},
 		},
 		{

@@ -7,6 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -150,6 +152,10 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 	if ctx.Err() != nil {
 		return errCancelled
 	}
+	if err := d.e.rel.CheckLinked(d.entry.SHA); err != nil {
+		d.log.Warn().Err(err).Msg("check linked files")
+		return shown("check linked files", err)
+	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
 		d.log.Error().Err(err).Msg("record release complete")
 		return shown("cannot record the release", err)
@@ -203,7 +209,11 @@ func (d *deploy) checkout(ctx context.Context, out io.Writer) error {
 	}
 	reused := ""
 	if stats.Reused > 0 {
-		reused = fmt.Sprintf("; %d unchanged, copied from the live release", stats.Reused)
+		how := "copied"
+		if d.e.cfg.LinkFiles {
+			how = "linked"
+		}
+		reused = fmt.Sprintf("; %d unchanged, %s from the live release", stats.Reused, how)
 	}
 	indent(out, "%d files, %s written (%s)%s", stats.Files, humanBytes(stats.Bytes), since(start), reused)
 	return nil
@@ -213,6 +223,7 @@ func (d *deploy) checkout(ctx context.Context, out io.Writer) error {
 // first failure.
 func (d *deploy) buildAndTest(ctx context.Context, out io.Writer) error {
 	steps := d.runner()
+	steps.confined = true
 	for _, phase := range []struct {
 		name string
 		cmds []string
@@ -321,7 +332,8 @@ func (d *deploy) record(name string, start time.Time, err error) {
 	d.steps = append(d.steps, releaser.Step{Name: name, Took: time.Since(start), Exit: exit})
 }
 
-// runner runs this deploy's commands, with the environment SPEC section 5 names.
+// runner runs this deploy's commands, with the environment SPEC sections 5 and 11 name.
+// Its commands are not confined unless the caller sets confined.
 func (d *deploy) runner() *stepRunner {
 	dir := d.e.rel.Dir(d.entry.SHA)
 	env := []string{
@@ -333,20 +345,57 @@ func (d *deploy) runner() *stepRunner {
 		"SLIPWAY_DEPLOY_PATH=" + d.e.rel.Path(),
 		"SLIPWAY_PUSHER=" + d.entry.Pusher,
 	}
+	cache, err := d.e.rel.CacheDir()
+	if err != nil {
+		// Commands run without a build cache: they download again, and a confined one may
+		// fail to write its own; the log says why.
+		d.log.Warn().Err(err).Msg("no build cache")
+	} else {
+		env = append(env, cacheVars(cache, d.e.cfg.Vars)...)
+	}
 	env = append(env, d.e.cfg.Vars...)
 	for _, k := range []string{"PATH", "HOME", "LANG"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
 	}
-	return &stepRunner{d: d, dir: dir, env: env}
+	writable := []string{dir, d.e.rel.SharedDir()}
+	if cache != "" {
+		writable = append(writable, cache)
+	}
+	return &stepRunner{d: d, dir: dir, env: env, writable: append(writable, d.e.cfg.Writable...)}
+}
+
+// cacheDirs are where the usual package managers and compilers keep their caches: each is
+// pointed into the environment's build cache unless [env.vars] sets it (SPEC 11).
+var cacheDirs = []struct{ name, sub string }{
+	{"XDG_CACHE_HOME", ""},
+	{"npm_config_cache", "npm"},
+	{"GOCACHE", "go-build"},
+	{"GOMODCACHE", "go-mod"},
+	{"COMPOSER_CACHE_DIR", "composer"},
+	{"PIP_CACHE_DIR", "pip"},
+	{"YARN_CACHE_FOLDER", "yarn"},
+}
+
+// cacheVars returns SLIPWAY_CACHE_DIR and the cache variables that vars do not set.
+func cacheVars(cache string, vars []string) []string {
+	env := []string{"SLIPWAY_CACHE_DIR=" + cache}
+	for _, c := range cacheDirs {
+		if !slices.ContainsFunc(vars, func(kv string) bool { return strings.HasPrefix(kv, c.name+"=") }) {
+			env = append(env, c.name+"="+filepath.Join(cache, c.sub))
+		}
+	}
+	return env
 }
 
 // stepRunner runs one named command with a header and its duration, and journals it.
 type stepRunner struct {
-	d   *deploy
-	dir string
-	env []string
+	d        *deploy
+	dir      string
+	env      []string
+	writable []string // what a confined command may write, TMPDIR aside
+	confined bool     // builds and tests are; after_activate is not (README: sudo)
 }
 
 var _ Runner = (*stepRunner)(nil)
@@ -354,8 +403,16 @@ var _ Runner = (*stepRunner)(nil)
 func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.Writer) error {
 	say(out, "%s: %s", name, command)
 	start := time.Now()
-	err := s.d.p.cfg.Builder.Run(ctx, builder.Command{
+	tmp, err := s.d.e.rel.NewTempDir()
+	if err != nil {
+		s.d.log.Error().Err(err).Str("step", name).Msg("step could not run")
+		return fmt.Errorf("%s: could not run: see the server log", name)
+	}
+	box := s.d.e.cfg.Box
+	err = s.d.p.cfg.Builder.Run(ctx, builder.Command{
 		Name: name, Run: command, Dir: s.dir, Env: s.env, Timeout: s.d.e.cfg.CommandTimeout,
+		Confined: s.confined && s.d.p.server().Sandbox != configs.SandboxOff, Writable: s.writable, TempDir: tmp,
+		Limits: builder.Limits{MemoryMax: box.MemoryMax, PidsMax: box.PidsMax},
 	}, out)
 	step := releaser.Step{Name: name, Took: time.Since(start)}
 	s.d.log.Info().Str("step", name).Int64("took_ms", step.Took.Milliseconds()).AnErr("error", err).Msg("step finished")

@@ -140,10 +140,53 @@ func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 			return nil, err
 		}
 	}
+	if err := p.checkSandbox(cfg.Server); err != nil {
+		return nil, err
+	}
+	if cfg.Serving {
+		p.logSandbox(cfg.Server)
+	}
 	for _, ec := range envs {
-		p.envs[ec.Repo] = p.openOrBroken(ec, cfg.Server.Limits)
+		p.envs[ec.Repo] = p.openOrBroken(ec, cfg.Server.Limits, true)
 	}
 	return p, nil
+}
+
+// checkSandbox refuses sandbox = "required" where builds cannot be confined.
+func (p *Pipeline) checkSandbox(cfg *configs.Server) error {
+	if !p.cfg.Serving || cfg.Sandbox != configs.SandboxRequired {
+		return nil
+	}
+	if sb := p.cfg.Builder.Sandbox(); sb.Landlock == 0 {
+		return fmt.Errorf("sandbox = \"required\", but this kernel cannot confine builds: %s", sb.Why)
+	}
+	return nil
+}
+
+// logSandbox says at start how builds are confined, with a warning where they are not.
+func (p *Pipeline) logSandbox(cfg *configs.Server) {
+	sb := p.cfg.Builder.Sandbox()
+	switch {
+	case cfg.Sandbox == configs.SandboxOff:
+		p.log.Warn().Msg("builds are not confined: sandbox = \"off\"")
+	case sb.Landlock == 0:
+		p.log.Warn().Str("why", sb.Why).Msg("builds are not confined: this kernel has no Landlock " +
+			"(sandbox = \"auto\"; \"required\" would refuse to start)")
+	default:
+		p.log.Info().Str("sandbox", sb.String()).Msg("builds are confined")
+	}
+}
+
+// sandboxLine is what status says of the builds' confinement.
+func (p *Pipeline) sandboxLine() string {
+	sb := p.cfg.Builder.Sandbox()
+	switch {
+	case p.server().Sandbox == configs.SandboxOff:
+		return "builds: not confined (sandbox = \"off\")"
+	case sb.Landlock == 0:
+		return "builds: NOT CONFINED: this kernel has no Landlock (" + sb.String() + ")"
+	}
+	return "builds: confined (" + sb.String() + ")"
 }
 
 // server is the server configuration in force (Reload replaces it).
@@ -162,8 +205,8 @@ func (p *Pipeline) checkEnv(ec configs.Env) error {
 }
 
 // openOrBroken opens ec, or returns it broken with the reason, which it logs.
-func (p *Pipeline) openOrBroken(ec configs.Env, limits configs.Limits) *environment {
-	e, err := p.open(ec, limits)
+func (p *Pipeline) openOrBroken(ec configs.Env, limits configs.Limits, fresh bool) *environment {
+	e, err := p.open(ec, limits, fresh)
 	if err != nil {
 		p.log.Error().Err(err).Str("repo", ec.Repo).Str("path", ec.Path).
 			Msg("environment unavailable: it is refused until it opens")
@@ -188,6 +231,9 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 			return err
 		}
 	}
+	if err := p.checkSandbox(cfg); err != nil {
+		return err
+	}
 	opened := map[string]*environment{}
 	for _, ec := range cfg.Envs {
 		p.mu.Lock()
@@ -197,7 +243,8 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 			opened[ec.Repo] = cur
 			continue
 		}
-		opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits)
+		// One that serves already may be deploying: it is opened anew, not recovered.
+		opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits, cur == nil || cur.broken != nil)
 	}
 	if p.auto != nil && cfg.Limits != old.Limits { // the created environments take the new limits too
 		p.mu.Lock()
@@ -207,7 +254,7 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 		}
 		p.mu.Unlock()
 		for _, ec := range created {
-			opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits)
+			opened[ec.Repo] = p.openOrBroken(ec, cfg.Limits, false)
 		}
 	}
 	p.mu.Lock()
@@ -225,10 +272,13 @@ func (p *Pipeline) Reload(cfg *configs.Server) error {
 	return nil
 }
 
-// open opens one environment, recovering it first in the serving process.
-func (p *Pipeline) open(ec configs.Env, limits configs.Limits) (*environment, error) {
+// open opens one environment. In the serving process, an environment opened fresh (not one
+// that serves already, which may be deploying) is first recovered from whatever a crash
+// left behind: its build processes, half-made releases, temporary directories.
+func (p *Pipeline) open(ec configs.Env, limits configs.Limits, fresh bool) (*environment, error) {
 	log := p.log.With().Str("repo", ec.Repo).Logger()
-	if p.cfg.Serving {
+	repair := p.cfg.Serving && fresh
+	if repair {
 		n, err := builder.KillLeftovers("SLIPWAY_DEPLOY_PATH=" + ec.Path)
 		if err != nil {
 			return nil, fmt.Errorf("end leftover builds of %s: %w", ec.Repo, err)
@@ -248,9 +298,12 @@ func (p *Pipeline) open(ec configs.Env, limits configs.Limits) (*environment, er
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", ec.Repo, err)
 	}
-	if p.cfg.Serving {
+	if repair {
 		if err := rel.Recover(); err != nil {
 			return nil, fmt.Errorf("recover %s: %w", ec.Repo, err)
+		}
+		if err := rel.ClearTemp(); err != nil {
+			log.Warn().Err(err).Msg("temporary directories left by a previous run stay")
 		}
 	}
 	return &environment{cfg: ec, rel: rel}, nil
@@ -273,7 +326,7 @@ func (p *Pipeline) environment(repo string, create bool) (e *environment, create
 	if p.auto == nil || !create {
 		return nil, false, fmt.Errorf("%w %s", ErrUnknownEnvironment, repo)
 	}
-	e, err = p.open(p.cfg.Server.AutoEnv(repo), p.cfg.Server.Limits)
+	e, err = p.open(p.cfg.Server.AutoEnv(repo), p.cfg.Server.Limits, true)
 	if err != nil {
 		return nil, false, err
 	}
@@ -351,7 +404,7 @@ func (p *Pipeline) access(repo, who string, create bool) (*environment, bool, er
 // reopen tries again to open a broken environment, and says why it is unavailable if it
 // still cannot be.
 func (p *Pipeline) reopen(broken *environment) (*environment, error) {
-	e, err := p.open(broken.cfg, p.server().Limits)
+	e, err := p.open(broken.cfg, p.server().Limits, true)
 	if err != nil {
 		p.log.Warn().Err(err).Str("repo", broken.cfg.Repo).Msg("environment still unavailable")
 		return nil, unavailable(broken.cfg.Repo, err)

@@ -20,9 +20,10 @@ const repo = "myapp/production"
 // each step in the pusher's output with a header, and the journal.
 func TestDeployOrder(t *testing.T) {
 	dir := t.TempDir()
-	trace := filepath.Join(dir, "trace")
+	trace := traceFile(t, dir)
 	e := env(dir, repo)
 	e.Vars = []string{"TRACE=" + trace}
+	e.Writable = []string{filepath.Dir(trace)} // builds are confined: the trace is outside
 	e.Recipe = configs.Recipe{
 		Build:         []string{"echo build1 >> $TRACE", "echo build2 >> $TRACE"},
 		Test:          []string{`echo "test current=$(readlink $SLIPWAY_DEPLOY_PATH/current)" >> $TRACE`},
@@ -169,9 +170,10 @@ func TestCancelledCause(t *testing.T) {
 // without running a build.
 func TestPushKeptReleaseNoRebuild(t *testing.T) {
 	dir := t.TempDir()
-	trace := filepath.Join(dir, "trace")
+	trace := traceFile(t, dir)
 	e := env(dir, repo)
 	e.Vars = []string{"TRACE=" + trace}
+	e.Writable = []string{filepath.Dir(trace)} // builds are confined: the trace is outside
 	e.Recipe = configs.Recipe{Build: []string{"echo build $SLIPWAY_SHA >> $TRACE"}}
 	f := newFixture(t, e)
 	st := f.repos.store(t, repo)
@@ -291,4 +293,15 @@ func TestCorruptStateStaysInItsEnvironment(t *testing.T) {
 	if out, err := f.push(t.Context(), repo, sha); err != nil {
 		t.Errorf("the mended environment does not deploy: %v\n%s", err, out)
 	}
+}
+
+// traceFile returns the path of a trace file the commands append to, in a directory of its
+// own under dir that the test makes.
+func traceFile(t *testing.T, dir string) string {
+	t.Helper()
+	d := filepath.Join(dir, "traces")
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(d, "trace")
 }

@@ -26,6 +26,7 @@ type envStatus struct {
 	HeldSince  time.Time        `json:"held_since,omitzero"`
 	Frozen     *releaser.Freeze `json:"frozen,omitempty"`
 	Problem    string           `json:"problem,omitempty"` // why an unavailable environment is
+	Sandbox    string           `json:"sandbox"`           // how its builds are confined (the same for every environment)
 }
 
 func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
@@ -34,8 +35,11 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 		return err
 	}
 	list := []envStatus{}
+	sandbox := p.sandboxLine()
 	for _, e := range envs {
-		list = append(list, e.status())
+		s := e.status()
+		s.Sandbox = sandbox
+		list = append(list, s)
 	}
 	if asJSON {
 		return writeJSON(stdout, list)
@@ -54,7 +58,11 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Repo, orDash(short(s.Live)), orDash(stamp(s.LiveSince)), orDash(s.DeployedBy), state)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, p.sandboxLine())
+	return err
 }
 
 func (e *environment) status() envStatus {

@@ -112,6 +112,28 @@ const (
 	limitInodes = "free inodes"
 )
 
+// LinkedFileError is a file of a new release written with LinkFiles (release_files =
+// "link") that shares its inode with the live release, and that the build changed after
+// checkout: its content or its mode, and so the live release's file too, since both are
+// one inode. CheckLinked returns it, before the swap; nothing links that inode again. Its
+// Error names the path relative to the release, quoted as TreeError quotes one, and is
+// safe to show a pusher.
+type LinkedFileError struct {
+	Path string // slash-separated, relative to the release: the first changed file found
+	More int    // how many other shared files were changed too
+}
+
+func (e *LinkedFileError) Error() string {
+	s := quotePath(e.Path) + ` was changed in place by the build, and it is shared with the live release (release_files = "link"), whose file changed with it`
+	switch {
+	case e.More == 1:
+		s += "; so was 1 other shared file"
+	case e.More > 1:
+		s += fmt.Sprintf("; so were %s other shared files", commas(int64(e.More)))
+	}
+	return s
+}
+
 // SwapError is Activate's failure to point current at the new release, from the creation
 // of the temporary link to the sync of the deploy root. Unless only the sync failed, the
 // release live before stays live.
@@ -126,9 +148,10 @@ func (e *SwapError) Unwrap() error { return e.Err }
 
 // Reason returns the text a pusher may be told about err, and true, if err (or an error it
 // wraps) is one the releaser knows to be safe to show and worth showing: a *CorruptError,
-// *TreeError, *LimitError, *MissingSharedError, *LockedError, *SwapError, ErrDestroyed, or a
-// full disk or quota (ENOSPC, EDQUOT) anywhere, the deploy lock included. Otherwise it
-// returns "", false: err may hold server paths, and only the operator's log gets it.
+// *TreeError, *LimitError, *MissingSharedError, *LockedError, *LinkedFileError, *SwapError,
+// ErrDestroyed, or a full disk or quota (ENOSPC, EDQUOT) anywhere, the deploy lock included.
+// Otherwise it returns "", false: err may hold server paths, and only the operator's log
+// gets it.
 func Reason(err error) (string, bool) {
 	var (
 		ce *CorruptError
@@ -137,6 +160,7 @@ func Reason(err error) (string, bool) {
 		me *MissingSharedError
 		lk *LockedError
 		se *SwapError
+		lf *LinkedFileError
 	)
 	switch {
 	case err == nil:
@@ -151,6 +175,8 @@ func Reason(err error) (string, bool) {
 		return "shared file " + quotePath("shared/"+me.Name) + " does not exist: create it on the server", true
 	case errors.As(err, &lk):
 		return lk.Error(), true
+	case errors.As(err, &lf):
+		return lf.Error(), true
 	case errors.Is(err, ErrDestroyed):
 		return ErrDestroyed.Error(), true
 	}

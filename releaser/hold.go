@@ -160,6 +160,10 @@ func (r *Releaser) restore(sha string) error {
 	if err := removeAll(root, sha); err != nil {
 		return err
 	}
+	// The rebuild's inode record, if it got that far, is no record of the held tree.
+	if err := r.removeInodes(sha); err != nil {
+		return err
+	}
 	if err := r.publishCopy(root, holdName(sha), sha); err != nil {
 		return err
 	}

@@ -119,6 +119,9 @@ func (r *Releaser) materialize(ctx context.Context, objs storer.EncodedObjectSto
 	if err := r.removeRelease(sha); err != nil {
 		return Stats{}, fmt.Errorf("remove leftover: %w", err)
 	}
+	if err := r.removeInodes(sha); err != nil {
+		return Stats{}, fmt.Errorf("remove leftover: %w", err)
+	}
 	need := size{entries: total.entries - linked.entries, bytes: total.bytes - linked.bytes}
 	if err := r.checkSpace(need); err != nil {
 		return Stats{}, err
@@ -162,6 +165,19 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		}
 	}
 
+	var inodes *inodeWriter
+	if r.linkFiles {
+		baseSHA := ""
+		if b != nil {
+			baseSHA = b.sha
+		}
+		if inodes, err = r.newInodeWriter(sha, baseSHA); err != nil {
+			top.release()
+			b.top().release()
+			return Stats{}, err
+		}
+	}
+
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	tw := &treeWriter{
@@ -169,6 +185,7 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		objs:     objs,
 		base:     b,
 		link:     r.linkFiles,
+		inodes:   inodes,
 		exact:    exact,
 		progress: progress,
 		every:    r.progressEvery,
@@ -188,7 +205,16 @@ func (r *Releaser) writeTree(ctx context.Context, objs storer.EncodedObjectStore
 		err = context.Cause(wctx) // a writer's error, or ctx's
 	}
 	if err != nil {
+		if inodes != nil {
+			inodes.abort()
+		}
 		return Stats{}, err
+	}
+	// The record of every file's inode and ctime, before any build can touch one.
+	if inodes != nil {
+		if err := inodes.commit(); err != nil {
+			return Stats{}, err
+		}
 	}
 	// Record when the tree was written, for the next release to copy untouched files from
 	// this one; then let the coarse clock pass it before any build can write. The real
@@ -264,10 +290,11 @@ type treeWriter struct {
 	ctx      context.Context
 	objs     storer.EncodedObjectStorer
 	objMu    sync.Mutex
-	base     *base   // the live release, to copy unchanged files from; nil: inflate all
-	stack    []frame // the directories the walk is in, the release's top first
-	link     bool    // files read-only, unchanged ones hard-linked from the base
-	exact    bool    // chmod every entry: the umask narrows the create modes
+	base     *base        // the live release, to copy unchanged files from; nil: inflate all
+	stack    []frame      // the directories the walk is in, the release's top first
+	link     bool         // files read-only, unchanged ones hard-linked from the base
+	inodes   *inodeWriter // with link: the release's inode record; nil otherwise
+	exact    bool         // chmod every entry: the umask narrows the create modes
 	jobs     chan fileJob
 	workers  sync.WaitGroup
 	progress io.Writer
@@ -431,10 +458,15 @@ func filePerm(m filemode.FileMode, link bool) fs.FileMode {
 // writeFile writes one file: copied (or linked) from the base if the base still holds it
 // untouched, else inflated from its blob.
 func (w *treeWriter) writeFile(j fileJob) error {
+	exec := j.entry.Mode == filemode.Executable
+	var st unix.Stat_t
 	if j.blob == nil {
-		copied, err := w.base.reuse(j, w.link, w.exact)
+		copied, err := w.base.reuse(j, w.link, w.exact, &st)
 		if err != nil || copied {
 			if copied {
+				if w.inodes != nil {
+					w.inodes.add(j.name, &st, j.entry.Hash, exec, true)
+				}
 				w.reused.Add(1)
 				w.done()
 			}
@@ -460,11 +492,17 @@ func (w *treeWriter) writeFile(j fileJob) error {
 	if err == nil && w.exact {
 		err = unix.Fchmod(fd, uint32(j.perm))
 	}
+	if err == nil && w.inodes != nil {
+		err = unix.Fstat(fd, &st) // the ctime after the last change slipway makes
+	}
 	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
+	}
+	if w.inodes != nil {
+		w.inodes.add(j.name, &st, j.entry.Hash, exec, false)
 	}
 	w.done()
 	return nil

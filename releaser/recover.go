@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/slipway/slipway/internal/atomicfile"
@@ -71,7 +72,7 @@ func (r *Releaser) repair() error {
 		return err
 	}
 	rp.forgetMissing()
-	if err := r.removeDebris(); err != nil {
+	if err := rp.removeDebris(); err != nil {
 		return err
 	}
 	if err := rp.repairCurrent(); err != nil {
@@ -180,6 +181,10 @@ func (rp *repairing) sweepReleases() error {
 		return err
 	}
 	rp.present = map[string]bool{}
+	var (
+		k      *keeper // the live release's, for the incomplete ones
+		opened bool
+	)
 	for _, e := range entries {
 		name := e.Name()
 		release := validSHA(name) && e.Type().IsDir()
@@ -190,11 +195,21 @@ func (rp *repairing) sweepReleases() error {
 		msg := "removing stray entry from releases"
 		if release {
 			msg = "removing incomplete release"
+			// A crashed deploy's: the live release keeps trusting the inodes it shares
+			// with it, if untouched.
+			if !opened {
+				k, opened = rp.r.openKeeper(), true
+			}
+			k.untangle(name)
 		}
 		rp.r.log.Warn().Str("name", name).Msg(msg)
 		if err := removeAll(root, name); err != nil {
 			return err
 		}
+	}
+	if err := k.save(); err != nil {
+		// Only speed is lost: the next release inflates what it would have linked.
+		rp.r.log.Warn().Err(err).Msg("update the live release's inode record")
 	}
 	return nil
 }
@@ -212,12 +227,32 @@ func (rp *repairing) forgetMissing() {
 }
 
 // removeDebris removes what writes interrupted by a crash left behind. Invariant restored:
-// no temporary link beside current, no temporary file in .slipway/.
-func (r *Releaser) removeDebris() error {
+// no temporary link beside current, no temporary file in .slipway/, and in
+// .slipway/inodes/ only the records of complete releases.
+func (rp *repairing) removeDebris() error {
+	r := rp.r
 	if err := r.removeTempLinks(); err != nil {
 		return err
 	}
-	return atomicfile.RemoveStale(r.metaDir())
+	if err := atomicfile.RemoveStale(r.metaDir()); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(r.inodesDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if rp.present[e.Name()] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(r.inodesDir(), e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // repairCurrent makes current name a complete release. Invariant restored: current names

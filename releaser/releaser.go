@@ -9,11 +9,11 @@
 // hard-linked copy of the complete tree, until the rebuild goes live or is given up.
 //
 // A deploy, holding Lock, goes Begin -> Materialize -> LinkShared -> (build and test,
-// elsewhere) -> Complete -> Activate (LinkShared again first) -> Prune -> Finish, or Discard
-// on a failure before the swap; a rollback to a kept release is LinkShared -> Activate; a
-// rebuild of the live release starts with Hold and ends in Activate, or Restore on failure.
-// Destroy, also under Lock, removes the whole root; a Lock that waited for it then fails
-// with ErrDestroyed.
+// elsewhere) -> CheckLinked -> Complete -> Activate (LinkShared again first) -> Prune ->
+// Finish, or Discard on a failure before the swap; a rollback to a kept release is
+// LinkShared -> Activate; a rebuild of the live release starts with Hold and ends in
+// Activate, or Restore on failure. Destroy, also under Lock, removes the whole root; a Lock
+// that waited for it then fails with ErrDestroyed.
 // Every entry of a release is created relative to a directory Materialize made and holds
 // open, never through a path, so no tree entry, symlink or ".." can make slipway write
 // outside it.
@@ -36,6 +36,11 @@
 //	                 rewritten; see Begin
 //	logs/            one file per journal entry: <id>.log, the id zero-padded to 6 digits
 //	freeze.json      present while the environment is frozen (see Freeze)
+//	inodes/<sha>     with LinkFiles, each release's inode record: the inode and ctime of
+//	                 every file Materialize wrote or linked, which decides what a later
+//	                 release may link (see reuse.go and inodes.go); binary, checksummed,
+//	                 written atomically and durably. One missing or damaged only means
+//	                 that nothing is linked from that release.
 //
 // A state file damaged by a disk fault or a hand edit stops this environment only, and
 // says so: its readers, Recover and the steps that need it return a *CorruptError naming
@@ -95,7 +100,9 @@ type Config struct {
 	// release costs the files that changed, in time and disk, on any filesystem. Releases
 	// then share those inodes, which only their read-only mode protects: a build that writes
 	// a checked-out file in place fails (EACCES), unless it runs as root or chmods it first.
-	// The caller decides whether that is acceptable; see reuse.go.
+	// One that chmods it first changes the live release's file too: CheckLinked finds that
+	// before the swap, and that inode is never linked again. The caller decides whether
+	// that is acceptable, and must call CheckLinked; see reuse.go.
 	LinkFiles bool
 	// MaxReleaseSize is the most bytes a release's files may hold in all, as the blobs'
 	// headers in the object store give them; Materialize refuses a bigger tree with a

@@ -72,7 +72,8 @@ func (r *Releaser) ordered(st *state, live string) []string {
 // last activation; never by name). It never deletes the live release nor the one live
 // just before it (Previous), whatever KeepReleases is, nor one that stopped being live less
 // than PruneGrace ago. Releases being built are not complete, so never touched. It returns
-// the shas removed.
+// the shas removed. With LinkFiles, the live release keeps trusting the inodes it shares
+// with them if they are untouched (see keeper).
 //
 // Then it prunes the deploy logs: it keeps those of the newest 20 entries that failed or
 // were cancelled, of every entry whose release went live and is still kept, and of a
@@ -116,14 +117,26 @@ func (r *Releaser) Prune() (removed []string, err error) {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
 	// The records are gone first: a release half deleted by a crash is incomplete, and
-	// Recover removes the rest.
+	// Recover removes the rest. The live release keeps trusting the inodes it shares with
+	// the doomed ones (see keeper).
 	var errs []error
+	var k *keeper
+	if len(doomed) > 0 {
+		k = r.openKeeper()
+	}
 	for _, sha := range doomed {
+		k.untangle(sha)
 		if err := r.removeRelease(sha); err != nil {
 			errs = append(errs, fmt.Errorf("prune %s: %w", sha, err))
 			continue
 		}
+		if err := r.removeInodes(sha); err != nil {
+			errs = append(errs, fmt.Errorf("prune %s: %w", sha, err))
+		}
 		removed = append(removed, sha)
+	}
+	if err := k.save(); err != nil {
+		errs = append(errs, fmt.Errorf("prune: %w", err))
 	}
 	if err := r.pruneLogs(kept); err != nil {
 		errs = append(errs, fmt.Errorf("prune logs: %w", err))
@@ -133,7 +146,9 @@ func (r *Releaser) Prune() (removed []string, err error) {
 
 // Discard removes release sha, complete or not, and its records, and the shared dirs
 // LinkShared created for it (see LinkShared), durably. It refuses the live release.
-// Directories the build made read-only are made writable to be removed.
+// Directories the build made read-only are made writable to be removed. With LinkFiles,
+// the live release keeps trusting the inodes it shares with sha if they are untouched
+// (see keeper).
 func (r *Releaser) Discard(sha string) error {
 	if err := checkSHA(sha); err != nil {
 		return fmt.Errorf("discard: %w", err)
@@ -155,10 +170,18 @@ func (r *Releaser) Discard(sha string) error {
 	if err != nil {
 		return fmt.Errorf("discard %s: %w", sha, err)
 	}
+	k := r.openKeeper()
+	k.untangle(sha)
 	if err := r.removeRelease(sha); err != nil {
 		return fmt.Errorf("discard %s: %w", sha, err)
 	}
+	if err := r.removeInodes(sha); err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
 	if err := r.removeCreated(sha); err != nil {
+		return fmt.Errorf("discard %s: %w", sha, err)
+	}
+	if err := k.save(); err != nil {
 		return fmt.Errorf("discard %s: %w", sha, err)
 	}
 	return nil

@@ -126,8 +126,8 @@ func TestMaterializeNoReuseWithoutRecord(t *testing.T) {
 
 // TestMaterializeLinksUntouchedFiles: with LinkFiles, every file is written read-only and a
 // new release hard-links from the live one exactly the files the build left alone;
-// everything else comes from the object store. Links made and removed later (a third
-// release, a prune) do not stop a file from being linked again.
+// everything else comes from the object store. Links slipway makes and removes later (a
+// third release, a removal) do not stop a file from being linked again.
 func TestMaterializeLinksUntouchedFiles(t *testing.T) {
 	e := newEnv(t, Config{LinkFiles: true})
 	g := newRepo(t)
@@ -212,13 +212,14 @@ func TestMaterializeLinksUntouchedFiles(t *testing.T) {
 		}
 	}
 
-	// A third release, after the first is removed as a prune would: both moved the ctime
-	// of the shared inodes, not their mtime or mode.
+	// A third release, after the first is removed, as a prune would: both moved the ctime
+	// of the shared inodes, and the removal recorded their new ctime in the live release's
+	// inode record.
 	if err := e.r.Complete(second); err != nil {
 		t.Fatal(err)
 	}
 	e.activate(second)
-	if err := os.RemoveAll(dir); err != nil {
+	if err := e.r.Discard(first); err != nil {
 		t.Fatal(err)
 	}
 	files["added.txt"] = file{filemode.Regular, "added"}

@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/slipway/slipway/builder"
 )
 
 func main() {
+	builder.BoxMain() // slipway re-executed as a command's helper: it runs that, and exits
 	os.Exit(runMain())
 }
 

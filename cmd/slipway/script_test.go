@@ -15,12 +15,23 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/slipway/slipway/builder"
 )
 
 // The end-to-end tests: testscript runs the real slipway binary (this test binary, re-run
 // as "slipway"), and the scripts push to it with the real git over the real ssh on loopback.
 func TestMain(m *testing.M) {
+	builder.BoxMain() // the test binary is also the commands' helper
 	testscript.Main(m, map[string]func(){"slipway": func() { os.Exit(runMain()) }})
+}
+
+// sudoersRule lets nobody run /usr/bin/true as root without a password: .ci/run installs it,
+// for hook-sudo.
+const sudoersRule = "/etc/sudoers.d/slipway-test"
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // waitFor bounds every wait of a script; the scripts wait for events, not for time.
@@ -42,25 +53,42 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 		Setup:               setupScript,
 		RequireExplicitExec: true,
 		Condition: func(cond string) (bool, error) {
-			if cond == "root" { // slipway refuses some settings to root; such scripts serve as nobody
+			switch cond {
+			case "root": // slipway refuses some settings to root; such scripts serve as nobody
 				return os.Geteuid() == 0, nil
+			case "sudo": // root, to serve as nobody, and the sudoers rule .ci/run installs for nobody
+				ok := os.Geteuid() == 0 && fileExists(sudoersRule)
+				if _, err := exec.LookPath("sudo"); err != nil {
+					ok = false
+				}
+				if !ok && os.Getenv("CI") != "" {
+					return false, fmt.Errorf("CI must run as root with sudo and %s (.ci/run installs them)", sudoersRule)
+				}
+				return ok, nil
+			case "npm", "go": // real builds against the npm registry and the Go module proxy
+				_, err := exec.LookPath(cond)
+				if err != nil && os.Getenv("CI") != "" {
+					return false, fmt.Errorf("CI must have %s on PATH (.ci/run installs it)", cond)
+				}
+				return err == nil, nil
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitfile": cmdWaitFile,
-			"linkto":   cmdLinkTo,
-			"noproc":   cmdNoProc,
-			"killssh":  cmdKillSSH,
-			"countdir": cmdCountDir,
-			"setvar":   cmdSetVar,
-			"waitgone": cmdWaitGone,
-			"sshas":    cmdSSHAs,
-			"waitgrep": cmdWaitGrep,
-			"signal":   cmdSignal,
-			"peakrss":  cmdPeakRSS,
-			"flood":    cmdFlood,
-			"procfds":  cmdProcFDs,
+			"waitfile":   cmdWaitFile,
+			"linkto":     cmdLinkTo,
+			"noproc":     cmdNoProc,
+			"waitnoproc": cmdWaitNoProc,
+			"killssh":    cmdKillSSH,
+			"countdir":   cmdCountDir,
+			"setvar":     cmdSetVar,
+			"waitgone":   cmdWaitGone,
+			"sshas":      cmdSSHAs,
+			"waitgrep":   cmdWaitGrep,
+			"signal":     cmdSignal,
+			"peakrss":    cmdPeakRSS,
+			"flood":      cmdFlood,
+			"procfds":    cmdProcFDs,
 		},
 	}
 }
@@ -342,6 +370,26 @@ func cmdNoProc(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if pids := findProcs(args[0]); len(pids) > 0 {
 		ts.Fatalf("noproc %q: still running: %v", args[0], pids)
+	}
+}
+
+// waitnoproc PATTERN: wait until no process's command line contains PATTERN: processes the
+// kernel ends as a consequence of another's death (a PID namespace whose init died) are gone
+// a moment after it, not at once.
+func cmdWaitNoProc(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitnoproc PATTERN")
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		pids := findProcs(args[0])
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitnoproc %q: still running after %s: %v", args[0], waitFor, pids)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
