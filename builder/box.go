@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	llsyscall "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
 )
 
 // boxArg0 is the argv[0] that makes slipway's binary run as a command's helper (BoxMain).
@@ -102,6 +103,10 @@ func boxCmd(spec boxSpec, ns bool) (*exec.Cmd, error) {
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
 		attr.GidMappingsEnableSetgroups = false
+		// The helper mounts its /proc, which takes CAP_SYS_ADMIN in its namespace: a process
+		// that is not root there loses its capabilities at exec unless they are ambient. The
+		// intermediate drops them again before the command (execMain).
+		attr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN}
 		// If the server dies, so does the namespace's init, and with it every process of
 		// the command: nothing outlives a crash of the server.
 		attr.Pdeathsig = syscall.SIGKILL
@@ -139,7 +144,11 @@ func probeSandbox() Sandbox {
 	}
 	cmd, err := boxCmd(boxSpec{Probe: true}, true)
 	if err == nil {
-		err = cmd.Run()
+		var out []byte
+		out, err = cmd.CombinedOutput()
+		if msg := strings.TrimSpace(string(out)); err != nil && msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
 	}
 	if err != nil {
 		why = append(why, fmt.Sprintf("user and pid namespace: %v", err))

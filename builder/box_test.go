@@ -171,13 +171,22 @@ func TestRunUnconfined(t *testing.T) {
 				t.Fatal(err)
 			}
 			b := mode.builder(t, Config{})
-			c := Command{Name: "hook", Run: `echo x > "$ROOT/outside"`, Dir: release, Env: append(slices.Clone(testEnv), "ROOT="+root),
+			c := Command{Name: "hook", Run: `echo x > "$ROOT/outside"; readlink /proc/self/ns/user`, Dir: release, Env: append(slices.Clone(testEnv), "ROOT="+root),
 				Writable: []string{release}}
-			if err := runBounded(t, b, t.Context(), c, &recorder{}); err != nil {
+			var out recorder
+			if err := runBounded(t, b, t.Context(), c, &out); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			if _, err := os.Stat(filepath.Join(root, "outside")); err != nil {
 				t.Errorf("the command could not write outside its release: %v", err)
+			}
+			// Not in a user namespace of its own, where a setuid program (sudo) would not work.
+			own, err := os.Readlink("/proc/self/ns/user")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := out.Lines(); !slices.Equal(got, []string{own + "\n"}) {
+				t.Errorf("the command's user namespace = %q, want the server's %q", got, own)
 			}
 		})
 	}
@@ -233,8 +242,9 @@ func TestRunLimits(t *testing.T) {
 			t.Parallel()
 			b := mode.builder(t, Config{})
 			var out recorder
-			c := Command{Name: "build 1/1", Run: "ulimit -c; ulimit -n; ulimit -d", Dir: t.TempDir(), Env: testEnv,
-				Limits: Limits{MemoryMax: 256 << 20, OpenFiles: 1000}}
+			dir := t.TempDir()
+			c := Command{Name: "build 1/1", Run: "ulimit -c; ulimit -n; ulimit -d", Dir: dir, Env: testEnv,
+				Confined: true, Writable: []string{dir}, Limits: Limits{MemoryMax: 256 << 20, OpenFiles: 1000}}
 			if err := runBounded(t, b, t.Context(), c, &out); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
@@ -244,8 +254,8 @@ func TestRunLimits(t *testing.T) {
 
 			// A command that allocates more than MemoryMax fails.
 			out = recorder{}
-			c = Command{Name: "build 1/1", Run: "dd if=/dev/zero of=/dev/null bs=300M count=1", Dir: t.TempDir(), Env: testEnv,
-				Limits: Limits{MemoryMax: 64 << 20}}
+			c = Command{Name: "build 1/1", Run: "dd if=/dev/zero of=/dev/null bs=300M count=1", Dir: dir, Env: testEnv,
+				Confined: true, Writable: []string{dir}, Limits: Limits{MemoryMax: 64 << 20}}
 			err := runBounded(t, b, t.Context(), c, &out)
 			var ee *ExitError
 			if !errors.As(err, &ee) || ee.Code == 0 {
@@ -268,7 +278,8 @@ func TestRunOwnProc(t *testing.T) {
 	}
 	b := newTestBuilder(t, Config{})
 	var out recorder
-	c := Command{Name: "build 1/1", Run: `cat /proc/$$/comm; ls /proc | grep -c '^[0-9]'`, Dir: t.TempDir(), Env: testEnv}
+	dir := t.TempDir()
+	c := Command{Name: "build 1/1", Run: `cat /proc/$$/comm; ls /proc | grep -c '^[0-9]'`, Dir: dir, Env: testEnv, Confined: true, Writable: []string{dir}}
 	if err := runBounded(t, b, t.Context(), c, &out); err != nil {
 		t.Fatalf("Run: %v", err)
 	}

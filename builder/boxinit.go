@@ -202,6 +202,10 @@ func execMain(arg string) {
 	if err := json.Unmarshal([]byte(arg), &spec); err != nil {
 		fail(setupResult{Err: fmt.Sprintf("decode the box spec: %v", err)})
 	}
+	// The helper's ambient CAP_SYS_ADMIN (box.go) must not reach the command.
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		fail(setupResult{Err: fmt.Sprintf("drop ambient capabilities: %v", err)})
+	}
 	if err := setLimits(spec.Limits); err != nil {
 		fail(setupResult{Err: err.Error()})
 	}

@@ -92,7 +92,10 @@ type Command struct {
 	Timeout time.Duration // 0 = no limit
 
 	// Confined makes the command, and every process it starts, unable to write anywhere
-	// but below Writable and TempDir (Landlock, where the kernel has it).
+	// but below Writable and TempDir (Landlock, where the kernel has it), and runs it in its
+	// own user and PID namespace (where the kernel allows one). An unconfined command runs
+	// under a subreaper as the server's user: a setuid program (sudo) works there, and in
+	// neither a user namespace nor under Landlock.
 	Confined bool
 	Writable []string
 	// TempDir, if set, is made (0700; it must not exist) for the command alone, given to it
@@ -162,7 +165,8 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		Confine:  c.Confined && sb.Landlock > 0,
 		Writable: writable,
 	}
-	box, err := boxCmd(spec, sb.Namespaces)
+	ns := sb.Namespaces && c.Confined
+	box, err := boxCmd(spec, ns)
 	if err != nil {
 		pw.Close() // unused: closing it loses nothing
 		sw.Close() // unused: closing it loses nothing
@@ -196,7 +200,7 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		}
 		return fmt.Errorf("start %s: %w", c.Name, err)
 	}
-	log.Debug().Int("pid", cmd.Process.Pid).Bool("namespace", sb.Namespaces).Bool("confined", spec.Confine).Msg("command started")
+	log.Debug().Int("pid", cmd.Process.Pid).Bool("namespace", ns).Bool("confined", spec.Confine).Msg("command started")
 
 	var (
 		drained    = make(chan struct{})
@@ -211,9 +215,10 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	_, stopped := stop.get()
 	st, stErr := readStatus(sr)
 	var endErr error
-	if !sb.Namespaces || stErr != nil {
+	if !ns && stErr != nil {
 		// Without a namespace, a helper that died (the backstop, the OOM killer) leaves its
-		// command's processes behind: the tag finds them.
+		// command's processes behind: the tag finds them. (A helper that reported waited for
+		// every one of them; in a namespace, the kernel ends them with the helper.)
 		endErr = newTracked(tag).kill(newScanner(tag))
 	}
 

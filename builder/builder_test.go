@@ -528,8 +528,10 @@ read x <escaped`
 			b := mode.builder(t, Config{})
 			nap := napFor(t)
 			env := append(slices.Clone(testEnv), "NAP="+nap)
+			dir := t.TempDir()
+			c := Command{Name: "build 1/1", Run: escapee, Dir: dir, Env: env, Confined: true, Writable: []string{dir}}
 			// The escapee sleeps for a day holding the pipe: Run must return long before.
-			if err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: escapee, Dir: t.TempDir(), Env: env}, io.Discard); err != nil {
+			if err := runBounded(t, b, t.Context(), c, io.Discard); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			if left := sleepers(t, nap); len(left) > 0 {

@@ -427,12 +427,29 @@ func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.W
 			s.d.log.Error().Err(err).Str("step", name).Msg("step could not run")
 			return fmt.Errorf("%s: could not run: see the server log", name)
 		}
-		indent(out, "%s failed (%s)", name, since(start))
+		indent(out, "%s failed (%s)%s", name, since(start), limitsNote(box))
 		return err
 	}
 	s.d.steps = append(s.d.steps, step)
 	indent(out, "%s ok (%s)", name, since(start))
 	return nil
+}
+
+// limitsNote names the limits a failed command ran with: where they are rlimits, a command
+// that reaches one fails with its own error ("Cannot fork", "memory exhausted"), and this is
+// where the pusher learns which limit that was.
+func limitsNote(box configs.Box) string {
+	var l []string
+	if box.MemoryMax > 0 {
+		l = append(l, "memory_max "+humanBytes(box.MemoryMax))
+	}
+	if box.PidsMax > 0 {
+		l = append(l, fmt.Sprintf("pids_max %d", box.PidsMax))
+	}
+	if len(l) == 0 {
+		return ""
+	}
+	return "; it ran with " + strings.Join(l, ", ")
 }
 
 // recipe merges the commit's own slipway.toml under the server's settings.

@@ -177,6 +177,10 @@ func (p *Pipeline) logSandbox(cfg *configs.Server) {
 	}
 }
 
+// limitsLine is what status says of the commands' limits: memory_max and pids_max are
+// applied as rlimits; cgroup v2 limits are not implemented yet.
+const limitsLine = "limits: rlimits (cgroup v2 limits are not implemented yet)"
+
 // sandboxLine is what status says of the builds' confinement.
 func (p *Pipeline) sandboxLine() string {
 	sb := p.cfg.Builder.Sandbox()

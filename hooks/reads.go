@@ -61,7 +61,7 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(stdout, p.sandboxLine())
+	_, err = fmt.Fprintf(stdout, "%s\n%s\n", p.sandboxLine(), limitsLine)
 	return err
 }
 
