@@ -34,6 +34,18 @@ type Sandbox struct {
 	Landlock   int    // Landlock ABI version, 0 if the kernel has none
 	Namespaces bool   // each command gets its own user and PID namespace
 	Why        string // why not, when Namespaces is false or Landlock is 0
+	// Cgroups describes the cgroup v2 subtree commands are limited in, "" if none; then
+	// CgroupsWhy says why, and the limits are rlimits.
+	Cgroups    string
+	CgroupsWhy string
+}
+
+// LimitsString is the line status and the log show of how commands are limited.
+func (s Sandbox) LimitsString() string {
+	if s.Cgroups != "" {
+		return s.Cgroups
+	}
+	return "rlimits (" + s.CgroupsWhy + ")"
 }
 
 // String is the one line status and the log show: "landlock ABI 7, pid namespace".
@@ -49,7 +61,9 @@ func (s Sandbox) String() string {
 	return ll + ", " + ns
 }
 
-// Limits bound what one command may use. Zero fields set no limit.
+// Limits bound what one command may use. Zero fields set no limit. In a delegated cgroup v2
+// subtree, MemoryMax, PidsMax and CPUWeight are memory.max, pids.max and cpu.weight of the
+// command's cgroup (cgroup.go), where its controller is enabled; elsewhere the rlimits below.
 type Limits struct {
 	// MemoryMax bounds the command's writable private memory: each process's RLIMIT_DATA.
 	// Not RLIMIT_AS: V8, the JVM and Go reserve far more address space than they use, and
@@ -60,6 +74,8 @@ type Limits struct {
 	PidsMax int
 	// OpenFiles bounds each process's open files (RLIMIT_NOFILE); default 65536.
 	OpenFiles int
+	// CPUWeight is the command's cpu.weight (1 to 10000, default 100), with cgroups only.
+	CPUWeight int
 }
 
 // boxSpec is what the server tells a helper, as JSON in its argv[1]. The command's
@@ -125,11 +141,21 @@ var kernel probe
 type probe struct {
 	once sync.Once
 	sb   Sandbox
+	tree *cgroupTree // the delegated cgroup subtree, nil if none
 }
 
-func (p *probe) get() Sandbox {
-	p.once.Do(func() { p.sb = probeSandbox() })
-	return p.sb
+func (p *probe) get() (Sandbox, *cgroupTree) {
+	p.once.Do(func() {
+		p.sb = probeSandbox()
+		var why string
+		p.tree, why = findCgroup()
+		if p.tree != nil {
+			p.sb.Cgroups = p.tree.String()
+		} else {
+			p.sb.CgroupsWhy = why
+		}
+	})
+	return p.sb, p.tree
 }
 
 // probeSandbox asks the kernel for its Landlock ABI and starts one helper in a new user and

@@ -4,13 +4,16 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // boxMode is one of the two ways a command's processes are held: a PID namespace, or, where
@@ -297,5 +300,169 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testCgroup makes a cgroup for the test under the cgroup v2 mount, standing for the subtree
+// systemd delegates to slipway, with whatever controllers this kernel gives cgroup v2 there.
+// It needs root: the test fails without it where CI runs (as root), and says why elsewhere.
+func testCgroup(t *testing.T) *cgroupTree {
+	t.Helper()
+	mount, err := cgroup2Mount()
+	if err == nil && os.Geteuid() != 0 {
+		err = errors.New("making a cgroup outside a delegated subtree needs root")
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI runs as root with cgroup v2 mounted: %v", err)
+		}
+		t.Skipf("the cgroup mode cannot be tested here: %v", err)
+	}
+	dir := filepath.Join(mount, "slipway-test-"+strings.ToLower(strconv.Itoa(os.Getpid()))+"-"+strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove the test's cgroup: %v", err)
+		}
+	})
+	tree := &cgroupTree{dir: dir, controllers: map[string]bool{}}
+	available, _ := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
+	for _, c := range cgroupControllers {
+		if slices.Contains(strings.Fields(string(available)), c) && os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+c), 0) == nil {
+			tree.controllers[c] = true
+		}
+	}
+	return tree
+}
+
+// In a cgroup subtree, each command runs in a cgroup of its own, in either mode, which
+// cgroup.kill ends and slipway removes: nothing is left, not even the cgroup. Where this
+// kernel has the memory and pids controllers in cgroup v2, a memory hog and a fork tree each
+// fail naming the limit; where it has not (this machine binds them to cgroup v1), the test
+// says so and checks the rest.
+func TestRunCgroup(t *testing.T) {
+	t.Parallel()
+	tree := testCgroup(t)
+	t.Logf("cgroup mode in %s", tree)
+	for _, mode := range boxModes(t) {
+		t.Run(mode.name, func(t *testing.T) {
+			b := mode.builder(t, Config{})
+			b.cgroups = tree
+			dir := t.TempDir()
+			nap := napFor(t)
+			var out recorder
+			c := Command{Name: "build 1/1", Run: "setsid env -i /bin/sleep $NAP >/dev/null 2>&1 & cat /proc/self/cgroup", Dir: dir,
+				Env: append(slices.Clone(testEnv), "NAP="+nap), Confined: true, Writable: []string{dir}}
+			if err := runBounded(t, b, t.Context(), c, &out); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			rel := strings.TrimPrefix(tree.dir, mustMount(t))
+			if got := strings.Join(out.Lines(), ""); !strings.Contains(got, "0::"+rel+"/cmd-") {
+				t.Errorf("the command's cgroups are %q, want one under %s", got, rel)
+			}
+			if left := sleepers(t, nap); len(left) > 0 {
+				t.Errorf("processes %v still run", left)
+			}
+			if kids := childCgroups(t, tree.dir); len(kids) > 0 {
+				t.Errorf("the command's cgroups %v are left", kids)
+			}
+		})
+	}
+	if !tree.controllers["memory"] || !tree.controllers["pids"] {
+		t.Logf("this kernel gives cgroup v2 no memory or pids controller here: memory_max and pids_max are not tested in the cgroup mode")
+		return
+	}
+	b := newTestBuilder(t, Config{})
+	b.cgroups = tree
+	for _, tt := range []struct {
+		run, limit string
+		l          Limits
+	}{
+		{"head -c 400M /dev/zero | tail -c 1 >/dev/null", "memory_max reached", Limits{MemoryMax: 64 << 20}},
+		{"i=0; while [ $i -lt 255 ]; do sleep 100 & i=$((i+1)); done", "pids_max reached", Limits{PidsMax: 32}},
+	} {
+		dir := t.TempDir()
+		err := runBounded(t, b, t.Context(), Command{Name: "build 1/1", Run: tt.run, Dir: dir, Env: testEnv, Confined: true, Writable: []string{dir}, Limits: tt.l}, &recorder{})
+		var ee *ExitError
+		if !errors.As(err, &ee) || ee.Limit != tt.limit {
+			t.Errorf("%s: Run = %v, want an *ExitError naming %s", tt.run, err, tt.limit)
+		}
+	}
+}
+
+func mustMount(t *testing.T) string {
+	t.Helper()
+	m, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// childCgroups lists the cgroups in dir.
+func childCgroups(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, e := range ents {
+		if e.IsDir() {
+			kids = append(kids, e.Name())
+		}
+	}
+	return kids
+}
+
+// findCgroup takes a cgroup for delegated only if systemd marked it so (trusted.delegate),
+// moves the server into a server/ child of it, and enables the controllers it can; a cgroup
+// root may write but nobody delegated is left alone. Each case runs the test binary, started
+// in the cgroup (clone3), as the process that looks.
+func TestFindCgroup(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name      string
+		delegate  bool
+		want      string
+		serverDir bool
+	}{
+		{"delegated", true, "cgroup v2 in ", true},
+		{"not delegated", false, "none: cgroup ", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tree := testCgroup(t)
+			if tt.delegate {
+				if err := unix.Setxattr(tree.dir, "trusted.delegate", []byte("1"), 0); err != nil {
+					t.Fatalf("mark the cgroup delegated: %v", err)
+				}
+			}
+			fd, err := unix.Open(tree.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			cmd := exec.Command(exe)
+			cmd.Env = append(os.Environ(), "SLIPWAY_TEST_FIND_CGROUP=1")
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if !strings.HasPrefix(string(out), tt.want) {
+				t.Errorf("findCgroup in %s = %q, want %q...", tree.dir, out, tt.want)
+			}
+			server := filepath.Join(tree.dir, "server")
+			if _, err := os.Stat(server); (err == nil) != tt.serverDir {
+				t.Errorf("%s exists: %v, want %v", server, err == nil, tt.serverDir)
+			}
+			if tt.serverDir {
+				if err := os.Remove(server); err != nil { // the process that moved there has exited
+					t.Errorf("remove %s: %v", server, err)
+				}
+			}
+		})
 	}
 }

@@ -56,6 +56,9 @@ type Builder struct {
 	// noNamespaces runs every command under a subreaper, as where the kernel allows no user
 	// namespace; tests set it to run that path on any kernel.
 	noNamespaces bool
+	// cgroups, if set, is the cgroup subtree commands run in, instead of the one found
+	// delegated; tests set it to a cgroup of their own.
+	cgroups *cgroupTree
 }
 
 // New returns a Builder. Zero fields of cfg take their defaults.
@@ -76,11 +79,21 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 // Sandbox returns what confinement this kernel gives commands, found out on the process's
 // first call (it starts one helper).
 func (b *Builder) Sandbox() Sandbox {
-	sb := kernel.get()
+	sb, _ := b.sandbox()
+	return sb
+}
+
+// sandbox is Sandbox with the cgroup subtree, nil if none.
+func (b *Builder) sandbox() (Sandbox, *cgroupTree) {
+	sb, tree := kernel.get()
 	if b.noNamespaces {
 		sb.Namespaces = false
 	}
-	return sb
+	if b.cgroups != nil {
+		tree = b.cgroups
+		sb.Cgroups, sb.CgroupsWhy = tree.String(), ""
+	}
+	return sb, tree
 }
 
 // Command is one shell command to run.
@@ -159,11 +172,30 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	defer sr.Close() // the read end: closing it loses nothing
 
 	log := b.log.With().Str("step", c.Name).Logger()
-	sb := b.Sandbox()
+	sb, tree := b.sandbox()
 	spec := boxSpec{
 		Run: c.Run, Dir: c.Dir, Limits: c.Limits, GraceMs: b.cfg.KillGrace.Milliseconds(),
 		Confine:  c.Confined && sb.Landlock > 0,
 		Writable: writable,
+	}
+	var cg *commandCgroup
+	if tree != nil {
+		if cg, err = tree.newCommand(c.Limits); err != nil {
+			log.Warn().Err(err).Msg("no cgroup for the command: its limits are rlimits")
+		} else {
+			defer func() {
+				if err := cg.end(); err != nil {
+					log.Error().Err(err).Msg("end the command's cgroup")
+				}
+			}()
+			// What the cgroup limits is not an rlimit too.
+			if tree.controllers["memory"] {
+				spec.Limits.MemoryMax = 0
+			}
+			if tree.controllers["pids"] {
+				spec.Limits.PidsMax = 0
+			}
+		}
 	}
 	ns := sb.Namespaces && c.Confined
 	box, err := boxCmd(spec, ns)
@@ -171,6 +203,10 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 		pw.Close() // unused: closing it loses nothing
 		sw.Close() // unused: closing it loses nothing
 		return fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	if cg != nil {
+		// clone3 starts the helper in the cgroup: no process of the command runs outside it.
+		box.SysProcAttr.UseCgroupFD, box.SysProcAttr.CgroupFD = true, cg.fd
 	}
 	var stop stopTime
 	cmd := exec.CommandContext(runCtx, box.Path)
@@ -254,6 +290,9 @@ func (b *Builder) Run(ctx context.Context, c Command, out io.Writer) error {
 	if ws.Signaled() {
 		ex.signal = ws.Signal().String()
 	}
+	if cg != nil && (ex.code != 0 || ex.signal != "") {
+		ex.limit = cg.hit(c.Limits)
+	}
 	return result(ctx, runCtx, c, ex, stopped)
 }
 
@@ -285,6 +324,7 @@ func readStatus(r io.Reader) (boxStatus, error) {
 type exitInfo struct {
 	code   int    // exit status; -1 if killed by a signal
 	signal string // the signal's description, if one killed it
+	limit  string // the cgroup limit it reached, if any ("memory_max reached")
 }
 
 // result turns how the shell ended (ex, nil if it never started) into Run's error. stopped
@@ -292,7 +332,7 @@ type exitInfo struct {
 func result(ctx, runCtx context.Context, c Command, ex *exitInfo, stopped bool) error {
 	e := &ExitError{Name: c.Name, Code: -1}
 	if ex != nil {
-		e.Code, e.Signal = ex.code, ex.signal
+		e.Code, e.Signal, e.Limit = ex.code, ex.signal, ex.limit
 	}
 	switch {
 	case stopped && context.Cause(runCtx) == errTimedOut:

@@ -16,8 +16,9 @@ type ExitError struct {
 	Signal   string // e.g. "killed" / "terminated", when ended by a signal
 	TimedOut bool   // ended because Command.Timeout expired (Timeout is set)
 	Timeout  time.Duration
-	Canceled bool  // ended because ctx was cancelled (e.g. the pusher disconnected)
-	Err      error // underlying cause (ctx.Err() when Canceled); Unwrap returns it
+	Canceled bool   // ended because ctx was cancelled (e.g. the pusher disconnected)
+	Limit    string // the cgroup limit it reached, if one: "memory_max reached", "pids_max reached"
+	Err      error  // underlying cause (ctx.Err() when Canceled); Unwrap returns it
 }
 
 // Error is short and safe to show the pusher: "build 1/2: exit status 2",
@@ -32,13 +33,20 @@ func (e *ExitError) Error() string {
 	case e.Canceled:
 		return e.Name + ": cancelled"
 	case e.Signal != "":
-		return fmt.Sprintf("%s: killed by signal %s", e.Name, signalName(e.Signal))
+		return fmt.Sprintf("%s: killed by signal %s%s", e.Name, signalName(e.Signal), limitNote(e.Limit))
 	}
 	msg := fmt.Sprintf("%s: exit status %d", e.Name, e.Code)
 	if meaning := shellStatus(e.Code); meaning != "" {
 		msg += " (" + meaning + ")"
 	}
-	return msg
+	return msg + limitNote(e.Limit)
+}
+
+func limitNote(limit string) string {
+	if limit == "" {
+		return ""
+	}
+	return " (" + limit + ")"
 }
 
 // shellStatus is what sh means by an exit status it sets itself when it could not run the

@@ -412,7 +412,7 @@ func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.W
 	err = s.d.p.cfg.Builder.Run(ctx, builder.Command{
 		Name: name, Run: command, Dir: s.dir, Env: s.env, Timeout: s.d.e.cfg.CommandTimeout,
 		Confined: s.confined && s.d.p.server().Sandbox != configs.SandboxOff, Writable: s.writable, TempDir: tmp,
-		Limits: builder.Limits{MemoryMax: box.MemoryMax, PidsMax: box.PidsMax},
+		Limits: builder.Limits{MemoryMax: box.MemoryMax, PidsMax: box.PidsMax, CPUWeight: box.CPUWeight},
 	}, out)
 	step := releaser.Step{Name: name, Took: time.Since(start)}
 	s.d.log.Info().Str("step", name).Int64("took_ms", step.Took.Milliseconds()).AnErr("error", err).Msg("step finished")

@@ -173,13 +173,9 @@ func (p *Pipeline) logSandbox(cfg *configs.Server) {
 		p.log.Warn().Str("why", sb.Why).Msg("builds are not confined: this kernel has no Landlock " +
 			"(sandbox = \"auto\"; \"required\" would refuse to start)")
 	default:
-		p.log.Info().Str("sandbox", sb.String()).Msg("builds are confined")
+		p.log.Info().Str("sandbox", sb.String()).Str("limits", sb.LimitsString()).Msg("builds are confined")
 	}
 }
-
-// limitsLine is what status says of the commands' limits: memory_max and pids_max are
-// applied as rlimits; cgroup v2 limits are not implemented yet.
-const limitsLine = "limits: rlimits (cgroup v2 limits are not implemented yet)"
 
 // sandboxLine is what status says of the builds' confinement.
 func (p *Pipeline) sandboxLine() string {

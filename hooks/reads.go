@@ -61,7 +61,7 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "%s\n%s\n", p.sandboxLine(), limitsLine)
+	_, err = fmt.Fprintf(stdout, "%s\nlimits: %s\n", p.sandboxLine(), p.cfg.Builder.Sandbox().LimitsString())
 	return err
 }
 

@@ -35,7 +35,7 @@ func (r *Releaser) NewTempDir() (string, error) {
 // ClearTemp removes what commands left in <path>/.slipway/tmp: after a crash of the server,
 // their temporary directories. Only the serving process calls it, before any command runs.
 func (r *Releaser) ClearTemp() error {
-	if err := os.RemoveAll(r.tempRoot()); err != nil {
+	if err := removeIn(r.metaDir(), "tmp"); err != nil { // also what a build made unwritable
 		return fmt.Errorf("clear temporary directories: %w", err)
 	}
 	return nil
