@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/landlock-lsm/go-landlock/landlock"
 	llsyscall "github.com/landlock-lsm/go-landlock/landlock/syscall"
@@ -206,9 +207,6 @@ func execMain(arg string) {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		fail(setupResult{Err: fmt.Sprintf("drop ambient capabilities: %v", err)})
 	}
-	if err := setLimits(spec.Limits); err != nil {
-		fail(setupResult{Err: err.Error()})
-	}
 	var r setupResult
 	if spec.Confine {
 		abi, path, err := confine(spec.Writable)
@@ -224,8 +222,26 @@ func execMain(arg string) {
 			os.Exit(127)
 		}
 	}
-	err := syscall.Exec(shell, []string{"sh", "-c", spec.Run}, os.Environ())
-	fail(setupResult{Err: fmt.Sprintf("exec %s: %v", shell, err)})
+	// The limits come last, and nothing after them allocates: memory_max is RLIMIT_DATA, and
+	// a Go runtime that needs memory past it dies (the race detector's does at once).
+	argv0, err := syscall.BytePtrFromString(shell)
+	if err != nil {
+		fail(setupResult{Err: fmt.Sprintf("exec %s: %v", shell, err)})
+	}
+	argv, err := syscall.SlicePtrFromStrings([]string{"sh", "-c", spec.Run})
+	if err != nil {
+		fail(setupResult{Err: fmt.Sprintf("exec %s: the command: %v", shell, err)})
+	}
+	envv, err := syscall.SlicePtrFromStrings(os.Environ())
+	if err != nil {
+		fail(setupResult{Err: fmt.Sprintf("exec %s: the environment: %v", shell, err)})
+	}
+	if err := setLimits(spec.Limits); err != nil {
+		fail(setupResult{Err: err.Error()})
+	}
+	_, _, errno := syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(argv0)),
+		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])))
+	fail(setupResult{Err: fmt.Sprintf("exec %s: %v", shell, errno)})
 }
 
 type exited struct {

@@ -14,7 +14,9 @@ package configs
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -72,6 +74,8 @@ type Server struct {
 	// nothing (processes are still ended and limited).
 	Sandbox string
 	Envs    []Env
+	// Notify are the [[notify]] webhooks (SPEC 7.3).
+	Notify []Notify
 	// Notes are what the operator should know at start (keys skipped, none found).
 	Notes []string
 	// Auto is the embedded default: an environment is created the first time an authorized
@@ -100,6 +104,85 @@ var DefaultLimits = Limits{
 	MaxUnauthenticated: 64,
 }
 
+// Notify is one [[notify]]: a webhook told of deploys.
+type Notify struct {
+	URL        string
+	Events     []string // default: every event but "started"
+	Repos      []string // empty: every environment
+	SecretFile string
+	Secret     []byte // secret_file's content, trimmed; nil without one
+	Slack      bool   // format = "slack"
+}
+
+// NotifyEvents are the events a [[notify]] may name.
+var NotifyEvents = []string{"started", "live", "failed", "reverted", "rolled_back", "cancelled"}
+
+// maxSecretFile bounds a secret_file.
+const maxSecretFile = 4096
+
+// readNotify reads every [[notify]].
+func readNotify(root table, resolve func(string) string, envs []Env) []Notify {
+	var out []Notify
+	for _, t := range root.list("notify") {
+		t.only("url", "events", "repos", "secret_file", "format")
+		n := Notify{URL: t.str("url"), Events: t.strings("events"), Repos: t.strings("repos"), SecretFile: resolve(t.str("secret_file"))}
+		where := strings.TrimSuffix(t.name(""), ".")
+		if u, err := url.Parse(n.URL); n.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			t.doc.addf(t.key("url"), "%s: url must be an http:// or https:// URL", where)
+		}
+		if !t.has("events") {
+			n.Events = NotifyEvents[1:]
+		}
+		for _, ev := range n.Events {
+			if !slices.Contains(NotifyEvents, ev) {
+				t.doc.addf(t.key("events"), "%s: %q is not an event (%s)", t.name("events"), ev, strings.Join(NotifyEvents, ", "))
+			}
+		}
+		for _, r := range n.Repos {
+			if !slices.ContainsFunc(envs, func(e Env) bool { return e.Repo == r }) {
+				t.doc.addf(t.key("repos"), "%s: no [[env]] has repo %q", t.name("repos"), r)
+			}
+		}
+		switch format := t.str("format"); format {
+		case "", "json":
+		case "slack":
+			n.Slack = true
+		default:
+			t.doc.addf(t.key("format"), "%s: %q is neither \"json\" nor \"slack\"", t.name("format"), format)
+		}
+		if n.SecretFile != "" {
+			b, err := readSmall(n.SecretFile, maxSecretFile)
+			switch {
+			case err != nil:
+				t.doc.addf(t.key("secret_file"), "%s: %v", t.name("secret_file"), err)
+			case len(strings.TrimSpace(string(b))) == 0:
+				t.doc.addf(t.key("secret_file"), "%s: %s is empty", t.name("secret_file"), n.SecretFile)
+			default:
+				n.Secret = []byte(strings.TrimSpace(string(b)))
+			}
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// readSmall reads a file of at most limit bytes.
+func readSmall(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // read only: closing it loses nothing
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is over %d bytes", path, limit)
+	}
+	return b, nil
+}
+
 // Env is one [[env]] of the server configuration.
 type Env struct {
 	Repo           string
@@ -111,12 +194,45 @@ type Env struct {
 	CommandTimeout time.Duration
 	Allow          []string // empty: every authorized key
 	Vars           []string // "K=V", sorted by key
-	Recipe         Recipe
+	// Secrets are [env.secrets], "K=V" sorted by key: given to commands like Vars, and their
+	// values masked (***) wherever output is shown or stored.
+	Secrets []string
+	// MaskFiles are shared files (paths inside shared/) whose KEY=VALUE values are masked
+	// like secrets.
+	MaskFiles []string
+	Recipe    Recipe
 	// Writable are the paths, beyond the release, shared/, the build cache and TMPDIR, that
 	// this environment's commands may write (absolute, clean).
 	Writable []string
 	Box      Box
+	// OnFailure is what a failed after_activate or health check does (SPEC 7):
+	// OnFailureRevert (the default) or OnFailureKeep.
+	OnFailure string
+	// HealthCheck, if set, runs after after_activate; its failure is handled by OnFailure.
+	HealthCheck *HealthCheck
 }
+
+// What a failed after_activate or health check does.
+const (
+	OnFailureRevert = "revert" // current goes back to the previous release; the push is rejected
+	OnFailureKeep   = "keep"   // the release stays live, recorded unhealthy; the push is rejected
+)
+
+// HealthCheck is [env.health_check]: exactly one of URL and Command.
+type HealthCheck struct {
+	URL          string        // an HTTP GET
+	ExpectStatus int           // default 200
+	ExpectBody   string        // a substring the body must hold, if set
+	Command      string        // passes on exit 0; run in the release like a build command
+	Interval     time.Duration // between attempts; default 1s
+	Timeout      time.Duration // passes if one attempt passes within it; default 30s
+}
+
+// Health check defaults.
+const (
+	defaultHealthInterval = time.Second
+	defaultHealthTimeout  = 30 * time.Second
+)
 
 // Box is what one command of an environment may use (SPEC 11). Zero fields set no limit.
 type Box struct {
@@ -142,15 +258,16 @@ const (
 // Recipe is what a deploy runs. It is set by the server's [[env]] and by the pushed tree's
 // own slipway.toml; the server wins key by key, and a key set to an empty list counts as set.
 type Recipe struct {
-	Build         []string // shell commands run in the release after checkout
-	Test          []string // run after Build; any failure rejects the push
-	AfterActivate []string // run after current names the release
-	SharedFiles   []string // paths inside the release linked to <path>/shared/
-	SharedDirs    []string
-	set           map[string]bool // the keys the file set, even to an empty list
+	Build          []string // shell commands run in the release after checkout
+	Test           []string // run after Build; any failure rejects the push
+	BeforeActivate []string // run in the release after Test, before the swap; failure rejects the push
+	AfterActivate  []string // run after current names the release
+	SharedFiles    []string // paths inside the release linked to <path>/shared/
+	SharedDirs     []string
+	set            map[string]bool // the keys the file set, even to an empty list
 }
 
-var recipeKeys = []string{"build", "test", "after_activate", "shared_files", "shared_dirs"}
+var recipeKeys = []string{"build", "test", "before_activate", "after_activate", "shared_files", "shared_dirs"}
 
 // readRecipe reads the recipe keys of t.
 func readRecipe(t table) Recipe {
@@ -162,6 +279,7 @@ func readRecipe(t table) Recipe {
 	}
 	r.Build = t.strings("build")
 	r.Test = t.strings("test")
+	r.BeforeActivate = t.strings("before_activate")
 	r.AfterActivate = t.strings("after_activate")
 	r.SharedFiles = sharedPaths(t, "shared_files")
 	r.SharedDirs = sharedPaths(t, "shared_dirs")
@@ -195,6 +313,7 @@ func (r Recipe) Over(base Recipe) Recipe {
 	}
 	out.Build = pick("build", r.Build, base.Build)
 	out.Test = pick("test", r.Test, base.Test)
+	out.BeforeActivate = pick("before_activate", r.BeforeActivate, base.BeforeActivate)
 	out.AfterActivate = pick("after_activate", r.AfterActivate, base.AfterActivate)
 	out.SharedFiles = pick("shared_files", r.SharedFiles, base.SharedFiles)
 	out.SharedDirs = pick("shared_dirs", r.SharedDirs, base.SharedDirs)
@@ -234,7 +353,7 @@ func Load(file string) (*Server, error) {
 		return nil, err
 	}
 	root := table{doc: doc, m: doc.data}
-	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env", "sandbox",
+	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env", "sandbox", "notify",
 		"max_push_size", "max_release_size", "max_release_files", "handshake_timeout", "max_unauthenticated")
 	rel := relativeTo(filepath.Dir(abs))
 	cfg := readServer(root, rel)
@@ -243,6 +362,7 @@ func Load(file string) (*Server, error) {
 	cfg.AuthorizedKeys = rel(root.str("authorized_keys"))
 	cfg.Keys = readKeys(root, cfg.AuthorizedKeys)
 	cfg.Envs = readEnvs(root, rel, cfg.Keys)
+	cfg.Notify = readNotify(root, rel, cfg.Envs)
 	checkLayout(root, cfg)
 	if len(doc.probs) > 0 {
 		return nil, doc.err()
@@ -427,8 +547,8 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 // readEnv reads one [[env]]; keyNames are the authorized keys' names, for allow.
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
-		"build", "test", "after_activate", "command_timeout", "allow", "vars",
-		"writable", "memory_max", "pids_max", "cpu_weight")
+		"build", "test", "before_activate", "after_activate", "command_timeout", "allow", "vars",
+		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files")
 	e := Env{
 		Repo:           t.str("repo"),
 		Path:           resolve(t.str("path")),
@@ -438,9 +558,26 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		CommandTimeout: t.duration("command_timeout", defaultCommandTimeout),
 		Allow:          t.strings("allow"),
 		Recipe:         readRecipe(t),
-		Vars:           readVars(t),
+		Vars:           readVars(t, "vars"),
+		Secrets:        readVars(t, "secrets"),
+		MaskFiles:      sharedPaths(t, "mask_files"),
 		Writable:       readWritable(t, resolve),
 		Box:            readBox(t),
+		OnFailure:      t.str("on_failure"),
+		HealthCheck:    readHealthCheck(t),
+	}
+	for _, kv := range e.Secrets {
+		name, _, _ := strings.Cut(kv, "=")
+		if slices.ContainsFunc(e.Vars, func(v string) bool { return strings.HasPrefix(v, name+"=") }) {
+			t.doc.addf(t.key("secrets"), "%s.%s is in [env.vars] too", t.name("secrets"), name)
+		}
+	}
+	switch e.OnFailure {
+	case "":
+		e.OnFailure = OnFailureRevert
+	case OnFailureRevert, OnFailureKeep:
+	default:
+		t.doc.addf(t.key("on_failure"), "%s: %q is neither \"revert\" nor \"keep\"", t.name("on_failure"), e.OnFailure)
 	}
 	// t.name("") is "env[N]." with a trailing dot; name the table without it.
 	where := strings.TrimSuffix(t.name(""), ".")
@@ -482,6 +619,44 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 	return e
 }
 
+// readHealthCheck reads [env.health_check], nil if absent.
+func readHealthCheck(t table) *HealthCheck {
+	h, ok := t.sub("health_check")
+	if !ok {
+		return nil
+	}
+	h.only("url", "expect_status", "expect_body", "command", "interval", "timeout")
+	hc := &HealthCheck{
+		URL:          h.str("url"),
+		ExpectStatus: h.integer("expect_status", 200),
+		ExpectBody:   h.str("expect_body"),
+		Command:      h.str("command"),
+		Interval:     h.duration("interval", defaultHealthInterval),
+		Timeout:      h.duration("timeout", defaultHealthTimeout),
+	}
+	where := strings.TrimSuffix(h.name(""), ".")
+	switch {
+	case (hc.URL == "") == (hc.Command == ""):
+		h.doc.addf(h.path, "%s: set exactly one of url and command", where)
+	case hc.URL != "":
+		if u, err := url.Parse(hc.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			h.doc.addf(h.key("url"), "%s: %q is not an http:// or https:// URL", h.name("url"), hc.URL)
+		}
+	case h.has("expect_status") || h.has("expect_body"):
+		h.doc.addf(h.path, "%s: expect_status and expect_body go with url, not command", where)
+	}
+	if hc.ExpectStatus < 100 || hc.ExpectStatus > 599 {
+		h.doc.addf(h.key("expect_status"), "%s must be an HTTP status (100 to 599)", h.name("expect_status"))
+	}
+	if hc.Interval <= 0 {
+		h.doc.addf(h.key("interval"), "%s must be more than 0", h.name("interval"))
+	}
+	if hc.Timeout <= 0 {
+		h.doc.addf(h.key("timeout"), "%s must be more than 0", h.name("timeout"))
+	}
+	return hc
+}
+
 // readWritable reads writable: paths made absolute and clean, each once.
 func readWritable(t table, resolve func(string) string) []string {
 	var out []string
@@ -517,9 +692,13 @@ func readBox(t table) Box {
 	return b
 }
 
-// readVars reads [env.vars] as "K=V", sorted by name.
-func readVars(t table) []string {
-	vars, ok := t.sub("vars")
+// MinSecret is the shortest value [env.secrets] takes: a shorter one, masked, would hide
+// every occurrence of a common string.
+const MinSecret = 4
+
+// readVars reads [env.vars] or [env.secrets] (key) as "K=V", sorted by name.
+func readVars(t table, key string) []string {
+	vars, ok := t.sub(key)
 	if !ok {
 		return nil
 	}
@@ -536,6 +715,8 @@ func readVars(t table) []string {
 			t.doc.addf(vars.key(k), "%s: not a valid environment variable name", vars.name(k))
 		case strings.HasPrefix(k, "SLIPWAY_"):
 			t.doc.addf(vars.key(k), "%s: SLIPWAY_* variables are set by slipway", vars.name(k))
+		case key == "secrets" && len(v) < MinSecret:
+			t.doc.addf(vars.key(k), "%s: a secret must be at least %d characters long, to be masked", vars.name(k), MinSecret)
 		default:
 			out = append(out, k+"="+v)
 		}
@@ -633,5 +814,6 @@ func (c *Server) AutoEnv(repo string) Env {
 		KeepReleases:   defaultKeepReleases,
 		CommandTimeout: defaultCommandTimeout,
 		Recipe:         Recipe{set: map[string]bool{}},
+		OnFailure:      OnFailureRevert,
 	}
 }

@@ -42,6 +42,9 @@ func TestExampleConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := regexp.MustCompile(`(?m)^authorized_keys = "[^"]*"`).ReplaceAllString(string(server), `authorized_keys = "`+keys+`"`)
+	if err := os.WriteFile(filepath.Join(dir, "notify.secret"), []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	file := filepath.Join(dir, "slipway.toml")
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -62,6 +65,20 @@ func TestExampleConfigs(t *testing.T) {
 		strings.Join(prod.Allow, ",") != "alice,ci" || strings.Join(prod.Recipe.Build, ",") != "composer install --no-dev" ||
 		strings.Join(prod.Writable, ",") != "/var/cache/myapp" || prod.Box != (Box{MemoryMax: 2 << 30, PidsMax: 1024, CPUWeight: 100}) {
 		t.Errorf("env[0] decoded as %+v", prod)
+	}
+	if prod.OnFailure != OnFailureRevert || strings.Join(prod.Recipe.BeforeActivate, ",") != "php artisan migrate --force" ||
+		prod.HealthCheck == nil || *prod.HealthCheck != (HealthCheck{URL: "http://127.0.0.1:8080/up", ExpectStatus: 200, ExpectBody: "ok", Interval: time.Second, Timeout: 30 * time.Second}) {
+		t.Errorf("env[0]'s activation decoded as on_failure %q, before_activate %q, health check %+v", prod.OnFailure, prod.Recipe.BeforeActivate, prod.HealthCheck)
+	}
+	if strings.Join(prod.Secrets, ",") != "DB_PASSWORD=change-me" || strings.Join(prod.MaskFiles, ",") != ".env" {
+		t.Errorf("env[0]'s secrets decoded as %q, mask_files %q", prod.Secrets, prod.MaskFiles)
+	}
+	if cfg.Envs[1].OnFailure != OnFailureRevert || cfg.Envs[1].HealthCheck != nil {
+		t.Errorf("env[1]'s activation defaults decoded as %q, %+v", cfg.Envs[1].OnFailure, cfg.Envs[1].HealthCheck)
+	}
+	if len(cfg.Notify) != 1 || cfg.Notify[0].URL != "https://hooks.example.com/deploys" || string(cfg.Notify[0].Secret) != "s3cret" ||
+		strings.Join(cfg.Notify[0].Events, ",") != "live,failed,reverted,rolled_back,cancelled" || cfg.Notify[0].Slack {
+		t.Errorf("notify decoded as %+v", cfg.Notify)
 	}
 	if cfg.Sandbox != SandboxAuto {
 		t.Errorf("sandbox = %q, want auto", cfg.Sandbox)
@@ -205,6 +222,84 @@ cpu_weight = 10001
 				`slipway.toml:11: env[0].cpu_weight must be from 1 to 10000`,
 				`slipway.toml:17: env[1].memory_max: "lots" is not a size`,
 				`slipway.toml:18: env[1].cpu_weight must be from 1 to 10000`,
+			},
+		},
+		{
+			name: "activation",
+			toml: `data_dir = "data"
+authorized_keys = "authorized_keys"
+
+[[env]]
+repo = "a/one"
+path = "/srv/one"
+on_failure = "retry"
+[env.health_check]
+url = "ftp://x/up"
+expect_status = 99
+interval = "0s"
+wait = "1s"
+
+[[env]]
+repo = "a/two"
+path = "/srv/two"
+[env.health_check]
+command = "true"
+expect_body = "ok"
+
+[[env]]
+repo = "a/three"
+path = "/srv/three"
+[env.health_check]
+timeout = "5s"
+
+[[env]]
+repo = "a/four"
+path = "/srv/four"
+mask_files = ["../.env"]
+[env.vars]
+TOKEN = "x"
+[env.secrets]
+TOKEN = "long-enough"
+PIN = "123"
+`,
+			want: []string{
+				`slipway.toml:7: env[0].on_failure: "retry" is neither "revert" nor "keep"`,
+				`slipway.toml:9: env[0].health_check.url: "ftp://x/up" is not an http:// or https:// URL`,
+				`slipway.toml:10: env[0].health_check.expect_status must be an HTTP status (100 to 599)`,
+				`slipway.toml:11: env[0].health_check.interval must be more than 0`,
+				`slipway.toml:12: unknown key "env[0].health_check.wait"`,
+				`slipway.toml:17: env[1].health_check: expect_status and expect_body go with url, not command`,
+				`slipway.toml:24: env[2].health_check: set exactly one of url and command`,
+				`slipway.toml:30: env[3].mask_files: "../.env" must be a path inside the release`,
+				`slipway.toml:33: env[3].secrets.TOKEN is in [env.vars] too`,
+				`slipway.toml:35: env[3].secrets.PIN: a secret must be at least 4 characters long, to be masked`,
+			},
+		},
+		{
+			name: "notify",
+			toml: `data_dir = "data"
+authorized_keys = "authorized_keys"
+
+[[env]]
+repo = "a/one"
+path = "/srv/one"
+
+[[notify]]
+url = "hooks.example.com"
+events = ["live", "deployed"]
+repos = ["a/two"]
+secret_file = "missing.secret"
+format = "xml"
+
+[[notify]]
+url = "https://hooks.example.com/x"
+`,
+			want: []string{
+				`slipway.toml:9: notify[0]: url must be an http:// or https:// URL`,
+				`slipway.toml:10: notify[0].events: "deployed" is not an event`,
+				`slipway.toml:11: notify[0].repos: no [[env]] has repo "a/two"`,
+				`slipway.toml:12: notify[0].secret_file: open `,
+				`slipway.toml:13: notify[0].format: "xml" is neither "json" nor "slack"`,
 			},
 		},
 		{

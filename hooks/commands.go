@@ -109,6 +109,10 @@ var commands = []command{
 		run: func(p *Pipeline, ctx context.Context, c Caller, inv *invocation) error {
 			return p.destroyCmd(ctx, inv.env, c, inv.confirm, inv.stdout)
 		}},
+	{name: "notifications", args: "[--json]", help: "recent notifications: pending, sent and failed, with their last error",
+		json: true, run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
+			return p.notificationsCmd(c, inv.asJSON, inv.stdout)
+		}},
 	{name: "help", help: "this list"}, // run by runCommand: it lists commands
 }
 

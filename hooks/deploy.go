@@ -21,6 +21,7 @@ import (
 
 	"github.com/slipway/slipway/builder"
 	"github.com/slipway/slipway/configs"
+	"github.com/slipway/slipway/internal/notify"
 	"github.com/slipway/slipway/releaser"
 )
 
@@ -47,6 +48,7 @@ type deploy struct {
 	recipe  configs.Recipe
 	steps   []releaser.Step
 	log     zerolog.Logger
+	built   bool // this deploy wrote the release (a revert removes it again)
 }
 
 // run journals and runs d, writing its progress to out. The returned error is short and
@@ -59,9 +61,10 @@ func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 	defer logFile.Close() // the log is best effort; the journal has the outcome
 	pusher := newRelay(out)
 	defer pusher.Close() // after finish: its last lines go out too
-	out = &tee{pusher: pusher, log: &capped{w: logFile, left: maxLogBytes}}
+	out = &tee{pusher: pusher, log: &capped{w: logFile, left: maxLogBytes}, mask: newMask(d.secretValues())}
 	start := time.Now()
 	defer func() { err = d.finish(ctx, out, start, err) }()
+	d.notify(notify.EventStarted, maskOf(out))
 
 	what := map[string]string{kindPush: "deploying", kindRollback: "rolling back to", kindRedeploy: "redeploying"}[d.entry.Kind]
 	say(out, "%s %s to %s (%s by %s, deploy #%d)", what, short(d.entry.SHA), d.entry.Repo, d.entry.Kind, d.entry.Pusher, d.entry.ID)
@@ -76,6 +79,35 @@ func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 	default:
 		return d.build(ctx, out)
 	}
+}
+
+// secretValues are the values masked in d's output and log: [env.secrets], and those of the
+// mask_files in shared/. A mask file that cannot be read is logged, not fatal: its values
+// are then not masked, and the operator log says so.
+func (d *deploy) secretValues() []string {
+	var values []string
+	for _, kv := range d.e.cfg.Secrets {
+		_, v, _ := strings.Cut(kv, "=")
+		values = append(values, v)
+	}
+	if len(d.e.cfg.MaskFiles) == 0 {
+		return values
+	}
+	shared, err := os.OpenRoot(d.e.rel.SharedDir())
+	if err != nil {
+		d.p.log.Warn().Err(err).Str("repo", d.e.cfg.Repo).Msg("mask_files: shared/ cannot be opened; their values are not masked")
+		return values
+	}
+	defer shared.Close() // a directory: closing it loses nothing
+	for _, f := range d.e.cfg.MaskFiles {
+		vs, err := maskFileValues(shared, f)
+		if err != nil {
+			d.p.log.Warn().Err(err).Str("repo", d.e.cfg.Repo).Str("file", f).Msg("mask_files: a file cannot be read; its values are not masked")
+			continue
+		}
+		values = append(values, vs...)
+	}
+	return values
 }
 
 // begin opens d's journal entry and returns its log file, and derives d's logger.
@@ -103,12 +135,15 @@ func (d *deploy) begin() (*os.File, error) {
 // finish records d's outcome in the journal, tells the requester and the operator log, and
 // returns err as the requester should read it.
 func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err error) error {
-	if err != nil && ctx.Err() != nil {
+	var ae *activationError
+	if err != nil && ctx.Err() != nil && !errors.As(err, &ae) { // after the swap, hanging up changes nothing
 		d.log.Warn().Err(err).Msg("deploy cancelled")
 		err = cancelled(ctx)
 	}
 	outcome, reason := releaser.OutcomeLive, ""
 	switch {
+	case errors.As(err, &ae):
+		outcome, reason = ae.outcome, err.Error()
 	case err != nil && ctx.Err() != nil:
 		outcome, reason = releaser.OutcomeCancelled, err.Error()
 	case err != nil:
@@ -117,6 +152,9 @@ func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err
 	if ferr := d.e.rel.Finish(d.entry.ID, outcome, d.steps, reason); ferr != nil {
 		d.log.Error().Err(ferr).Msg("journal deploy end")
 	}
+	// Queued before the requester hears the outcome, so that it is never lost after it.
+	d.entry.Outcome, d.entry.Reason, d.entry.End = outcome, reason, time.Now().UTC()
+	d.notify(d.event(outcome), maskOf(out))
 	ev := d.log.Info()
 	if err != nil {
 		ev = d.log.Warn().Err(err)
@@ -156,10 +194,17 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		d.log.Warn().Err(err).Msg("check linked files")
 		return shown("check linked files", err)
 	}
+	if err := d.beforeActivate(ctx, out); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return errCancelled
+	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
 		d.log.Error().Err(err).Msg("record release complete")
 		return shown("cannot record the release", err)
 	}
+	d.built = true
 	return d.activate(out)
 }
 
@@ -287,42 +332,6 @@ func (d *deploy) linkShared(out io.Writer) error {
 	return nil
 }
 
-// activate swaps current, runs after_activate and prunes. From the swap on, the requester
-// hanging up changes nothing: the release is live and its hooks run to the end.
-func (d *deploy) activate(out io.Writer) error {
-	sha := d.entry.SHA
-	start := time.Now()
-	wasLive, err := d.e.rel.Activate(sha)
-	d.record("activate", start, err)
-	if err != nil {
-		d.log.Error().Err(err).Msg("activate failed")
-		return shown("activate", err)
-	}
-	say(out, "live: current -> releases/%s (%s)", sha, since(start))
-	d.log.Info().Bool("rollback", wasLive).Msg("release activated")
-
-	steps := d.runner()
-	if wasLive {
-		steps.env = append(steps.env, "SLIPWAY_ROLLBACK=1")
-	}
-	h := Hooks{AfterActivate: d.recipe.AfterActivate}
-	if err := h.Fire(context.Background(), AfterActivate, steps, out); err != nil {
-		d.log.Warn().Err(err).Msg("after_activate failed")
-		say(out, "warning: %v; the release stays live", err)
-	}
-
-	removed, err := d.e.rel.Prune()
-	if err != nil {
-		d.log.Error().Err(err).Msg("prune failed")
-		say(out, "warning: old releases could not be pruned: see the server log")
-	}
-	if len(removed) > 0 {
-		d.log.Info().Strs("removed", removed).Msg("releases pruned")
-		say(out, "pruned %d old release(s)", len(removed))
-	}
-	return nil
-}
-
 // record adds a step that is not a command (checkout, link shared, activate) to the journal.
 func (d *deploy) record(name string, start time.Time, err error) {
 	exit := 0
@@ -332,18 +341,39 @@ func (d *deploy) record(name string, start time.Time, err error) {
 	d.steps = append(d.steps, releaser.Step{Name: name, Took: time.Since(start), Exit: exit})
 }
 
-// runner runs this deploy's commands, with the environment SPEC sections 5 and 11 name.
-// Its commands are not confined unless the caller sets confined.
+// runner runs this deploy's commands in its own release, with the environment SPEC
+// sections 5, 7.2 and 11 name. Its commands are not confined unless the caller sets confined.
 func (d *deploy) runner() *stepRunner {
-	dir := d.e.rel.Dir(d.entry.SHA)
+	return d.runnerFor(d.entry.SHA, d.entry.PreviousSHA, false, false)
+}
+
+// runnerFor runs commands in release sha: this deploy's, or, for a revert, the one it goes
+// back to; prev is the release live before it (SLIPWAY_PREVIOUS_RELEASE_DIR): for a revert,
+// the one that failed. rollback and revert set SLIPWAY_ROLLBACK and SLIPWAY_REVERT.
+func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner {
+	dir := realPath(d.e.rel.Dir(sha))
+	previous := ""
+	if prev != "" && prev != sha {
+		previous = realPath(d.e.rel.Dir(prev))
+	}
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return ""
+	}
 	env := []string{
 		"SLIPWAY_REPO=" + d.entry.Repo,
 		"SLIPWAY_BRANCH=" + d.e.cfg.Branch,
-		"SLIPWAY_SHA=" + d.entry.SHA,
+		"SLIPWAY_SHA=" + sha,
 		"SLIPWAY_PREVIOUS_SHA=" + d.entry.PreviousSHA,
 		"SLIPWAY_RELEASE_DIR=" + dir,
+		"SLIPWAY_PREVIOUS_RELEASE_DIR=" + previous,
 		"SLIPWAY_DEPLOY_PATH=" + d.e.rel.Path(),
 		"SLIPWAY_PUSHER=" + d.entry.Pusher,
+		"SLIPWAY_MESSAGE=" + d.pushMessage(sha),
+		"SLIPWAY_ROLLBACK=" + flag(rollback),
+		"SLIPWAY_REVERT=" + flag(revert),
 	}
 	cache, err := d.e.rel.CacheDir()
 	if err != nil {
@@ -354,6 +384,7 @@ func (d *deploy) runner() *stepRunner {
 		env = append(env, cacheVars(cache, d.e.cfg.Vars)...)
 	}
 	env = append(env, d.e.cfg.Vars...)
+	env = append(env, d.e.cfg.Secrets...)
 	for _, k := range []string{"PATH", "HOME", "LANG"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
@@ -364,6 +395,41 @@ func (d *deploy) runner() *stepRunner {
 		writable = append(writable, cache)
 	}
 	return &stepRunner{d: d, dir: dir, env: env, writable: append(writable, d.e.cfg.Writable...)}
+}
+
+// realPath is p with its symlinks resolved, or p if that fails.
+func realPath(p string) string {
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		return real
+	}
+	return p
+}
+
+// pushMessage is the push's message (git push -o message=...), or else sha's commit message.
+func (d *deploy) pushMessage(sha string) string {
+	if d.entry.Message != "" {
+		return d.entry.Message
+	}
+	return d.message(sha)
+}
+
+// maxMessage bounds SLIPWAY_MESSAGE: a commit message can be of any size.
+const maxMessage = 4096
+
+// message is the commit message of sha, for SLIPWAY_MESSAGE; "" if it cannot be read.
+func (d *deploy) message(sha string) string {
+	if d.objects == nil {
+		return ""
+	}
+	c, err := object.GetCommit(d.objects, plumbing.NewHash(sha))
+	if err != nil {
+		return ""
+	}
+	m := strings.TrimSpace(c.Message)
+	if len(m) > maxMessage {
+		m = strings.ToValidUTF8(m[:maxMessage], "")
+	}
+	return strings.ReplaceAll(m, "\x00", "")
 }
 
 // cacheDirs are where the usual package managers and compilers keep their caches: each is
@@ -396,6 +462,7 @@ type stepRunner struct {
 	env      []string
 	writable []string // what a confined command may write, TMPDIR aside
 	confined bool     // builds and tests are; after_activate is not (README: sudo)
+	quiet    bool     // not journaled as a step: the health check's attempts, journaled as one
 }
 
 var _ Runner = (*stepRunner)(nil)
@@ -422,7 +489,7 @@ func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.W
 		if errors.As(err, &ee) && ee.Code > 0 {
 			step.Exit = ee.Code
 		}
-		s.d.steps = append(s.d.steps, step)
+		s.journal(step)
 		if ee == nil {
 			s.d.log.Error().Err(err).Str("step", name).Msg("step could not run")
 			return fmt.Errorf("%s: could not run: see the server log", name)
@@ -430,9 +497,15 @@ func (s *stepRunner) RunStep(ctx context.Context, name, command string, out io.W
 		indent(out, "%s failed (%s)%s", name, since(start), limitsNote(box))
 		return err
 	}
-	s.d.steps = append(s.d.steps, step)
+	s.journal(step)
 	indent(out, "%s ok (%s)", name, since(start))
 	return nil
+}
+
+func (s *stepRunner) journal(step releaser.Step) {
+	if !s.quiet {
+		s.d.steps = append(s.d.steps, step)
+	}
 }
 
 // limitsNote names the limits a failed command ran with: where they are rlimits, a command
@@ -519,6 +592,9 @@ func repoConfig(commit *object.Commit) (text string, found bool, err error) {
 func notKept(e *environment, sha string) error {
 	if en, err := e.rel.Entry(sha); err == nil && en.Outcome == releaser.OutcomeFailed {
 		return fmt.Errorf("%s never went live (its deploy #%d failed): it is not a rollback target", short(sha), en.ID)
+	}
+	if en, err := e.rel.Entry(sha); err == nil && en.Outcome == releaser.OutcomeReverted {
+		return fmt.Errorf("%s was reverted (deploy #%d): it is not a rollback target; push it to try it again", short(sha), en.ID)
 	}
 	return fmt.Errorf("releases/%s is not kept (pruned, or never built): push it to rebuild it", short(sha))
 }

@@ -4,7 +4,9 @@
 // a deploy:
 //
 //	journal -> recipe (the server's [[env]] over the pushed slipway.toml) -> checkout ->
-//	shared links -> build -> test -> complete -> swap current -> after_activate -> prune
+//	shared links -> build -> test -> before_activate -> complete -> swap current ->
+//	after_activate -> health check -> prune, or, when one of the last two fails, on_failure:
+//	revert (current back to the release live before) or keep
 //
 // A kept release (a push of an older commit, a rollback) skips from the recipe to the
 // shared links and the swap. The lifecycle hooks around activation (Hooks.Fire) and the
@@ -32,9 +34,15 @@ import (
 // Event names a point in a release's life at which hooks run.
 type Event string
 
-// AfterActivate runs right after current names the new release, on every activation
-// (rollbacks included).
-const AfterActivate Event = "after_activate"
+// The events.
+const (
+	// BeforeActivate runs in the new release after its tests, before the swap: a release
+	// phase (migrations, a backup). Its failure rejects the push; nothing changes.
+	BeforeActivate Event = "before_activate"
+	// AfterActivate runs right after current names the new release, on every activation
+	// (rollbacks and reverts included).
+	AfterActivate Event = "after_activate"
+)
 
 // Runner runs one hook command. name is what the pusher sees ("after_activate 1/2").
 // The deploy pipeline implements it with the same builder as build and test commands.
@@ -44,7 +52,8 @@ type Runner interface {
 
 // Hooks is the set of commands to run per event.
 type Hooks struct {
-	AfterActivate []string
+	BeforeActivate []string
+	AfterActivate  []string
 }
 
 // Fire runs the commands of ev in order through r and stops at the first failure, which it
@@ -52,6 +61,8 @@ type Hooks struct {
 func (h Hooks) Fire(ctx context.Context, ev Event, r Runner, out io.Writer) error {
 	var cmds []string
 	switch ev {
+	case BeforeActivate:
+		cmds = h.BeforeActivate
 	case AfterActivate:
 		cmds = h.AfterActivate
 	default:

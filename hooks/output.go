@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/slipway/slipway/configs"
 )
 
 // What a deploy tells its requester, and keeps in its log.
@@ -61,22 +66,100 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// tee writes everything to the requester and to the deploy's log. A requester that hung
-// up does not stop the log.
+// tee writes everything to the requester and to the deploy's log, secrets masked. A
+// requester that hung up does not stop the log.
 type tee struct {
 	pusher io.Writer
 	log    io.Writer
+	mask   *strings.Replacer // nil: nothing to mask
 }
 
 func (t *tee) Write(b []byte) (int, error) {
+	n := len(b)
+	if t.mask != nil {
+		b = []byte(t.mask.Replace(string(b)))
+	}
 	t.log.Write(b)    //nolint:errcheck // the log is best effort
 	t.pusher.Write(b) //nolint:errcheck // a gone requester cancels the deploy through ctx
-	return len(b), nil
+	return n, nil
 }
 
 func (t *tee) keep(line []byte) {
+	if t.mask != nil {
+		line = []byte(t.mask.Replace(string(line)))
+	}
 	t.log.Write(line) //nolint:errcheck // the log is best effort
 	writeKept(t.pusher, string(line))
+}
+
+// masked is what a secret's value is shown as.
+const masked = "***"
+
+// newMask returns a replacer of every value by ***, the longest first (so that a secret that
+// holds another is masked whole); nil if there is none. Values shorter than
+// configs.MinSecret are left: masking them would hide common strings.
+func newMask(values []string) *strings.Replacer {
+	values = slices.DeleteFunc(slices.Clone(values), func(v string) bool { return len(v) < configs.MinSecret })
+	if len(values) == 0 {
+		return nil
+	}
+	slices.SortFunc(values, func(a, b string) int { return len(b) - len(a) })
+	var pairs []string
+	for _, v := range slices.Compact(values) {
+		// Output reaches the mask a line at a time: a value of several lines is masked line
+		// by line.
+		for _, line := range strings.Split(v, "\n") {
+			if len(line) >= configs.MinSecret {
+				pairs = append(pairs, line, masked)
+			}
+		}
+	}
+	if len(pairs) == 0 {
+		return nil
+	}
+	return strings.NewReplacer(pairs...)
+}
+
+// maxMaskFile bounds a mask_files file read for its values.
+const maxMaskFile = 1 << 20
+
+// minMaskFileValue is the shortest value of a mask_files file that is masked: such files
+// hold settings too (DEBUG=true, DB_PORT=3306), and masking those would hide common words
+// everywhere. A shorter secret belongs in [env.secrets].
+const minMaskFileValue = 8
+
+// maskFileValues reads the values of the KEY=VALUE lines of a .env-style file (export
+// prefixes, quotes and comments understood) in shared/, those of minMaskFileValue bytes or
+// more.
+func maskFileValues(shared *os.Root, name string) ([]string, error) {
+	f, err := shared.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // read only: closing it loses nothing
+	b, err := io.ReadAll(io.LimitReader(f, maxMaskFile))
+	if err != nil {
+		return nil, err
+	}
+	var values []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "export "))
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		_, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		if len(v) >= minMaskFileValue {
+			values = append(values, v)
+		}
+	}
+	return values, nil
 }
 
 // capped writes at most left bytes, then one truncation marker, then nothing.

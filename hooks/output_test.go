@@ -3,8 +3,11 @@ package hooks
 import (
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,5 +120,51 @@ func TestRelayKeepsOwnLines(t *testing.T) {
 	live := strings.Index(out, "-----> abc1234 is live\n")
 	if note < 0 || ok < 0 || live < 0 || !(note < ok && ok < live) {
 		t.Errorf("note at %d, step outcome at %d, result at %d; want all three, in that order", note, ok, live)
+	}
+}
+
+func TestMask(t *testing.T) {
+	t.Parallel()
+	m := newMask([]string{"hunter2-secret", "hunter2", "abc", "multi\nline-value", "hunter2-secret"})
+	tests := []struct{ in, want string }{
+		{"pw=hunter2-secret\n", "pw=***\n"},          // the longer secret whole, not "***-secret"
+		{"pw=hunter2 and abc\n", "pw=*** and abc\n"}, // a value under MinSecret is left
+		{"multi\n", "***\n"},                         // a line of a value of several lines
+		{"x line-value y\n", "x *** y\n"},            // a line of a value of several lines
+	}
+	for _, tt := range tests {
+		if got := m.Replace(tt.in); got != tt.want {
+			t.Errorf("mask(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	if newMask([]string{"abc", ""}) != nil {
+		t.Error("a mask of nothing maskable is not nil")
+	}
+}
+
+func TestMaskFileValues(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	env := "# comment\nAPP_KEY=\"base64:0123456789\"\nexport MAIL='mail-password'\nDEBUG=true\nPORT=3306\nnot a setting\nEMPTY=\n"
+	if err := os.WriteFile(filepath.Join(dir, ".env"), []byte(env), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	got, err := maskFileValues(root, ".env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"base64:0123456789", "mail-password"}; !slices.Equal(got, want) {
+		t.Errorf("values = %q, want %q", got, want)
+	}
+	if _, err := maskFileValues(root, "escape"); err == nil {
+		t.Error("a mask file through a symlink out of shared/ was read")
 	}
 }

@@ -42,6 +42,8 @@ type Config struct {
 	Builder *builder.Builder
 	// Repos are the environments' repositories.
 	Repos Repositories
+	// Notify takes the deploys' notifications; nil: none are sent.
+	Notify Notifier
 	// Serving is true in the process that serves pushes. Opening an environment then first
 	// recovers it from whatever a crash left behind: build processes still running are
 	// ended, half-made releases removed, current checked. The CLI, which runs beside a

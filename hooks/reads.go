@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
 
+	"github.com/slipway/slipway/internal/notify"
 	"github.com/slipway/slipway/releaser"
 )
 
@@ -101,7 +103,8 @@ func liveEntries(e *environment) (map[string]releaser.Entry, error) {
 	}
 	byLive := map[string]releaser.Entry{}
 	for _, en := range hist { // newest first: the first entry seen for a sha wins
-		wentLive := en.Outcome == releaser.OutcomeLive || en.Outcome == releaser.OutcomeSuperseded || en.Outcome == releaser.OutcomeRolledBack
+		wentLive := en.Outcome == releaser.OutcomeLive || en.Outcome == releaser.OutcomeUnhealthy ||
+			en.Outcome == releaser.OutcomeSuperseded || en.Outcome == releaser.OutcomeRolledBack
 		if _, seen := byLive[en.SHA]; wentLive && !seen {
 			byLive[en.SHA] = en
 		}
@@ -256,4 +259,33 @@ func idString(id int64) string {
 		return ""
 	}
 	return "#" + strconv.FormatInt(id, 10)
+}
+
+// notificationsCmd lists the notifications of the environments c may use, newest first.
+func (p *Pipeline) notificationsCmd(c Caller, asJSON bool, stdout io.Writer) error {
+	list := []notify.Status{}
+	if p.cfg.Notify != nil {
+		envs, err := p.list(c.Name)
+		if err != nil {
+			return err
+		}
+		for _, st := range p.cfg.Notify.List() {
+			if slices.ContainsFunc(envs, func(e *environment) bool { return e.cfg.Repo == st.Repo }) {
+				list = append(list, st)
+			}
+		}
+	}
+	if asJSON {
+		return writeJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CREATED\tEVENT\tENVIRONMENT\tSHA\tSTATE\tATTEMPTS\tURL\tLAST ERROR")
+	for _, st := range list {
+		state := st.State
+		if st.State == "pending" && !st.NextAt.IsZero() && st.Attempts > 0 {
+			state = "pending, next " + stamp(st.NextAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", stamp(st.Created), st.Event, st.Repo, short(st.SHA), state, st.Attempts, st.URL, orDash(st.LastError))
+	}
+	return tw.Flush()
 }

@@ -163,6 +163,30 @@ func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 	return wasLiveBefore, nil
 }
 
+// Deactivate removes current if it names sha, which leaves the environment with nothing
+// live, as before its first deploy: the revert of a first deploy whose health check failed.
+// It journals that current is gone.
+func (r *Releaser) Deactivate(sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return fmt.Errorf("deactivate: %w", err)
+	}
+	live, held, err := r.target()
+	if err != nil {
+		return fmt.Errorf("deactivate %s: %w", sha, err)
+	}
+	if held || live != sha {
+		return fmt.Errorf("deactivate %s: current names %q, not it", sha, live)
+	}
+	if err := os.Remove(r.currentLink()); err != nil {
+		return fmt.Errorf("deactivate %s: %w", sha, err)
+	}
+	if err := atomicfile.SyncDir(r.path); err != nil {
+		return fmt.Errorf("deactivate %s: %w", sha, err)
+	}
+	r.journalActivation("")
+	return nil
+}
+
 // swapCurrent points current at releases/<name> (a sha, or a hold) atomically and durably.
 // Its errors are *SwapError.
 func (r *Releaser) swapCurrent(name string) error {

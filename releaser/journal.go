@@ -113,6 +113,13 @@ const (
 	OutcomeCancelled  = "cancelled"
 	OutcomeSuperseded = "superseded"
 	OutcomeRolledBack = "rolled back"
+	// OutcomeReverted: the release went live, its after_activate or health check failed, and
+	// current went back to the release live before (or, on a first deploy, was removed). It
+	// stays reverted whatever goes live later.
+	OutcomeReverted = "reverted"
+	// OutcomeUnhealthy: as live, but its after_activate or health check failed and
+	// on_failure = "keep" left it live; superseded or rolled back like live once replaced.
+	OutcomeUnhealthy = "live (unhealthy)"
 )
 
 // keepFailedLogs is how many logs of failed or cancelled deploys Prune keeps.
@@ -178,7 +185,7 @@ func (l *journalLine) valid() bool {
 	case eventBegin:
 		return l.ID > 0 && validSHA(l.SHA)
 	case eventFinish:
-		return l.ID > 0 && (l.Outcome == OutcomeLive || l.Outcome == OutcomeFailed || l.Outcome == OutcomeCancelled)
+		return l.ID > 0 && finishOutcome(l.Outcome)
 	case eventActivate:
 		return l.SHA == "" || validSHA(l.SHA)
 	}
@@ -262,14 +269,22 @@ func (r *Releaser) Begin(e Entry) (Entry, *os.File, error) {
 	return e, f, nil
 }
 
-// Finish journals the end of entry id: its outcome (OutcomeLive, OutcomeFailed or
-// OutcomeCancelled), its steps and, for a failure, the reason the pusher was given. End is
-// now. An id never begun is an error wrapping ErrNotFound; an entry finishes only once.
-func (r *Releaser) Finish(id int64, outcome string, steps []Step, reason string) error {
+// finishOutcome reports whether a deploy may finish with outcome.
+func finishOutcome(outcome string) bool {
 	switch outcome {
-	case OutcomeLive, OutcomeFailed, OutcomeCancelled:
-	default:
-		return fmt.Errorf("finish %d: outcome %q is not live, failed or cancelled", id, outcome)
+	case OutcomeLive, OutcomeFailed, OutcomeCancelled, OutcomeReverted, OutcomeUnhealthy:
+		return true
+	}
+	return false
+}
+
+// Finish journals the end of entry id: its outcome (OutcomeLive, OutcomeFailed,
+// OutcomeCancelled, OutcomeReverted or OutcomeUnhealthy), its steps and, for a failure, the
+// reason the pusher was given. End is now. An id never begun is an error wrapping
+// ErrNotFound; an entry finishes only once.
+func (r *Releaser) Finish(id int64, outcome string, steps []Step, reason string) error {
+	if !finishOutcome(outcome) {
+		return fmt.Errorf("finish %d: outcome %q is not live, failed, cancelled, reverted or unhealthy", id, outcome)
 	}
 	err := r.appendJournal(func(lines []journalLine) ([]any, error) {
 		begun, finished := false, false
@@ -604,6 +619,8 @@ func (h *journal) outcomes(holder func() (*LockedError, error)) []Entry {
 		switch {
 		case !t.finished && i == len(h.list)-1 && startedUnder(holder, e.Start):
 			e.Outcome = OutcomeRunning
+		case t.finished && e.Outcome == OutcomeReverted:
+		case t.wentLive && t == h.cur && t.finished && e.Outcome == OutcomeUnhealthy:
 		case t.wentLive && t == h.cur:
 			e.Outcome = OutcomeLive
 		case t.wentLive && t.replacedBy == "rollback":

@@ -14,6 +14,7 @@ import (
 	"github.com/slipway/slipway/configs"
 	"github.com/slipway/slipway/gitserver"
 	"github.com/slipway/slipway/hooks"
+	"github.com/slipway/slipway/internal/notify"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -145,10 +146,17 @@ func operate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	// The CLI's deploys (a rollback, a redeploy) queue their notifications in the same
+	// outbox; the server delivers them.
+	outbox, err := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
+	if err != nil {
+		return err
+	}
 	p, err := hooks.New(hooks.Config{
 		Server:  cfg,
 		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
 		Repos:   gitserver.Repositories{Dir: reposDir(cfg)},
+		Notify:  outbox,
 	}, log.With().Str("component", "hooks").Logger())
 	if err != nil {
 		return err

@@ -2,14 +2,20 @@ package main
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,6 +95,8 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"peakrss":    cmdPeakRSS,
 			"flood":      cmdFlood,
 			"procfds":    cmdProcFDs,
+			"httpapp":    cmdHTTPApp,
+			"webhook":    cmdWebhook,
 		},
 	}
 }
@@ -371,6 +379,95 @@ func cmdNoProc(ts *testscript.TestScript, neg bool, args []string) {
 	if pids := findProcs(args[0]); len(pids) > 0 {
 		ts.Fatalf("noproc %q: still running: %v", args[0], pids)
 	}
+}
+
+// httpapp ADDRFILE ROOT: serve, on 127.0.0.1, the files of ROOT/current/public as a web
+// server in front of the deploy root would (the symlink resolved on every request), until
+// the script ends, and write the address to ADDRFILE. A file named "status" in public/
+// holds the status code of every answer (default 200). It stands for the app a health
+// check checks.
+func cmdHTTPApp(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: httpapp ADDRFILE ROOT")
+	}
+	public := filepath.Join(ts.MkAbs(args[1]), "current", "public")
+	serveHTTP(ts, args[0], func(w http.ResponseWriter, r *http.Request) {
+		status := http.StatusOK
+		if b, err := os.ReadFile(filepath.Join(public, "status")); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				status = n
+			}
+		}
+		body, err := os.ReadFile(filepath.Join(public, filepath.Clean("/"+r.URL.Path)))
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(status)
+		w.Write(body)
+	})
+}
+
+// serveHTTP serves handler on 127.0.0.1 until the script ends, and writes the address to
+// addrFile.
+func serveHTTP(ts *testscript.TestScript, addrFile string, handler http.HandlerFunc) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		ts.Fatalf("listen: %v", err)
+	}
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(l)
+	ts.Defer(func() { srv.Close() })
+	if err := os.WriteFile(ts.MkAbs(addrFile), []byte(l.Addr().String()+"\n"), 0o644); err != nil {
+		ts.Fatalf("write %s: %v", addrFile, err)
+	}
+}
+
+// webhook ADDRFILE DIR SECRET: receive notifications on 127.0.0.1 until the script ends, and
+// write the address to ADDRFILE. Each POST whose X-Slipway-Signature is the HMAC-SHA256 of
+// its body under SECRET ("-": none expected) is answered 200 and saved whole as
+// DIR/EVENT.json (the newest of each event), with its delivery id appended to
+// DIR/deliveries; a wrong or missing signature is answered 401 and saved as DIR/bad. While
+// DIR/down exists, every request is answered 503.
+func cmdWebhook(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: webhook ADDRFILE DIR SECRET")
+	}
+	dir := ts.MkAbs(args[1])
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		ts.Fatalf("webhook: %v", err)
+	}
+	secret := args[2]
+	var mu sync.Mutex // the files are written one request at a time
+	serveHTTP(ts, args[0], func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := os.Stat(filepath.Join(dir, "down")); err == nil {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if secret != "-" {
+			m := hmac.New(sha256.New, []byte(secret))
+			m.Write(body)
+			if want := "sha256=" + hex.EncodeToString(m.Sum(nil)); !hmac.Equal([]byte(r.Header.Get("X-Slipway-Signature")), []byte(want)) {
+				os.WriteFile(filepath.Join(dir, "bad"), body, 0o644)
+				http.Error(w, "bad signature", http.StatusUnauthorized)
+				return
+			}
+		}
+		event := filepath.Base(r.Header.Get("X-Slipway-Event"))
+		os.WriteFile(filepath.Join(dir, event+".json"), append(body, '\n'), 0o644)
+		f, err := os.OpenFile(filepath.Join(dir, "deliveries"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			fmt.Fprintf(f, "%s %s\n", event, r.Header.Get("X-Slipway-Delivery"))
+			f.Close()
+		}
+	})
 }
 
 // waitnoproc PATTERN: wait until no process's command line contains PATTERN: processes the

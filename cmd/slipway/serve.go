@@ -20,6 +20,7 @@ import (
 	"github.com/slipway/slipway/gitserver"
 	"github.com/slipway/slipway/hooks"
 	"github.com/slipway/slipway/internal/atomicfile"
+	"github.com/slipway/slipway/internal/notify"
 )
 
 // addrFile is written in data_dir once the server listens: its address, for scripts and
@@ -55,15 +56,32 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("create data_dir: %w", err)
 	}
 	repos := gitserver.Repositories{Dir: reposDir(cfg)}
+	outbox, err := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
+	if err != nil {
+		return err
+	}
 	p, err := hooks.New(hooks.Config{
 		Server:  cfg,
 		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
 		Repos:   repos,
+		Notify:  outbox,
 		Serving: true,
 	}, log.With().Str("component", "hooks").Logger())
 	if err != nil {
 		return err
 	}
+	// Notifications are delivered until the server has stopped: those of the deploys that
+	// finish during the shutdown are queued, and delivered at the next start if not before.
+	deliverCtx, stopDelivery := context.WithCancel(context.Background())
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		notify.NewDeliverer(outbox).Run(deliverCtx)
+	}()
+	defer func() {
+		stopDelivery()
+		<-delivered
+	}()
 	srv, err := gitserver.New(gitserver.Config{
 		HostKeyPath: cfg.HostKey,
 		Keys:        cfg.Keys,
@@ -89,7 +107,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	w := &watcher{file: *file, listen: *listen, cfg: cfg, srv: srv, p: p, log: log.With().Str("component", "reload").Logger()}
+	w := &watcher{file: *file, listen: *listen, cfg: cfg, srv: srv, p: p, outbox: outbox, log: log.With().Str("component", "reload").Logger()}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan struct{})
 	go func() {
@@ -114,6 +132,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-served
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// notifyTargets are the configuration's [[notify]], as the outbox takes them.
+func notifyTargets(cfg *configs.Server) []notify.Target {
+	var ts []notify.Target
+	for _, n := range cfg.Notify {
+		ts = append(ts, notify.Target{URL: n.URL, Events: n.Events, Repos: n.Repos, Secret: n.Secret, Slack: n.Slack})
+	}
+	return ts
 }
 
 // newLogger is the operator log: JSON (or console) on w, from level up.
@@ -210,6 +237,7 @@ type watcher struct {
 	cfg          *configs.Server
 	srv          *gitserver.Server
 	p            *hooks.Pipeline
+	outbox       *notify.Outbox
 	log          zerolog.Logger
 }
 
@@ -290,6 +318,7 @@ func (w *watcher) reload() {
 	}
 	w.srv.SetKeys(cfg.Keys)
 	w.srv.SetLimits(gitLimits(cfg.Limits))
+	w.outbox.SetTargets(notifyTargets(cfg))
 	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout {
 		w.log.Warn().Msg("listen, host_key or shutdown_timeout changed: they take effect when slipway restarts")
 	}
