@@ -375,21 +375,23 @@ func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner 
 		"SLIPWAY_ROLLBACK=" + flag(rollback),
 		"SLIPWAY_REVERT=" + flag(revert),
 	}
+	// What [env.vars] and [env.secrets] set wins over what slipway would give (the cache
+	// variables, the server's PATH, HOME and LANG): each name is in the environment once.
+	own := append(slices.Clone(d.e.cfg.Vars), d.e.cfg.Secrets...)
 	cache, err := d.e.rel.CacheDir()
 	if err != nil {
 		// Commands run without a build cache: they download again, and a confined one may
 		// fail to write its own; the log says why.
 		d.log.Warn().Err(err).Msg("no build cache")
 	} else {
-		env = append(env, cacheVars(cache, d.e.cfg.Vars)...)
+		env = append(env, cacheVars(cache, own)...)
 	}
-	env = append(env, d.e.cfg.Vars...)
-	env = append(env, d.e.cfg.Secrets...)
 	for _, k := range []string{"PATH", "HOME", "LANG"} {
-		if v, ok := os.LookupEnv(k); ok {
+		if v, ok := os.LookupEnv(k); ok && !setsVar(own, k) {
 			env = append(env, k+"="+v)
 		}
 	}
+	env = append(env, own...)
 	writable := []string{dir, d.e.rel.SharedDir()}
 	if cache != "" {
 		writable = append(writable, cache)
@@ -448,11 +450,16 @@ var cacheDirs = []struct{ name, sub string }{
 func cacheVars(cache string, vars []string) []string {
 	env := []string{"SLIPWAY_CACHE_DIR=" + cache}
 	for _, c := range cacheDirs {
-		if !slices.ContainsFunc(vars, func(kv string) bool { return strings.HasPrefix(kv, c.name+"=") }) {
+		if !setsVar(vars, c.name) {
 			env = append(env, c.name+"="+filepath.Join(cache, c.sub))
 		}
 	}
 	return env
+}
+
+// setsVar reports whether the "K=V" list vars sets name.
+func setsVar(vars []string, name string) bool {
+	return slices.ContainsFunc(vars, func(kv string) bool { return strings.HasPrefix(kv, name+"=") })
 }
 
 // stepRunner runs one named command with a header and its duration, and journals it.

@@ -3,10 +3,12 @@ package releaser
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // MissingSharedError is a shared file that LinkShared needs and the server lacks. Shared
@@ -86,8 +88,14 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 		if !l.dir {
 			continue
 		}
-		if err := r.makeSharedDir(sha, l.p); err != nil {
+		made, err := r.makeSharedDir(sha, l.p)
+		if err != nil {
 			return fmt.Errorf("link shared %s: %w", l.p, err)
+		}
+		if made {
+			if err := r.seedSharedDir(root, l.p); err != nil {
+				return fmt.Errorf("link shared %s: seed it from the release: %w", l.p, err)
+			}
 		}
 	}
 
@@ -169,18 +177,19 @@ type created struct {
 }
 
 // makeSharedDir makes the shared dir p (relative to shared/) if it is missing, with its
-// missing parents, and remembers the topmost one it made for sha (see LinkShared).
-func (r *Releaser) makeSharedDir(sha, p string) error {
+// missing parents, and remembers the topmost one it made for sha (see LinkShared). made
+// says whether it made p.
+func (r *Releaser) makeSharedDir(sha, p string) (made bool, err error) {
 	src := filepath.Join(r.sharedDir(), p)
 	fi, err := os.Stat(src)
 	if err == nil {
 		if !fi.IsDir() {
-			return fmt.Errorf("shared dir %s is not a directory", src)
+			return false, fmt.Errorf("shared dir %s is not a directory", src)
 		}
-		return nil
+		return false, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return false, err
 	}
 	// The topmost missing element: made here, removed by Discard with all below it.
 	top := ""
@@ -189,12 +198,12 @@ func (r *Releaser) makeSharedDir(sha, p string) error {
 		if _, err := os.Stat(filepath.Join(r.sharedDir(), top)); errors.Is(err, fs.ErrNotExist) {
 			break
 		} else if err != nil {
-			return err
+			return false, err
 		}
 	}
 	parent, err := os.OpenRoot(filepath.Join(r.sharedDir(), filepath.Dir(top)))
 	if err != nil {
-		return err
+		return false, err
 	}
 	rest, err := filepath.Rel(filepath.Dir(top), p)
 	if err == nil {
@@ -202,7 +211,7 @@ func (r *Releaser) makeSharedDir(sha, p string) error {
 	}
 	if err != nil {
 		parent.Close() // a directory: closing it loses nothing
-		return err
+		return false, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -215,7 +224,74 @@ func (r *Releaser) makeSharedDir(sha, p string) error {
 		r.created = &created{sha: sha}
 	}
 	r.created.dirs = append(r.created.dirs, createdDir{parent: parent, name: filepath.Base(top), path: top})
-	return nil
+	return true, nil
+}
+
+// seedSharedDir copies what the release has committed at p (a directory), if anything, into
+// the shared dir p that LinkShared just made: the first deploy of a shared dir starts from
+// the committed skeleton (storage/framework/cache/ and the like), as Capistrano and Deployer
+// do. A shared dir that existed is never seeded. Files keep their mode, made writable by
+// their owner (link mode checks them out read-only); symlinks are copied as they are, never
+// followed.
+func (r *Releaser) seedSharedDir(release *os.Root, p string) error {
+	fi, err := release.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.IsDir()) {
+		return nil // nothing committed there, or not a directory: the link replaces it
+	}
+	if err != nil {
+		return err
+	}
+	shared, err := os.OpenRoot(filepath.Join(r.sharedDir(), p))
+	if err != nil {
+		return err
+	}
+	defer shared.Close() // a directory: closing it loses nothing
+	sub, err := release.OpenRoot(p)
+	if err != nil {
+		return err
+	}
+	defer sub.Close() // a directory: closing it loses nothing
+	return fs.WalkDir(sub.FS(), ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || name == "." {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return shared.Mkdir(name, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := sub.Readlink(name)
+			if err != nil {
+				return err
+			}
+			return shared.Symlink(target, name)
+		case d.Type().IsRegular():
+			return copyInRoots(sub, shared, name)
+		}
+		return nil // a device, a fifo: a checkout makes none
+	})
+}
+
+// copyInRoots copies the regular file name from one root to a new file of the same name in
+// the other.
+func copyInRoots(from, to *os.Root, name string) error {
+	in, err := from.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close() // read only: closing it loses nothing
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := to.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm()|0o200)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close() // the copy's error is the one to report
+		return err
+	}
+	return out.Close()
 }
 
 // removeCreated removes the shared dirs LinkShared created for sha, if sha is the release

@@ -2,6 +2,8 @@ package releaser
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,5 +283,70 @@ func TestRestoreRemovesCreatedSharedDirs(t *testing.T) {
 	must(t, e.r.Restore(live))
 	if entries, err := os.ReadDir(filepath.Join(e.r.Path(), "shared")); err != nil || len(entries) != 0 {
 		t.Errorf("shared/ after a restore: %v, %v; want it empty", entries, err)
+	}
+}
+
+// TestLinkSharedSeeds: the first deploy of a shared dir copies what the release has
+// committed there into it (writable, symlinks as they are); a shared dir that exists is
+// never seeded again, and a release that fails takes its seed with it.
+func TestLinkSharedSeeds(t *testing.T) {
+	for _, link := range []bool{false, true} {
+		t.Run(fmt.Sprintf("link=%v", link), func(t *testing.T) {
+			if link && os.Geteuid() == 0 {
+				t.Log("as root, link mode's read-only files are writable anyway: the seeded modes are checked all the same")
+			}
+			e := newEnv(t, Config{LinkFiles: link})
+			g := newRepo(t)
+			shared := filepath.Join(e.r.Path(), "shared")
+			tree := map[string]file{
+				"storage/framework/cache/.gitignore": {filemode.Regular, "*\n"},
+				"storage/app/public/.gitkeep":        {filemode.Regular, ""},
+				"storage/bin/run":                    {filemode.Executable, "#!/bin/sh\n"},
+				"storage/latest":                     {filemode.Symlink, "app/public"},
+				"index.html":                         {filemode.Regular, "hi"},
+			}
+			// A first release that fails: its seed goes with it.
+			failed := g.commit(g.treeOf(tree))
+			_, err := e.r.Materialize(t.Context(), g.st, failed, nil)
+			must(t, err)
+			must(t, e.r.LinkShared(failed, nil, []string{"storage"}))
+			if !isDir(filepath.Join(shared, "storage/framework/cache")) {
+				t.Fatal("shared/storage was not seeded")
+			}
+			must(t, e.r.Discard(failed))
+			if _, err := os.Lstat(filepath.Join(shared, "storage")); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("the failed release's seed is left: %v", err)
+			}
+
+			tree["index.html"] = file{filemode.Regular, "hi again"}
+			first := g.commit(g.treeOf(tree))
+			_, err = e.r.Materialize(t.Context(), g.st, first, nil)
+			must(t, err)
+			must(t, e.r.LinkShared(first, nil, []string{"storage"}))
+			assertSnapshot(t, snapshot(t, filepath.Join(shared, "storage")), map[string]string{
+				"framework":                  "dir 0755",
+				"framework/cache":            "dir 0755",
+				"framework/cache/.gitignore": "file 0644 *\n",
+				"app":                        "dir 0755",
+				"app/public":                 "dir 0755",
+				"app/public/.gitkeep":        "file 0644 ",
+				"bin":                        "dir 0755",
+				"bin/run":                    "file 0755 #!/bin/sh\n",
+				"latest":                     "link app/public",
+			})
+			must(t, e.r.Complete(first))
+			e.activate(first)
+			must(t, os.WriteFile(filepath.Join(shared, "storage/app/public/upload.jpg"), []byte("photo"), 0o644))
+			before := snapshot(t, filepath.Join(shared, "storage"))
+
+			// The next release commits something else there: the shared dir is left as it is.
+			tree["storage/framework/cache/.gitignore"] = file{filemode.Regular, "changed\n"}
+			tree["storage/new"] = file{filemode.Regular, "new"}
+			second := g.commit(g.treeOf(tree))
+			_, err = e.r.Materialize(t.Context(), g.st, second, nil)
+			must(t, err)
+			must(t, e.r.LinkShared(second, nil, []string{"storage"}))
+			assertSnapshot(t, snapshot(t, filepath.Join(shared, "storage")), before)
+		})
 	}
 }
