@@ -51,11 +51,19 @@ lint: ## go vet, gofmt and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 
+# Go 1.26's fuzz coordinator can report a bare "context deadline exceeded" as the fuzztime
+# ends on a loaded machine, having found nothing (golang/go#75804, fixed in Go 1.27): such a
+# run, with no failing input written, is run once more. Any other failure fails at once.
 fuzz: ## run every fuzz target for FUZZTIME each (default 3s; CI runs this)
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
-		out=$$($(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s "$${t%%:*}" 2>&1) || \
-			{ echo "$$out"; exit 1; }; \
+		for try in 1 2; do \
+			if out=$$($(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s "$${t%%:*}" 2>&1); then break; fi; \
+			if [ $$try = 1 ] && echo "$$out" | grep -q 'context deadline exceeded' && \
+				! echo "$$out" | grep -qE 'Failing input written|panic:'; then \
+				echo "  (golang/go#75804: the fuzztime deadline raced a worker, nothing found; once more)"; continue; fi; \
+			echo "$$out"; exit 1; \
+		done; \
 	done
 
 fmt: ## format the code

@@ -200,7 +200,10 @@ type Env struct {
 	// MaskFiles are shared files (paths inside shared/) whose KEY=VALUE values are masked
 	// like secrets.
 	MaskFiles []string
-	Recipe    Recipe
+	// EnvFile, if set, is the path inside each release where the environment's variables
+	// are written (0600) before its build: the release carries its configuration.
+	EnvFile string
+	Recipe  Recipe
 	// Writable are the paths, beyond the release, shared/, the build cache and TMPDIR, that
 	// this environment's commands may write (absolute, clean).
 	Writable []string
@@ -548,7 +551,7 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "before_activate", "after_activate", "command_timeout", "allow", "vars",
-		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files")
+		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file")
 	e := Env{
 		Repo:           t.str("repo"),
 		Path:           resolve(t.str("path")),
@@ -565,6 +568,17 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		Box:            readBox(t),
 		OnFailure:      t.str("on_failure"),
 		HealthCheck:    readHealthCheck(t),
+	}
+	if t.has("env_file") {
+		p := t.str("env_file")
+		switch c := filepath.Clean(p); {
+		case p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../"):
+			t.doc.addf(t.key("env_file"), "%s: %q must be a path inside the release (relative, no \"..\")", t.name("env_file"), p)
+		case slices.Contains(e.Recipe.SharedFiles, c):
+			t.doc.addf(t.key("env_file"), "%s: %s is a shared file too: it is either the release's or shared", t.name("env_file"), c)
+		default:
+			e.EnvFile = c
+		}
 	}
 	for _, kv := range e.Secrets {
 		name, _, _ := strings.Cut(kv, "=")

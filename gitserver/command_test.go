@@ -26,7 +26,7 @@ type fakeCommander struct {
 	calls []string // "<name> <fingerprint> <args>"
 }
 
-func (c *fakeCommander) RunCommand(ctx context.Context, who Identity, args []string, stdout, stderr io.Writer) int {
+func (c *fakeCommander) RunCommand(ctx context.Context, who Identity, args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	c.mu.Lock()
 	c.calls = append(c.calls, fmt.Sprintf("%s %s %q", who.Name, who.KeyFingerprint, args))
 	c.mu.Unlock()
@@ -145,7 +145,7 @@ func TestOperatorCommandOutputBeforeExit(t *testing.T) {
 
 type bigCommander struct{ lines int }
 
-func (b *bigCommander) RunCommand(ctx context.Context, who Identity, args []string, stdout, stderr io.Writer) int {
+func (b *bigCommander) RunCommand(ctx context.Context, who Identity, args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	// The test counts what arrives: a failed write shows there.
 	w := bufio.NewWriter(stdout)
 	for i := 0; i < b.lines; i++ {

@@ -141,6 +141,6 @@ var ErrBusy = errors.New("busy")
 // Commander runs the operator commands offered over SSH: `ssh -p PORT git@HOST status`.
 type Commander interface {
 	// RunCommand runs args (args[0] is the command) for who and returns its exit status.
-	// stdout and stderr are the session's. ctx is cancelled when the client goes away.
-	RunCommand(ctx context.Context, who Identity, args []string, stdout, stderr io.Writer) int
+	// stdin, stdout and stderr are the session's. ctx is cancelled when the client goes away.
+	RunCommand(ctx context.Context, who Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int
 }

@@ -31,7 +31,7 @@ func (s *Server) runCommand(sess ssh.Session, who Identity, rec *record) int {
 	defer cancel()
 	stdout := &sessionOutput{w: sess}
 	stderr := &sessionOutput{w: sess.Stderr()}
-	code := s.cfg.Commands.RunCommand(ctx, who, args, stdout, stderr)
+	code := s.cfg.Commands.RunCommand(ctx, who, args, sess, stdout, stderr)
 	// The session's writes are synchronous: everything written is on its way to the client
 	// before the exit status. A Commander that kept the writers gets errors from now on.
 	stdout.close()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -20,7 +21,8 @@ type command struct {
 	name  string
 	args  string // its arguments and flags as usage shows them: "REPO [SHA]"
 	help  string
-	repo  bool // its first argument is an environment the caller must be allowed on
+	repo  bool     // its first argument is an environment the caller must be allowed on
+	subs  []string // words that may come first (env set REPO): the environment is then second
 	nargs [2]int
 	json  bool // takes --json
 	flags func(fs *flag.FlagSet, inv *invocation)
@@ -30,14 +32,19 @@ type command struct {
 // invocation is one run of a command: its arguments, its flags' values, and the
 // environment it names.
 type invocation struct {
-	args    []string // positional arguments, the REPO included
-	asJSON  bool
-	n       int    // history -n
-	follow  bool   // logs -f
-	message string // lock -m
-	confirm string // destroy --confirm
-	env     *environment
-	stdout  io.Writer
+	args     []string // positional arguments, the REPO included
+	asJSON   bool
+	n        int    // history -n
+	follow   bool   // logs -f
+	message  string // lock -m
+	confirm  string // destroy --confirm
+	secret   bool   // env set --secret
+	useStdin bool   // env set --stdin
+	redeploy bool   // env set --redeploy
+	mode     string // shared put --mode
+	env      *environment
+	stdin    io.Reader
+	stdout   io.Writer
 }
 
 // arg returns the i-th positional argument, "" if there are fewer.
@@ -113,6 +120,26 @@ var commands = []command{
 		json: true, run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
 			return p.notificationsCmd(c, inv.asJSON, inv.stdout)
 		}},
+	{name: "env", args: "REPO [--json] | env set REPO KEY=VALUE... [--secret] [--redeploy] | env set REPO KEY --stdin | env unset REPO KEY...",
+		help: "the variables of an environment's commands: list (secrets as ***), set, unset; they take effect at the next deploy",
+		repo: true, subs: []string{"set", "unset"}, nargs: [2]int{1, -1}, json: true,
+		flags: func(fs *flag.FlagSet, inv *invocation) {
+			fs.BoolVar(&inv.secret, "secret", false, "mask the values wherever output is shown")
+			fs.BoolVar(&inv.useStdin, "stdin", false, "read the one value from stdin")
+			fs.BoolVar(&inv.redeploy, "redeploy", false, "redeploy the live commit right after")
+		},
+		run: func(p *Pipeline, ctx context.Context, c Caller, inv *invocation) error {
+			return p.envCmd(ctx, c, inv)
+		}},
+	{name: "shared", args: "ls REPO [--json] | get REPO PATH | put REPO PATH [--mode 0600] | rm REPO PATH",
+		help: "the environment's shared files: list, print, write from stdin (atomically), remove",
+		repo: true, subs: []string{"ls", "get", "put", "rm"}, nargs: [2]int{2, 3}, json: true,
+		flags: func(fs *flag.FlagSet, inv *invocation) {
+			fs.StringVar(&inv.mode, "mode", "", "put: the file's mode, in octal (default 0600)")
+		},
+		run: func(p *Pipeline, ctx context.Context, c Caller, inv *invocation) error {
+			return p.sharedCmd(ctx, c, inv)
+		}},
 	{name: "help", help: "this list"}, // run by runCommand: it lists commands
 }
 
@@ -151,10 +178,10 @@ func usageErrorf(format string, args ...any) error {
 }
 
 // RunCommand runs the operator command args[0] for c and returns its exit status: 0, 1 if
-// it failed, 2 if the command line was wrong. Its output goes to stdout; errors and usage,
-// one line each, to stderr.
-func (p *Pipeline) RunCommand(ctx context.Context, c Caller, args []string, stdout, stderr io.Writer) int {
-	err := p.runCommand(ctx, c, args, stdout, stderr)
+// it failed, 2 if the command line was wrong. It reads stdin only if asked to (env set
+// --stdin); its output goes to stdout; errors and usage, one line each, to stderr.
+func (p *Pipeline) RunCommand(ctx context.Context, c Caller, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := p.runCommand(ctx, c, args, stdin, stdout, stderr)
 	var ue *usageError
 	switch {
 	case err == nil:
@@ -172,7 +199,7 @@ func (p *Pipeline) RunCommand(ctx context.Context, c Caller, args []string, stdo
 // errFlagsReported is a flag error the flag package has already written to stderr.
 var errFlagsReported = errors.New("bad flags")
 
-func (p *Pipeline) runCommand(ctx context.Context, c Caller, args []string, stdout, stderr io.Writer) error {
+func (p *Pipeline) runCommand(ctx context.Context, c Caller, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return &usageError{msg: "no command\n" + Usage()}
 	}
@@ -180,7 +207,7 @@ func (p *Pipeline) runCommand(ctx context.Context, c Caller, args []string, stdo
 	if !ok {
 		return &usageError{msg: fmt.Sprintf("unknown command %q (try help)", args[0])}
 	}
-	inv := &invocation{stdout: stdout}
+	inv := &invocation{stdin: stdin, stdout: stdout}
 	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprintf(stderr, "usage: %s %s\n", cmd.name, cmd.args) }
@@ -207,7 +234,14 @@ func (p *Pipeline) runCommand(ctx context.Context, c Caller, args []string, stdo
 		return nil
 	}
 	if cmd.repo {
-		if inv.env, _, err = p.access(pos[0], c.Name, false); err != nil {
+		at := 0
+		if slices.Contains(cmd.subs, pos[0]) {
+			at = 1
+		}
+		if at >= len(pos) {
+			return usageErrorf("%s %s", cmd.name, cmd.args)
+		}
+		if inv.env, _, err = p.access(pos[at], c.Name, false); err != nil {
 			return err
 		}
 	}

@@ -49,11 +49,17 @@ type deploy struct {
 	steps   []releaser.Step
 	log     zerolog.Logger
 	built   bool // this deploy wrote the release (a revert removes it again)
+
+	setVars, setSecrets []string // what env set set: "K=V", and the secret values
 }
 
 // run journals and runs d, writing its progress to out. The returned error is short and
 // safe for whoever asked (the pusher, or the operator's terminal).
 func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
+	if d.setVars, d.setSecrets, err = d.p.storedVars(d.e); err != nil {
+		d.p.log.Error().Err(err).Str("repo", d.e.cfg.Repo).Msg("read the variables set with env set")
+		return fmt.Errorf("the variables set with `env set` cannot be read: see the server log")
+	}
 	logFile, err := d.begin()
 	if err != nil {
 		return err
@@ -85,7 +91,7 @@ func (d *deploy) run(ctx context.Context, out io.Writer) (err error) {
 // mask_files in shared/. A mask file that cannot be read is logged, not fatal: its values
 // are then not masked, and the operator log says so.
 func (d *deploy) secretValues() []string {
-	var values []string
+	values := slices.Clone(d.setSecrets)
 	for _, kv := range d.e.cfg.Secrets {
 		_, v, _ := strings.Cut(kv, "=")
 		values = append(values, v)
@@ -182,6 +188,9 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	if err := d.linkShared(out); err != nil {
+		return err
+	}
+	if err := d.writeEnvFile(out); err != nil {
 		return err
 	}
 	if err := d.buildAndTest(ctx, out); err != nil {
@@ -323,7 +332,8 @@ func (d *deploy) linkShared(out io.Writer) error {
 	if err != nil {
 		var me *releaser.MissingSharedError
 		if errors.As(err, &me) {
-			return err
+			// The pusher needs the name and the way to make it, not the server's path.
+			return fmt.Errorf("shared file %s does not exist on the server: create it with `%s`", me.Name, d.p.sharedPutHint(d.e.cfg.Repo, me.Name))
 		}
 		d.log.Warn().Err(err).Msg("link shared failed")
 		return fmt.Errorf("link shared: %s", safeReason(context.Background(), err))
@@ -377,7 +387,7 @@ func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner 
 	}
 	// What [env.vars] and [env.secrets] set wins over what slipway would give (the cache
 	// variables, the server's PATH, HOME and LANG): each name is in the environment once.
-	own := append(slices.Clone(d.e.cfg.Vars), d.e.cfg.Secrets...)
+	own := d.variables()
 	cache, err := d.e.rel.CacheDir()
 	if err != nil {
 		// Commands run without a build cache: they download again, and a confined one may
@@ -397,6 +407,12 @@ func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner 
 		writable = append(writable, cache)
 	}
 	return &stepRunner{d: d, dir: dir, env: env, writable: append(writable, d.e.cfg.Writable...)}
+}
+
+// variables are the environment's own variables, "K=V": [env.vars], [env.secrets], and
+// what env set set (never a name the first two set).
+func (d *deploy) variables() []string {
+	return append(append(slices.Clone(d.e.cfg.Vars), d.e.cfg.Secrets...), d.setVars...)
 }
 
 // realPath is p with its symlinks resolved, or p if that fails.

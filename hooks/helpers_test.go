@@ -182,7 +182,7 @@ func (f *fixture) push(ctx context.Context, repo, sha string, options ...string)
 // command runs an operator command as c and returns its stdout, stderr and exit status.
 func (f *fixture) command(c Caller, args ...string) (stdout, stderr string, code int) {
 	var o, e bytes.Buffer
-	code = f.p.RunCommand(f.t.Context(), c, args, &o, &e)
+	code = f.p.RunCommand(f.t.Context(), c, args, strings.NewReader(""), &o, &e)
 	return o.String(), e.String(), code
 }
 

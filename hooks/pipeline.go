@@ -147,11 +147,31 @@ func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 	}
 	if cfg.Serving {
 		p.logSandbox(cfg.Server)
+		p.warnPath(envs)
 	}
 	for _, ec := range envs {
 		p.envs[ec.Repo] = p.openOrBroken(ec, cfg.Server.Limits, true)
 	}
 	return p, nil
+}
+
+// warnPath warns, under systemd (which gives a service its own short PATH), of the
+// environments whose [env.vars] leave the commands' PATH to the server's: their builds do
+// not find toolchains outside it (/usr/local/go/bin, ~/.nvm, ~/.cargo/bin).
+func (p *Pipeline) warnPath(envs []configs.Env) {
+	if os.Getenv("INVOCATION_ID") == "" { // not a systemd service
+		return
+	}
+	var left []string
+	for _, ec := range envs {
+		if !setsVar(ec.Vars, "PATH") {
+			left = append(left, ec.Repo)
+		}
+	}
+	if len(left) > 0 {
+		p.log.Warn().Strs("repos", left).Str("path", os.Getenv("PATH")).
+			Msg("under systemd, commands get the service's PATH: set PATH in [env.vars] if builds need toolchains outside it")
+	}
 }
 
 // checkSandbox refuses sandbox = "required" where builds cannot be confined.

@@ -176,7 +176,7 @@ func historyCmd(e *environment, n int, asJSON bool, stdout io.Writer) error {
 		if h.Reason != "" {
 			note = h.Reason
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, stamp(h.Start), short(h.SHA), h.Kind, h.Pusher, h.Outcome, took, note)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, stamp(h.Start), orDash(short(h.SHA)), h.Kind, h.Pusher, h.Outcome, took, note)
 	}
 	return tw.Flush()
 }
@@ -185,14 +185,15 @@ func historyCmd(e *environment, n int, asJSON bool, stdout io.Writer) error {
 func logsCmd(ctx context.Context, e *environment, which string, follow bool, stdout io.Writer) error {
 	var en releaser.Entry
 	if which == "" {
-		hist, err := e.rel.History(1)
+		hist, err := e.rel.History(0)
 		if err != nil {
 			return fmt.Errorf("%s: read history: %w", e.cfg.Repo, err)
 		}
-		if len(hist) == 0 {
+		i := slices.IndexFunc(hist, func(h releaser.Entry) bool { return h.Kind != releaser.KindConfig })
+		if i < 0 {
 			return fmt.Errorf("%s has no deploys yet", e.cfg.Repo)
 		}
-		en = hist[0]
+		en = hist[i]
 	} else {
 		var err error
 		if en, err = e.rel.Entry(which); errors.Is(err, releaser.ErrNotFound) {
@@ -200,6 +201,9 @@ func logsCmd(ctx context.Context, e *environment, which string, follow bool, std
 		} else if err != nil {
 			return fmt.Errorf("%s: %w", e.cfg.Repo, err)
 		}
+	}
+	if en.Kind == releaser.KindConfig {
+		return fmt.Errorf("#%d is a change of the configuration (%s), not a deploy: it has no log", en.ID, en.Message)
 	}
 	if en.Log == "" {
 		return fmt.Errorf("the log of deploy #%d was pruned", en.ID)

@@ -120,7 +120,12 @@ const (
 	// OutcomeUnhealthy: as live, but its after_activate or health check failed and
 	// on_failure = "keep" left it live; superseded or rolled back like live once replaced.
 	OutcomeUnhealthy = "live (unhealthy)"
+	// OutcomeChanged: a change of the environment's configuration (Note), not a deploy.
+	OutcomeChanged = "changed"
 )
+
+// KindConfig is the kind of a Note: a change of the environment's configuration.
+const KindConfig = "config"
 
 // keepFailedLogs is how many logs of failed or cancelled deploys Prune keeps.
 const keepFailedLogs = 20
@@ -130,6 +135,7 @@ const (
 	eventBegin    = "begin"    // the whole entry, outcome running
 	eventFinish   = "finish"   // id, outcome, end, steps, reason
 	eventActivate = "activate" // sha, time: current was swapped to sha ("" : removed)
+	eventNote     = "note"     // the whole entry of a change that is not a deploy, finished
 )
 
 // journalLine is one line of history.jsonl as read; each event sets some of the fields.
@@ -173,7 +179,7 @@ type activateLine struct {
 // known reports whether l is of an event this version journals.
 func (l *journalLine) known() bool {
 	switch l.Event {
-	case eventBegin, eventFinish, eventActivate:
+	case eventBegin, eventFinish, eventActivate, eventNote:
 		return true
 	}
 	return false
@@ -184,6 +190,8 @@ func (l *journalLine) valid() bool {
 	switch l.Event {
 	case eventBegin:
 		return l.ID > 0 && validSHA(l.SHA)
+	case eventNote:
+		return l.ID > 0 && l.Kind == KindConfig && l.SHA == ""
 	case eventFinish:
 		return l.ID > 0 && finishOutcome(l.Outcome)
 	case eventActivate:
@@ -239,13 +247,7 @@ func (r *Releaser) Begin(e Entry) (Entry, *os.File, error) {
 	}
 	var f *os.File
 	err := r.appendJournal(func(lines []journalLine) ([]any, error) {
-		var last int64
-		for _, l := range lines {
-			if l.Event == eventBegin {
-				last = max(last, l.ID)
-			}
-		}
-		e.ID = last + 1
+		e.ID = nextID(lines)
 		e.Start = r.now().UTC()
 		e.End, e.Steps, e.Reason, e.Outcome = time.Time{}, nil, "", OutcomeRunning
 		e.Log = r.logPath(e.ID)
@@ -276,6 +278,39 @@ func finishOutcome(outcome string) bool {
 		return true
 	}
 	return false
+}
+
+// nextID is the id the next entry of the journal lines takes.
+func nextID(lines []journalLine) int64 {
+	var last int64
+	for _, l := range lines {
+		if l.Event == eventBegin || l.Event == eventNote {
+			last = max(last, l.ID)
+		}
+	}
+	return last + 1
+}
+
+// Note journals a change of the environment that is not a deploy (Kind KindConfig: who
+// changed which settings, in Message; never their values), as one finished entry with the
+// outcome OutcomeChanged. It fills e's ID, Start and End (now) and Outcome; SHA stays empty,
+// so that looking up a release's entries never finds a Note. It takes no deploy lock: it
+// never touches a release.
+func (r *Releaser) Note(e Entry) (Entry, error) {
+	if e.Kind != KindConfig {
+		return Entry{}, fmt.Errorf("note: unknown kind %q", e.Kind)
+	}
+	e.SHA, e.PreviousSHA = "", ""
+	err := r.appendJournal(func(lines []journalLine) ([]any, error) {
+		e.ID = nextID(lines)
+		e.Start = r.now().UTC()
+		e.End, e.Outcome, e.Steps, e.Reason, e.Log = e.Start, OutcomeChanged, nil, "", ""
+		return []any{beginLine{Event: eventNote, Entry: e}}, nil
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("note: %w", err)
+	}
+	return e, nil
 }
 
 // Finish journals the end of entry id: its outcome (OutcomeLive, OutcomeFailed,
@@ -563,6 +598,13 @@ func foldJournal(lines []journalLine) *journal {
 			}
 		case eventActivate:
 			h.activate(l.SHA, h.running(l.SHA))
+		case eventNote:
+			if byID[l.ID] != nil {
+				continue
+			}
+			t := &tracked{e: l.Entry, finished: true}
+			h.list = append(h.list, t)
+			byID[l.ID] = t
 		}
 	}
 	return h
@@ -572,8 +614,18 @@ func foldJournal(lines []journalLine) *journal {
 // activation of sha belongs to. Deploys run one at a time, so an activation journaled
 // between the begin of the newest entry and its finish is that entry's.
 func (h *journal) running(sha string) *tracked {
-	if n := len(h.list); n > 0 && !h.list[n-1].finished && h.list[n-1].e.SHA == sha {
-		return h.list[n-1]
+	if t := h.newestDeploy(); t != nil && !t.finished && t.e.SHA == sha {
+		return t
+	}
+	return nil
+}
+
+// newestDeploy is the newest entry that is a deploy, not a Note; nil if none.
+func (h *journal) newestDeploy() *tracked {
+	for i := len(h.list) - 1; i >= 0; i-- {
+		if h.list[i].e.Kind != KindConfig {
+			return h.list[i]
+		}
 	}
 	return nil
 }
@@ -614,10 +666,11 @@ func (h *journal) settle(live string) {
 // the deploy lock's holder; it is asked only if the newest entry is unfinished.
 func (h *journal) outcomes(holder func() (*LockedError, error)) []Entry {
 	out := make([]Entry, len(h.list))
+	newest := h.newestDeploy()
 	for i, t := range h.list {
 		e := t.e
 		switch {
-		case !t.finished && i == len(h.list)-1 && startedUnder(holder, e.Start):
+		case !t.finished && t == newest && startedUnder(holder, e.Start):
 			e.Outcome = OutcomeRunning
 		case t.finished && e.Outcome == OutcomeReverted:
 		case t.wentLive && t == h.cur && t.finished && e.Outcome == OutcomeUnhealthy:

@@ -71,6 +71,16 @@ func (e *env) journalLines() []string {
 	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
 }
 
+// note journals a configuration change.
+func (e *env) note() Entry {
+	e.t.Helper()
+	en, err := e.r.Note(Entry{Kind: KindConfig, Repo: "app/prod", Pusher: "bob", Message: "env set X"})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return en
+}
+
 // fakeSHA is a well-formed commit id that names no object: the journal does not need one.
 func fakeSHA(prefix string) string { return prefix + strings.Repeat("0", 40-len(prefix)) }
 
@@ -360,6 +370,34 @@ func TestHistoryOutcomes(t *testing.T) {
 			return []string{sup, back, sup, live}
 		},
 	}, {
+		name: "a note between deploys",
+		run: func(e *env, a, b, c string) []string {
+			e.deploy("push", a, live)
+			e.note()
+			e.deploy("push", b, live)
+			return []string{sup, OutcomeChanged, live}
+		},
+	}, {
+		name: "a note while a deploy runs changes nothing of it",
+		run: func(e *env, a, b, c string) []string {
+			e.deploy("push", a, live)
+			unlock, err := e.r.Lock("push")
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			defer unlock()
+			running := e.begin("push", b)
+			e.note()
+			e.activate(b)
+			if got := e.outcomes(); !slices.Equal(got, []string{sup, run, OutcomeChanged}) {
+				e.t.Errorf("while it runs: %q", got)
+			}
+			if err := e.r.Finish(running.ID, live, nil, ""); err != nil {
+				e.t.Fatal(err)
+			}
+			return []string{sup, live, OutcomeChanged}
+		},
+	}, {
 		name: "a failed push changes nothing",
 		run: func(e *env, a, b, c string) []string {
 			e.deploy("push", a, live)
@@ -482,7 +520,7 @@ func TestHistoryOutcomes(t *testing.T) {
 				if err := json.Unmarshal([]byte(l), &jl); err != nil {
 					t.Fatalf("journal line %q: %v", l, err)
 				}
-				if jl.Event == eventFinish {
+				if jl.Event == eventFinish || jl.Event == eventNote { // a note is finished as it is written
 					finished[jl.ID] = true
 				}
 			}
@@ -767,5 +805,29 @@ func TestJournalOldSteps(t *testing.T) {
 	hist, err := e.r.History(0)
 	if err != nil || len(hist) != 2 || !slices.Equal(hist[1].Steps, want) || hist[0].Steps[0].Took != 3*time.Second {
 		t.Errorf("History() = %+v, %v", hist, err)
+	}
+}
+
+// TestNote: a configuration change is a finished entry of its own, numbered with the
+// deploys, never found by a release's sha.
+func TestNote(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := fakeSHA("aa")
+	first := e.begin("push", a)
+	note, err := e.r.Note(Entry{Kind: KindConfig, Repo: "app/prod", SHA: a, Pusher: "bob", Message: "env set DB_HOST, API_KEY (secret)"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if note.ID != first.ID+1 || note.SHA != "" || note.Outcome != OutcomeChanged || note.End.IsZero() {
+		t.Errorf("Note = %+v", note)
+	}
+	if _, err := e.r.Note(Entry{Kind: "push"}); err == nil {
+		t.Error("a Note of kind push was written")
+	}
+	if en, err := e.r.Entry(a); err != nil || en.ID != first.ID {
+		t.Errorf("Entry(a) = %+v, %v: want the deploy, not the note", en, err)
+	}
+	if next := e.begin("push", a); next.ID != note.ID+1 {
+		t.Errorf("the deploy after a note got id %d, want %d", next.ID, note.ID+1)
 	}
 }

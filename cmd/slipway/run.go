@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -161,7 +162,7 @@ func operate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	if code := p.RunCommand(ctx, hooks.Caller{}, append([]string{args[0]}, rest...), stdout, stderr); code != 0 {
+	if code := p.RunCommand(ctx, hooks.Caller{}, append([]string{args[0]}, rest...), os.Stdin, stdout, stderr); code != 0 {
 		return exitStatus(code)
 	}
 	return nil

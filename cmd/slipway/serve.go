@@ -216,8 +216,8 @@ func (g gitHooks) Deploy(ctx context.Context, push gitserver.Push, out io.Writer
 	return g.p.Deploy(ctx, hooks.Push(push), out)
 }
 
-func (g gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdout, stderr io.Writer) int {
-	return g.p.RunCommand(ctx, hooks.Caller(who), args, stdout, stderr)
+func (g gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return g.p.RunCommand(ctx, hooks.Caller(who), args, stdin, stdout, stderr)
 }
 
 // busyError is the pipeline's busy environment as the git server knows it.
