@@ -203,7 +203,10 @@ type Env struct {
 	// EnvFile, if set, is the path inside each release where the environment's variables
 	// are written (0600) before its build: the release carries its configuration.
 	EnvFile string
-	Recipe  Recipe
+	// SeedSharedFiles: a missing shared file is seeded from the file the release commits
+	// at its path, instead of refusing the release.
+	SeedSharedFiles bool
+	Recipe          Recipe
 	// Writable are the paths, beyond the release, shared/, the build cache and TMPDIR, that
 	// this environment's commands may write (absolute, clean).
 	Writable []string
@@ -551,23 +554,24 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "before_activate", "after_activate", "command_timeout", "allow", "vars",
-		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file")
+		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files")
 	e := Env{
-		Repo:           t.str("repo"),
-		Path:           resolve(t.str("path")),
-		Branch:         t.str("branch"),
-		KeepReleases:   t.integer("keep_releases", defaultKeepReleases),
-		PruneGrace:     t.duration("prune_grace", 0),
-		CommandTimeout: t.duration("command_timeout", defaultCommandTimeout),
-		Allow:          t.strings("allow"),
-		Recipe:         readRecipe(t),
-		Vars:           readVars(t, "vars"),
-		Secrets:        readVars(t, "secrets"),
-		MaskFiles:      sharedPaths(t, "mask_files"),
-		Writable:       readWritable(t, resolve),
-		Box:            readBox(t),
-		OnFailure:      t.str("on_failure"),
-		HealthCheck:    readHealthCheck(t),
+		Repo:            t.str("repo"),
+		Path:            resolve(t.str("path")),
+		Branch:          t.str("branch"),
+		KeepReleases:    t.integer("keep_releases", defaultKeepReleases),
+		PruneGrace:      t.duration("prune_grace", 0),
+		CommandTimeout:  t.duration("command_timeout", defaultCommandTimeout),
+		Allow:           t.strings("allow"),
+		Recipe:          readRecipe(t),
+		Vars:            readVars(t, "vars"),
+		Secrets:         readVars(t, "secrets"),
+		MaskFiles:       sharedPaths(t, "mask_files"),
+		Writable:        readWritable(t, resolve),
+		Box:             readBox(t),
+		OnFailure:       t.str("on_failure"),
+		HealthCheck:     readHealthCheck(t),
+		SeedSharedFiles: t.boolean("seed_shared_files"),
 	}
 	if t.has("env_file") {
 		p := t.str("env_file")

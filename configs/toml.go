@@ -160,6 +160,19 @@ func (t table) integer(k string, def int) int {
 	return int(n)
 }
 
+// boolean reads a true or false; false when absent.
+func (t table) boolean(k string) bool {
+	v, ok := t.m[k]
+	if !ok {
+		return false
+	}
+	b, ok := v.(bool)
+	if !ok {
+		t.doc.addf(t.key(k), "%s must be true or false", t.name(k))
+	}
+	return b
+}
+
 // duration reads a Go duration string ("30m"). Integers are refused: in BurntSushi/toml
 // they would silently mean nanoseconds.
 func (t table) duration(k string, def time.Duration) time.Duration {

@@ -314,6 +314,7 @@ func (p *Pipeline) open(ec configs.Env, limits configs.Limits, fresh bool) (*env
 		KeepReleases:    ec.KeepReleases,
 		PruneGrace:      ec.PruneGrace,
 		LinkFiles:       ec.LinkFiles,
+		SeedSharedFiles: ec.SeedSharedFiles,
 		MaxReleaseSize:  limits.MaxReleaseSize,
 		MaxReleaseFiles: int(limits.MaxReleaseFiles),
 	}, log.With().Str("component", "releaser").Logger())

@@ -111,6 +111,9 @@ type Config struct {
 	// MaxReleaseFiles is the most files, directories and symlinks a release may have;
 	// Materialize refuses more likewise. 0 = no limit.
 	MaxReleaseFiles int
+	// SeedSharedFiles lets LinkShared seed a missing shared file from the file the release
+	// has committed at its path (seed_shared_files), instead of refusing the release.
+	SeedSharedFiles bool
 }
 
 // Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
@@ -125,6 +128,7 @@ type Releaser struct {
 	keep      int
 	grace     time.Duration
 	linkFiles bool
+	seedFiles bool  // SeedSharedFiles
 	maxSize   int64 // MaxReleaseSize; 0: none
 	maxFiles  int64 // MaxReleaseFiles; 0: none
 	log       zerolog.Logger
@@ -173,6 +177,7 @@ func New(cfg Config, log zerolog.Logger) (*Releaser, error) {
 		keep:          cfg.KeepReleases,
 		grace:         cfg.PruneGrace,
 		linkFiles:     cfg.LinkFiles,
+		seedFiles:     cfg.SeedSharedFiles,
 		maxSize:       cfg.MaxReleaseSize,
 		maxFiles:      int64(cfg.MaxReleaseFiles),
 		log:           log,

@@ -68,6 +68,7 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 	defer root.Close() // a directory: closing it loses nothing
 
 	// The shared side first, so that a missing file leaves the release as it was.
+	var seeds []string
 	for _, l := range links {
 		if l.dir {
 			continue
@@ -75,6 +76,10 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 		src := filepath.Join(r.sharedDir(), l.p)
 		fi, err := os.Stat(src)
 		if errors.Is(err, fs.ErrNotExist) {
+			if r.seedFiles && isRegularIn(root, l.p) {
+				seeds = append(seeds, l.p)
+				continue
+			}
 			return &MissingSharedError{Path: src, Name: l.p}
 		}
 		if err != nil {
@@ -82,6 +87,11 @@ func (r *Releaser) LinkShared(sha string, files, dirs []string) error {
 		}
 		if fi.IsDir() {
 			return fmt.Errorf("link shared %s: shared file %s is a directory", l.p, src)
+		}
+	}
+	for _, p := range seeds {
+		if err := r.seedSharedFile(root, sha, p); err != nil {
+			return fmt.Errorf("link shared %s: seed it from the release: %w", p, err)
 		}
 	}
 	for _, l := range links {
@@ -213,6 +223,12 @@ func (r *Releaser) makeSharedDir(sha, p string) (made bool, err error) {
 		parent.Close() // a directory: closing it loses nothing
 		return false, err
 	}
+	r.remember(sha, createdDir{parent: parent, name: filepath.Base(top), path: top})
+	return true, nil
+}
+
+// remember records c as made in shared/ for sha (see LinkShared), taking its parent root.
+func (r *Releaser) remember(sha string, c createdDir) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.created != nil && r.created.sha != sha {
@@ -223,8 +239,41 @@ func (r *Releaser) makeSharedDir(sha, p string) (made bool, err error) {
 	if r.created == nil {
 		r.created = &created{sha: sha}
 	}
-	r.created.dirs = append(r.created.dirs, createdDir{parent: parent, name: filepath.Base(top), path: top})
-	return true, nil
+	r.created.dirs = append(r.created.dirs, c)
+}
+
+// isRegularIn reports whether root holds a regular file at p (not through a symlink).
+func isRegularIn(root *os.Root, p string) bool {
+	fi, err := root.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// seedSharedFile copies the file the release committed at p into shared/, which lacks it
+// (seed_shared_files), made writable by its owner, and remembers it for sha like a dir
+// LinkShared made: a release that fails takes its seed with it. Missing parents are made
+// the same way. An existing shared file is never overwritten (O_EXCL).
+func (r *Releaser) seedSharedFile(release *os.Root, sha, p string) error {
+	if dir := filepath.Dir(p); dir != "." {
+		if _, err := r.makeSharedDir(sha, dir); err != nil {
+			return err
+		}
+	}
+	parent, err := os.OpenRoot(filepath.Join(r.sharedDir(), filepath.Dir(p)))
+	if err != nil {
+		return err
+	}
+	sub, err := release.OpenRoot(filepath.Dir(p))
+	if err != nil {
+		parent.Close() // a directory: closing it loses nothing
+		return err
+	}
+	defer sub.Close() // a directory: closing it loses nothing
+	if err := copyInRoots(sub, parent, filepath.Base(p)); err != nil {
+		parent.Close() // a directory: closing it loses nothing
+		return err
+	}
+	r.remember(sha, createdDir{parent: parent, name: filepath.Base(p), path: p})
+	return nil
 }
 
 // seedSharedDir copies what the release has committed at p (a directory), if anything, into

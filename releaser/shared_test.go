@@ -350,3 +350,48 @@ func TestLinkSharedSeeds(t *testing.T) {
 		})
 	}
 }
+
+// TestLinkSharedSeedsFiles: with SeedSharedFiles, a missing shared file is seeded from the
+// file the release commits at its path (writable by its owner), never over an existing one;
+// a release that fails takes its seed with it; without a committed file it is still missing.
+func TestLinkSharedSeedsFiles(t *testing.T) {
+	e := newEnv(t, Config{SeedSharedFiles: true})
+	g := newRepo(t)
+	shared := filepath.Join(e.r.Path(), "shared")
+	tree := map[string]file{"config/.env": {filemode.Regular, "APP_ENV=example\n"}, "index.html": {filemode.Regular, "hi"}}
+
+	failed := g.commit(g.treeOf(tree))
+	_, err := e.r.Materialize(t.Context(), g.st, failed, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(failed, []string{"config/.env"}, nil))
+	if b, err := os.ReadFile(filepath.Join(shared, "config/.env")); err != nil || string(b) != "APP_ENV=example\n" {
+		t.Fatalf("seeded .env = %q, %v", b, err)
+	}
+	must(t, e.r.Discard(failed))
+	if _, err := os.Lstat(filepath.Join(shared, "config")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the failed release's seed is left: %v", err)
+	}
+
+	tree["index.html"] = file{filemode.Regular, "hi again"}
+	first := g.commit(g.treeOf(tree))
+	_, err = e.r.Materialize(t.Context(), g.st, first, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(first, []string{"config/.env"}, nil))
+	must(t, e.r.Complete(first))
+	e.activate(first)
+	must(t, os.WriteFile(filepath.Join(shared, "config/.env"), []byte("APP_ENV=production\n"), 0o600))
+
+	tree["config/.env"] = file{filemode.Regular, "APP_ENV=changed\n"}
+	second := g.commit(g.treeOf(tree))
+	_, err = e.r.Materialize(t.Context(), g.st, second, nil)
+	must(t, err)
+	must(t, e.r.LinkShared(second, []string{"config/.env"}, nil))
+	if b, err := os.ReadFile(filepath.Join(shared, "config/.env")); err != nil || string(b) != "APP_ENV=production\n" {
+		t.Fatalf("the existing shared .env = %q, %v: it must never be overwritten", b, err)
+	}
+
+	var me *MissingSharedError
+	if err := e.r.LinkShared(second, []string{"not/committed"}, nil); !errors.As(err, &me) {
+		t.Errorf("LinkShared of a file neither shared nor committed = %v, want a *MissingSharedError", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -130,8 +131,17 @@ func check(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d environments, %d authorized keys)\n", cfg.File, len(cfg.Envs), len(cfg.Keys))
+	for _, e := range cfg.Envs {
+		if !slices.ContainsFunc(e.Vars, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+			fmt.Fprintf(stdout, "warning: %s: [env.vars] sets no PATH, so its commands get the server's; "+
+				"under systemd that is %s, without /usr/local/go/bin, ~/.nvm or ~/.cargo/bin\n", e.Repo, systemdPath)
+		}
+	}
 	return nil
 }
+
+// systemdPath is the PATH systemd gives a service that sets none.
+const systemdPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // operate runs an operator command from the local CLI: the same code as over SSH, as the
 // local operator, who may use every environment. It runs beside a serving slipway: it
