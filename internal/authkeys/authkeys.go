@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -54,7 +55,10 @@ func Parse(path string) ([]Key, error) {
 		pk, comment, options, _, err := gossh.ParseAuthorizedKey([]byte(line))
 		switch {
 		case err != nil:
-			fail("not a public key: %v", err)
+			// The parser's message may quote the key's bytes, newlines included: escaped,
+			// it stays one line of the problem list.
+			msg := strconv.Quote(err.Error())
+			fail("not a public key: %s", msg[1:len(msg)-1])
 			continue
 		case len(options) > 0:
 			fail("key options are not supported (%.60s): slipway would ignore them; remove them", strings.Join(options, ","))
