@@ -206,7 +206,10 @@ type Env struct {
 	// SeedSharedFiles: a missing shared file is seeded from the file the release commits
 	// at its path, instead of refusing the release.
 	SeedSharedFiles bool
-	Recipe          Recipe
+	// CacheMaxSize bounds the build cache (<path>/.slipway/cache): after each deploy it is
+	// pruned to this, least recently used first.
+	CacheMaxSize int64
+	Recipe       Recipe
 	// Writable are the paths, beyond the release, shared/, the build cache and TMPDIR, that
 	// this environment's commands may write (absolute, clean).
 	Writable []string
@@ -233,6 +236,9 @@ type HealthCheck struct {
 	Interval     time.Duration // between attempts; default 1s
 	Timeout      time.Duration // passes if one attempt passes within it; default 30s
 }
+
+// DefaultCacheMaxSize bounds an environment's build cache unless cache_max_size is set.
+const DefaultCacheMaxSize = 5 << 30
 
 // Health check defaults.
 const (
@@ -270,10 +276,67 @@ type Recipe struct {
 	AfterActivate  []string // run after current names the release
 	SharedFiles    []string // paths inside the release linked to <path>/shared/
 	SharedDirs     []string
-	set            map[string]bool // the keys the file set, even to an empty list
+	// CopyDirs are directories of the live release copied into the new one before its
+	// build (node_modules, vendor), unless their key files changed.
+	CopyDirs []CopyDir
+	set      map[string]bool // the keys the file set, even to an empty list
 }
 
-var recipeKeys = []string{"build", "test", "before_activate", "after_activate", "shared_files", "shared_dirs"}
+var recipeKeys = []string{"build", "test", "before_activate", "after_activate", "shared_files", "shared_dirs", "copy_dirs"}
+
+// CopyDir is one of copy_dirs: "node_modules", or { path = "node_modules", key =
+// ["package-lock.json"] }.
+type CopyDir struct {
+	Path string
+	Key  []string // files whose change (from the live release's) means: start clean
+}
+
+// readCopyDirs reads copy_dirs: each a path, or a table with path and key.
+func readCopyDirs(t table) []CopyDir {
+	v, ok := t.m["copy_dirs"]
+	if !ok {
+		return nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		t.doc.addf(t.key("copy_dirs"), "%s must be a list of paths, or of { path = ..., key = [...] }", t.name("copy_dirs"))
+		return nil
+	}
+	var out []CopyDir
+	inside := func(p string) (string, bool) {
+		c := filepath.Clean(p)
+		if p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
+			t.doc.addf(t.key("copy_dirs"), "%s: %q must be a path inside the release (relative, no \"..\")", t.name("copy_dirs"), p)
+			return "", false
+		}
+		return c, true
+	}
+	for _, item := range list {
+		switch item := item.(type) {
+		case string:
+			if p, ok := inside(item); ok {
+				out = append(out, CopyDir{Path: p})
+			}
+		case map[string]any:
+			sub := table{doc: t.doc, path: t.key("copy_dirs"), m: item}
+			sub.only("path", "key")
+			p, ok := inside(sub.str("path"))
+			if !ok {
+				continue
+			}
+			cd := CopyDir{Path: p}
+			for _, k := range sub.strings("key") {
+				if kp, ok := inside(k); ok {
+					cd.Key = append(cd.Key, kp)
+				}
+			}
+			out = append(out, cd)
+		default:
+			t.doc.addf(t.key("copy_dirs"), "%s must be a list of paths, or of { path = ..., key = [...] }", t.name("copy_dirs"))
+		}
+	}
+	return out
+}
 
 // readRecipe reads the recipe keys of t.
 func readRecipe(t table) Recipe {
@@ -289,6 +352,7 @@ func readRecipe(t table) Recipe {
 	r.AfterActivate = t.strings("after_activate")
 	r.SharedFiles = sharedPaths(t, "shared_files")
 	r.SharedDirs = sharedPaths(t, "shared_dirs")
+	r.CopyDirs = readCopyDirs(t)
 	return r
 }
 
@@ -323,6 +387,11 @@ func (r Recipe) Over(base Recipe) Recipe {
 	out.AfterActivate = pick("after_activate", r.AfterActivate, base.AfterActivate)
 	out.SharedFiles = pick("shared_files", r.SharedFiles, base.SharedFiles)
 	out.SharedDirs = pick("shared_dirs", r.SharedDirs, base.SharedDirs)
+	out.CopyDirs = r.CopyDirs
+	if base.set["copy_dirs"] {
+		out.CopyDirs = base.CopyDirs
+	}
+	out.set["copy_dirs"] = base.set["copy_dirs"] || r.set["copy_dirs"]
 	return out
 }
 
@@ -553,8 +622,8 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 // readEnv reads one [[env]]; keyNames are the authorized keys' names, for allow.
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
-		"build", "test", "before_activate", "after_activate", "command_timeout", "allow", "vars",
-		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files")
+		"build", "test", "before_activate", "after_activate", "copy_dirs", "command_timeout", "allow", "vars",
+		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files", "cache_max_size")
 	e := Env{
 		Repo:            t.str("repo"),
 		Path:            resolve(t.str("path")),
@@ -572,6 +641,7 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		OnFailure:       t.str("on_failure"),
 		HealthCheck:     readHealthCheck(t),
 		SeedSharedFiles: t.boolean("seed_shared_files"),
+		CacheMaxSize:    t.size("cache_max_size", DefaultCacheMaxSize),
 	}
 	if t.has("env_file") {
 		p := t.str("env_file")
@@ -833,5 +903,6 @@ func (c *Server) AutoEnv(repo string) Env {
 		CommandTimeout: defaultCommandTimeout,
 		Recipe:         Recipe{set: map[string]bool{}},
 		OnFailure:      OnFailureRevert,
+		CacheMaxSize:   DefaultCacheMaxSize,
 	}
 }

@@ -70,7 +70,9 @@ func TestExampleConfigs(t *testing.T) {
 		prod.HealthCheck == nil || *prod.HealthCheck != (HealthCheck{URL: "http://127.0.0.1:8080/up", ExpectStatus: 200, ExpectBody: "ok", Interval: time.Second, Timeout: 30 * time.Second}) {
 		t.Errorf("env[0]'s activation decoded as on_failure %q, before_activate %q, health check %+v", prod.OnFailure, prod.Recipe.BeforeActivate, prod.HealthCheck)
 	}
-	if strings.Join(prod.Secrets, ",") != "DB_PASSWORD=change-me" || strings.Join(prod.MaskFiles, ",") != ".env" || prod.EnvFile != ".env.slipway" {
+	if strings.Join(prod.Secrets, ",") != "DB_PASSWORD=change-me" || strings.Join(prod.MaskFiles, ",") != ".env" || prod.EnvFile != ".env.slipway" ||
+		len(prod.Recipe.CopyDirs) != 1 || prod.Recipe.CopyDirs[0].Path != "vendor" || strings.Join(prod.Recipe.CopyDirs[0].Key, ",") != "composer.lock" ||
+		prod.CacheMaxSize != 5<<30 {
 		t.Errorf("env[0]'s secrets decoded as %q, mask_files %q", prod.Secrets, prod.MaskFiles)
 	}
 	if cfg.Envs[1].OnFailure != OnFailureRevert || cfg.Envs[1].HealthCheck != nil {

@@ -161,6 +161,7 @@ func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err
 	// Queued before the requester hears the outcome, so that it is never lost after it.
 	d.entry.Outcome, d.entry.Reason, d.entry.End = outcome, reason, time.Now().UTC()
 	d.notify(d.event(outcome), maskOf(out))
+	d.pruneCache(out)
 	ev := d.log.Info()
 	if err != nil {
 		ev = d.log.Warn().Err(err)
@@ -191,6 +192,9 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	if err := d.writeEnvFile(out); err != nil {
+		return err
+	}
+	if err := d.copyDirs(out); err != nil {
 		return err
 	}
 	if err := d.buildAndTest(ctx, out); err != nil {
@@ -546,6 +550,58 @@ func limitsNote(box configs.Box) string {
 		return ""
 	}
 	return "; it ran with " + strings.Join(l, ", ")
+}
+
+// pruneCache prunes the build cache to cache_max_size, while this deploy still holds the
+// lock: no build uses the cache meanwhile.
+func (d *deploy) pruneCache(out io.Writer) {
+	limit := d.e.cfg.CacheMaxSize
+	if limit <= 0 {
+		return
+	}
+	removed, freed, err := d.e.rel.PruneCache(limit)
+	if err != nil {
+		d.log.Warn().Err(err).Msg("prune the build cache")
+		return
+	}
+	if removed > 0 {
+		d.log.Info().Int("files", removed).Int64("bytes", freed).Msg("build cache pruned")
+		indent(out, "build cache pruned to %s: %d files, %s freed", humanBytes(limit), removed, humanBytes(freed))
+	}
+}
+
+// copyDirs copies the recipe's copy_dirs from the live release into the new one, before
+// the build, unless a dir's key files changed (SPEC 9). A copy that fails fails the deploy:
+// a half-copied node_modules is worse than none.
+func (d *deploy) copyDirs(out io.Writer) error {
+	live := d.entry.PreviousSHA
+	if len(d.recipe.CopyDirs) == 0 || live == "" || live == d.entry.SHA || !d.e.rel.IsComplete(live) {
+		return nil
+	}
+	for _, cd := range d.recipe.CopyDirs {
+		if len(cd.Key) > 0 {
+			same, err := d.e.rel.SameFiles(live, d.entry.SHA, cd.Key)
+			if err != nil {
+				d.log.Warn().Err(err).Str("dir", cd.Path).Msg("compare copy_dirs keys")
+				same = false
+			}
+			if !same {
+				say(out, "copy %s: %s changed since %s, so it starts clean", cd.Path, strings.Join(cd.Key, ", "), short(live))
+				continue
+			}
+		}
+		start := time.Now()
+		stats, copied, err := d.e.rel.CopyDir(live, d.entry.SHA, cd.Path)
+		d.record("copy "+cd.Path, start, err)
+		if err != nil {
+			d.log.Error().Err(err).Str("dir", cd.Path).Msg("copy_dirs")
+			return fmt.Errorf("copy %s from the live release: %s", cd.Path, safeReason(context.Background(), err))
+		}
+		if copied {
+			say(out, "copy %s from %s: %d files, %s (%s)", cd.Path, short(live), stats.Files, humanBytes(stats.Bytes), since(start))
+		}
+	}
+	return nil
 }
 
 // recipe merges the commit's own slipway.toml under the server's settings.
