@@ -303,14 +303,7 @@ func readCopyDirs(t table) []CopyDir {
 		return nil
 	}
 	var out []CopyDir
-	inside := func(p string) (string, bool) {
-		c := filepath.Clean(p)
-		if p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
-			t.doc.addf(t.key("copy_dirs"), "%s: %q must be a path inside the release (relative, no \"..\")", t.name("copy_dirs"), p)
-			return "", false
-		}
-		return c, true
-	}
+	inside := func(p string) (string, bool) { return insideRelease(t, "copy_dirs", p) }
 	for _, item := range list {
 		switch item := item.(type) {
 		case string:
@@ -360,14 +353,22 @@ func readRecipe(t table) Recipe {
 func sharedPaths(t table, k string) []string {
 	var out []string
 	for _, p := range t.strings(k) {
-		c := filepath.Clean(p)
-		if p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
-			t.doc.addf(t.key(k), "%s: %q must be a path inside the release (relative, no \"..\")", t.name(k), p)
-			continue
+		if c, ok := insideRelease(t, k, p); ok {
+			out = append(out, c)
 		}
-		out = append(out, c)
 	}
 	return out
+}
+
+// insideRelease cleans p, a path of key k, and reports whether it stays inside the release
+// (relative, no ".."); if not, it is a problem of k.
+func insideRelease(t table, k, p string) (string, bool) {
+	c := filepath.Clean(p)
+	if p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
+		t.doc.addf(t.key(k), "%s: %q must be a path inside the release (relative, no \"..\")", t.name(k), p)
+		return "", false
+	}
+	return c, true
 }
 
 // Over returns r with every key that base sets taken from base.
@@ -644,10 +645,8 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		CacheMaxSize:    t.size("cache_max_size", DefaultCacheMaxSize),
 	}
 	if t.has("env_file") {
-		p := t.str("env_file")
-		switch c := filepath.Clean(p); {
-		case p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../"):
-			t.doc.addf(t.key("env_file"), "%s: %q must be a path inside the release (relative, no \"..\")", t.name("env_file"), p)
+		switch c, ok := insideRelease(t, "env_file", t.str("env_file")); {
+		case !ok:
 		case slices.Contains(e.Recipe.SharedFiles, c):
 			t.doc.addf(t.key("env_file"), "%s: %s is a shared file too: it is either the release's or shared", t.name("env_file"), c)
 		default:

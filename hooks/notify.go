@@ -76,7 +76,7 @@ func (d *deploy) commits(mask func(string) string) []string {
 		}
 		subject, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")
 		subjects = append(subjects, mask(subject))
-		if c.NumParents() == 0 || d.entry.PreviousSHA == "" && len(subjects) >= maxCommits {
+		if c.NumParents() == 0 {
 			break
 		}
 		h = c.ParentHashes[0]

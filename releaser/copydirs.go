@@ -64,7 +64,20 @@ func (r *Releaser) CopyDir(from, to, dir string) (stats CopyStats, copied bool, 
 			return stats, false, fmt.Errorf("copy %s: %w", clean, err)
 		}
 	}
-	err = fs.WalkDir(src.FS(), clean, func(name string, d fs.DirEntry, err error) error {
+	stats, err = copyTree(src, dst, clean)
+	if err != nil {
+		return stats, false, fmt.Errorf("copy %s from %s: %w", clean, from[:7], err)
+	}
+	return stats, true, nil
+}
+
+// copyTree copies dir of src (a directory; "." for the root itself) to the same path of
+// dst: directories with their modes made writable by their owner (one that exists already
+// is kept), regular files with copyFileRoots, symlinks as they are, never followed; devices,
+// fifos and sockets are skipped. It is what copy_dirs and the seeding of a shared dir share.
+func copyTree(src, dst *os.Root, dir string) (CopyStats, error) {
+	var stats CopyStats
+	err := fs.WalkDir(src.FS(), dir, func(name string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -74,7 +87,9 @@ func (r *Releaser) CopyDir(from, to, dir string) (stats CopyStats, copied bool, 
 			if err != nil {
 				return err
 			}
-			return dst.Mkdir(name, fi.Mode().Perm()|0o700)
+			if err := dst.Mkdir(name, fi.Mode().Perm()|0o700); err != nil && !(name == dir && errors.Is(err, fs.ErrExist)) {
+				return err
+			}
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := src.Readlink(name)
 			if err != nil {
@@ -88,16 +103,15 @@ func (r *Releaser) CopyDir(from, to, dir string) (stats CopyStats, copied bool, 
 			stats.Bytes += n
 			return err
 		}
-		return nil // a device, a fifo, a socket: not a build's output to reuse
+		return nil
 	})
-	if err != nil {
-		return stats, false, fmt.Errorf("copy %s from %s: %w", clean, from[:7], err)
-	}
-	return stats, true, nil
+	return stats, err
 }
 
-// copyFileRoots copies the regular file name of one root to a new file of the other, with
-// copy_file_range, and returns its size.
+// copyFileRoots copies the regular file name of one root to a new file of the other, never
+// over an existing one, with its mode made writable by its owner, and returns its size. It
+// uses copy_file_range (a reflink where the filesystem can), or a plain copy where the kernel
+// cannot copy between the two files' filesystems.
 func copyFileRoots(from, to *os.Root, name string) (int64, error) {
 	in, err := from.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
@@ -113,6 +127,10 @@ func copyFileRoots(from, to *os.Root, name string) (int64, error) {
 		return 0, err
 	}
 	n, err := copyRange(int(out.Fd()), int(in.Fd()), fi.Size())
+	if n == 0 && (errors.Is(err, syscall.EXDEV) || errors.Is(err, syscall.EINVAL) ||
+		errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EOPNOTSUPP)) {
+		n, err = io.Copy(out, in)
+	}
 	if err == nil && n < fi.Size() {
 		err = fmt.Errorf("%s: shrank while it was copied", name)
 	}

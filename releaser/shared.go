@@ -3,12 +3,10 @@ package releaser
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 )
 
 // MissingSharedError is a shared file that LinkShared needs and the server lacks. Shared
@@ -268,7 +266,7 @@ func (r *Releaser) seedSharedFile(release *os.Root, sha, p string) error {
 		return err
 	}
 	defer sub.Close() // a directory: closing it loses nothing
-	if err := copyInRoots(sub, parent, filepath.Base(p)); err != nil {
+	if _, err := copyFileRoots(sub, parent, filepath.Base(p)); err != nil {
 		parent.Close() // a directory: closing it loses nothing
 		return err
 	}
@@ -299,48 +297,9 @@ func (r *Releaser) seedSharedDir(release *os.Root, p string) error {
 	if err != nil {
 		return err
 	}
-	defer sub.Close() // a directory: closing it loses nothing
-	return fs.WalkDir(sub.FS(), ".", func(name string, d fs.DirEntry, err error) error {
-		if err != nil || name == "." {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			return shared.Mkdir(name, 0o755)
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := sub.Readlink(name)
-			if err != nil {
-				return err
-			}
-			return shared.Symlink(target, name)
-		case d.Type().IsRegular():
-			return copyInRoots(sub, shared, name)
-		}
-		return nil // a device, a fifo: a checkout makes none
-	})
-}
-
-// copyInRoots copies the regular file name from one root to a new file of the same name in
-// the other.
-func copyInRoots(from, to *os.Root, name string) error {
-	in, err := from.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	defer in.Close() // read only: closing it loses nothing
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := to.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm()|0o200)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close() // the copy's error is the one to report
-		return err
-	}
-	return out.Close()
+	defer sub.Close()                   // a directory: closing it loses nothing
+	_, err = copyTree(sub, shared, ".") // "." is shared/p, made already
+	return err
 }
 
 // removeCreated removes the shared dirs LinkShared created for sha, if sha is the release

@@ -159,10 +159,7 @@ func operate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger()
 	// The CLI's deploys (a rollback, a redeploy) queue their notifications in the same
 	// outbox; the server delivers them.
-	outbox, err := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
-	if err != nil {
-		return err
-	}
+	outbox := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
 	p, err := hooks.New(hooks.Config{
 		Server:  cfg,
 		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),

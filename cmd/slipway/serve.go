@@ -56,10 +56,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("create data_dir: %w", err)
 	}
 	repos := gitserver.Repositories{Dir: reposDir(cfg)}
-	outbox, err := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
-	if err != nil {
-		return err
-	}
+	outbox := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
 	p, err := hooks.New(hooks.Config{
 		Server:  cfg,
 		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),

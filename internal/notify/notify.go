@@ -154,8 +154,8 @@ const (
 // NewOutbox returns the outbox in dataDir/notify for targets. Its directories are made
 // when a notification is first written: a process that only lists (the CLI of an operator
 // who may not write data_dir) writes nothing.
-func NewOutbox(dataDir string, targets []Target, log zerolog.Logger) (*Outbox, error) {
-	return &Outbox{dir: filepath.Join(dataDir, "notify"), log: log, wake: make(chan struct{}, 1), now: time.Now, targets: targets}, nil
+func NewOutbox(dataDir string, targets []Target, log zerolog.Logger) *Outbox {
+	return &Outbox{dir: filepath.Join(dataDir, "notify"), log: log, wake: make(chan struct{}, 1), now: time.Now, targets: targets}
 }
 
 func (o *Outbox) pendingDir() string { return filepath.Join(o.dir, "outbox") }
@@ -409,13 +409,24 @@ func (o *Outbox) finish(d delivery, dir string) {
 	if err := os.Remove(filepath.Join(o.pendingDir(), d.ID+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		o.log.Error().Err(err).Msg("remove a done notification from the outbox")
 	}
-	done := o.read(dir)
-	if len(done) <= keepDone {
+	// Trimmed by the files' times, without reading them: this runs after every delivery.
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) <= keepDone {
 		return
 	}
-	sort.Slice(done, func(i, j int) bool { return done[i].Done.Before(done[j].Done) })
-	for _, old := range done[:len(done)-keepDone] {
-		_ = os.Remove(filepath.Join(dir, old.ID+".json")) // gone already is as good
+	type done struct {
+		name string
+		at   time.Time
+	}
+	var list []done
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".json") {
+			list = append(list, done{e.Name(), fi.ModTime()})
+		}
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].at.Before(list[j].at) })
+	for _, old := range list[:max(len(list)-keepDone, 0)] {
+		_ = os.Remove(filepath.Join(dir, old.name)) // gone already is as good
 	}
 }
 

@@ -38,11 +38,7 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 func newOutbox(t *testing.T, dir string, targets []Target) *Outbox {
 	t.Helper()
-	o, err := NewOutbox(dir, targets, zerolog.New(zerolog.NewTestWriter(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return o
+	return NewOutbox(dir, targets, zerolog.New(zerolog.NewTestWriter(t)))
 }
 
 var deploy = Deploy{DeployID: 7, Kind: "push", Repo: "myapp/production", SHA: "1111111111111111111111111111111111111111",
