@@ -162,6 +162,13 @@ func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err
 	d.entry.Outcome, d.entry.Reason, d.entry.End = outcome, reason, time.Now().UTC()
 	d.notify(d.event(outcome), maskOf(out))
 	d.pruneCache(out)
+	if len(d.recipe.CopyDirs) > 0 {
+		var dirs []string
+		for _, cd := range d.recipe.CopyDirs {
+			dirs = append(dirs, cd.Path)
+		}
+		d.e.spares.want(dirs) // made once the environment is free (Pipeline.lock)
+	}
 	ev := d.log.Info()
 	if err != nil {
 		ev = d.log.Warn().Err(err)
@@ -591,14 +598,22 @@ func (d *deploy) copyDirs(out io.Writer) error {
 			}
 		}
 		start := time.Now()
-		stats, copied, err := d.e.rel.CopyDir(live, d.entry.SHA, cd.Path)
+		how := "copied ahead, after it went live"
+		stats, copied, err := d.e.rel.TakeSpare(live, d.entry.SHA, cd.Path)
+		if err != nil {
+			d.log.Warn().Err(err).Str("dir", cd.Path).Msg("copy_dirs: take the spare; copying instead")
+		}
+		if !copied {
+			how = "copied now"
+			stats, copied, err = d.e.rel.CopyDir(live, d.entry.SHA, cd.Path)
+		}
 		d.record("copy "+cd.Path, start, err)
 		if err != nil {
 			d.log.Error().Err(err).Str("dir", cd.Path).Msg("copy_dirs")
 			return fmt.Errorf("copy %s from the live release: %s", cd.Path, safeReason(context.Background(), err))
 		}
 		if copied {
-			say(out, "copy %s from %s: %d files, %s (%s)", cd.Path, short(live), stats.Files, humanBytes(stats.Bytes), since(start))
+			say(out, "copy %s from %s: %d files, %s, %s (%s)", cd.Path, short(live), stats.Files, humanBytes(stats.Bytes), how, since(start))
 		}
 	}
 	return nil

@@ -62,6 +62,12 @@ type Pipeline struct {
 
 	mu   sync.Mutex // guards envs: the embedded default adds and removes environments while serving
 	envs map[string]*environment
+
+	// Background work (spares of copy_dirs): Close ends it and waits for it.
+	bg       sync.WaitGroup
+	bgMu     sync.Mutex // orders bg.Add after Close
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 // environment is one configured (or, in the embedded default, created) environment.
@@ -69,6 +75,7 @@ type environment struct {
 	cfg    configs.Env
 	rel    *releaser.Releaser // nil while broken
 	broken error              // why it could not be opened; nil when it serves
+	spares spares             // copy_dirs to make ready for the next deploy
 }
 
 // Target is what the pipeline says of an environment to the git server.
@@ -123,6 +130,7 @@ var (
 // registry) is an error here.
 func New(cfg Config, log zerolog.Logger) (*Pipeline, error) {
 	p := &Pipeline{cfg: cfg, log: log, envs: map[string]*environment{}}
+	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	envs := cfg.Server.Envs
 	if cfg.Server.Auto {
 		p.auto = &registry{dataDir: cfg.Server.DataDir}
@@ -521,7 +529,10 @@ func (p *Pipeline) lock(ctx context.Context, e *environment, holder string, wait
 		p.log.Error().Err(err).Str("repo", e.cfg.Repo).Msg("take the deploy lock")
 		return nil, shown(e.cfg.Repo+" cannot be locked", err)
 	}
-	return unlock, nil
+	return func() {
+		unlock()
+		p.makeSpares(e) // now that no deploy waits for it
+	}, nil
 }
 
 // busyMark makes a busy error match ErrBusy without changing its text.

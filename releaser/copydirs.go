@@ -1,13 +1,18 @@
 package releaser
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -30,15 +35,9 @@ type CopyStats struct {
 // in to. Everything goes through roots of the two releases: nothing outside them is read or
 // written, whatever their trees hold.
 func (r *Releaser) CopyDir(from, to, dir string) (stats CopyStats, copied bool, err error) {
-	if err := checkSHA(from); err != nil {
-		return stats, false, fmt.Errorf("copy %s: %w", dir, err)
-	}
-	if err := checkSHA(to); err != nil {
-		return stats, false, fmt.Errorf("copy %s: %w", dir, err)
-	}
-	clean, ok := localPath(dir)
-	if !ok {
-		return stats, false, fmt.Errorf("copy %q: not a relative path inside the release", dir)
+	clean, err := copyArgs(from, to, dir)
+	if err != nil {
+		return stats, false, fmt.Errorf("copy: %w", err)
 	}
 	src, err := os.OpenRoot(r.Dir(from))
 	if err != nil {
@@ -64,48 +63,165 @@ func (r *Releaser) CopyDir(from, to, dir string) (stats CopyStats, copied bool, 
 			return stats, false, fmt.Errorf("copy %s: %w", clean, err)
 		}
 	}
-	stats, err = copyTree(src, dst, clean)
+	stats, err = copyTree(context.Background(), src, dst, clean)
 	if err != nil {
 		return stats, false, fmt.Errorf("copy %s from %s: %w", clean, from[:7], err)
 	}
 	return stats, true, nil
 }
 
+// copyArgs checks the arguments of CopyDir and TakeSpare: two releases and a relative path
+// inside them, which it returns cleaned.
+func copyArgs(from, to, dir string) (string, error) {
+	for _, sha := range []string{from, to} {
+		if err := checkSHA(sha); err != nil {
+			return "", fmt.Errorf("%s: %w", dir, err)
+		}
+	}
+	clean, ok := localPath(dir)
+	if !ok {
+		return "", fmt.Errorf("%q: not a relative path inside the release", dir)
+	}
+	return clean, nil
+}
+
 // copyTree copies dir of src (a directory; "." for the root itself) to the same path of
 // dst: directories with their modes made writable by their owner (one that exists already
 // is kept), regular files with copyFileRoots, symlinks as they are, never followed; devices,
 // fifos and sockets are skipped. It is what copy_dirs and the seeding of a shared dir share.
-func copyTree(src, dst *os.Root, dir string) (CopyStats, error) {
-	var stats CopyStats
-	err := fs.WalkDir(src.FS(), dir, func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
+//
+// The walk makes the directories and symlinks in order; the regular files of each directory
+// go to a few workers, which copy them through roots opened on that directory on both sides,
+// so that a file deep in node_modules costs one open each side, not one per path component.
+// On two cores that makes it faster than cp -a (BenchmarkCopyDir).
+func copyTree(ctx context.Context, src, dst *os.Root, dir string) (CopyStats, error) {
+	c := &treeCopy{ctx: ctx, src: src, dst: dst, jobs: make(chan []string)}
+	workers := min(2*runtime.GOMAXPROCS(0), 8)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for job := range c.jobs {
+				c.fail(c.copyFiles(job[0], job[1:]))
+			}
+		}()
+	}
+	c.fail(c.walk(dir, true))
+	close(c.jobs)
+	wg.Wait()
+	return CopyStats{Files: int(c.files.Load()), Bytes: c.bytes.Load()}, c.err
+}
+
+// treeCopy is one copyTree: what its walk and workers share.
+type treeCopy struct {
+	ctx      context.Context // ends the copy early (an error)
+	src, dst *os.Root
+	jobs     chan []string // a directory, then the names of its regular files
+	files    atomic.Int64
+	bytes    atomic.Int64
+	mu       sync.Mutex
+	err      error // the first error; the walk stops when it is set
+}
+
+func (c *treeCopy) fail(err error) {
+	if err == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+func (c *treeCopy) failed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+// walk makes directory name in dst (top: it may exist already), copies its symlinks, hands
+// its regular files to the workers and goes down into its subdirectories.
+func (c *treeCopy) walk(name string, top bool) error {
+	fi, err := c.src.Lstat(name)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: not a directory", name)
+	}
+	if err := c.dst.Mkdir(name, fi.Mode().Perm()|0o700); err != nil && !(top && errors.Is(err, fs.ErrExist)) {
+		return err
+	}
+	entries, err := fs.ReadDir(c.src.FS(), name)
+	if err != nil {
+		return err
+	}
+	files := []string{name}
+	var dirs []string
+	for _, e := range entries {
+		p := path.Join(name, e.Name())
 		switch {
-		case d.IsDir():
-			fi, err := d.Info()
+		case e.IsDir():
+			dirs = append(dirs, p)
+		case e.Type()&fs.ModeSymlink != 0:
+			target, err := c.src.Readlink(p)
 			if err != nil {
 				return err
 			}
-			if err := dst.Mkdir(name, fi.Mode().Perm()|0o700); err != nil && !(name == dir && errors.Is(err, fs.ErrExist)) {
+			if err := c.dst.Symlink(target, p); err != nil {
 				return err
 			}
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := src.Readlink(name)
-			if err != nil {
-				return err
-			}
-			stats.Files++
-			return dst.Symlink(target, name)
-		case d.Type().IsRegular():
-			n, err := copyFileRoots(src, dst, name)
-			stats.Files++
-			stats.Bytes += n
+			c.files.Add(1)
+		case e.Type().IsRegular():
+			files = append(files, e.Name())
+		}
+	}
+	if len(files) > 1 {
+		c.jobs <- files
+	}
+	for _, d := range dirs {
+		if c.failed() {
+			return nil
+		}
+		if err := c.ctx.Err(); err != nil {
 			return err
 		}
+		if err := c.walk(d, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyFiles copies the regular files names of directory dir.
+func (c *treeCopy) copyFiles(dir string, names []string) error {
+	if c.failed() {
 		return nil
-	})
-	return stats, err
+	}
+	from, err := c.src.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer from.Close() // a directory: closing it loses nothing
+	to, err := c.dst.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer to.Close() // a directory: closing it loses nothing
+	for _, n := range names {
+		if err := c.ctx.Err(); err != nil {
+			return err
+		}
+		size, err := copyFileRoots(from, to, n)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path.Join(dir, n), err)
+		}
+		c.files.Add(1)
+		c.bytes.Add(size)
+	}
+	return nil
 }
 
 // copyFileRoots copies the regular file name of one root to a new file of the other, never

@@ -1,6 +1,7 @@
 package releaser
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -297,8 +298,8 @@ func (r *Releaser) seedSharedDir(release *os.Root, p string) error {
 	if err != nil {
 		return err
 	}
-	defer sub.Close()                   // a directory: closing it loses nothing
-	_, err = copyTree(sub, shared, ".") // "." is shared/p, made already
+	defer sub.Close()                                         // a directory: closing it loses nothing
+	_, err = copyTree(context.Background(), sub, shared, ".") // "." is shared/p, made already
 	return err
 }
 

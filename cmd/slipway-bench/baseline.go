@@ -63,18 +63,19 @@ echo "-----> hook took $(( ($(date +%%s%%N) - t0) / 1000 )) us"
 `
 
 // newBaselineRepo makes a bare repository whose pre-receive hook deploys into deploy, with
-// the shared files in place. hook=false makes a plain repository (pack ingest).
-func newBaselineRepo(ctx context.Context, env []string, repo, deploy string, hook bool) error {
+// the shared files in place, running build (a shell command) in each new release. An empty
+// build makes a plain repository (pack ingest).
+func newBaselineRepo(ctx context.Context, env []string, repo, deploy, build string) error {
 	if _, err := run(ctx, env, "/", time.Minute, "git", "init", "-q", "--bare", "-b", "main", repo); err != nil {
 		return err
 	}
-	if !hook {
+	if build == "" {
 		return nil
 	}
 	if err := makeDeployRoot(deploy); err != nil {
 		return err
 	}
-	script := fmt.Sprintf(hookScript, deploy, keepReleases, buildCommand)
+	script := fmt.Sprintf(hookScript, deploy, keepReleases, build)
 	return os.WriteFile(filepath.Join(repo, "hooks", "pre-receive"), []byte(script), 0o755)
 }
 

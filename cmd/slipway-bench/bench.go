@@ -50,6 +50,9 @@ type bench struct {
 	fig8  map[string]*loadResult
 	// transports: what the OpenSSH client negotiates with each server, and its cost.
 	transports map[string]transport
+	// appOrder and appServers are figure 9's apps and their servers, in the order they ran.
+	appOrder   []string
+	appServers map[string][]string
 	// load is the 1-minute load average at the start and end of each workload.
 	load []string
 }
@@ -118,6 +121,11 @@ func (b *bench) run(ctx context.Context) error {
 	for _, sz := range b.opts.sizes {
 		if err := b.runSize(ctx, sz); err != nil {
 			return fmt.Errorf("%s: %w", sz.name, err)
+		}
+	}
+	if len(b.opts.apps) > 0 {
+		if err := b.apps(ctx); err != nil {
+			return fmt.Errorf("apps: %w", err)
 		}
 	}
 	b.sshd.stop(&b.procs)
@@ -336,7 +344,7 @@ func (b *bench) target(ctx context.Context, srv, dir, name string) (target, erro
 		return target{url: b.slip.url(repo), deploy: filepath.Join(dir, "slipway", "deploy", name), repo: b.slip.repoDir(repo)}, nil
 	default:
 		t := target{deploy: filepath.Join(dir, srv, "deploy", name), repo: filepath.Join(dir, srv, name+".git")}
-		if err := newBaselineRepo(ctx, b.env, t.repo, t.deploy, true); err != nil {
+		if err := newBaselineRepo(ctx, b.env, t.repo, t.deploy, buildCommand); err != nil {
 			return t, err
 		}
 		if srv == srvSSH {
@@ -503,7 +511,7 @@ func (b *bench) ingest(ctx context.Context, w *workload, dir string, runs int) e
 				os.RemoveAll(b.slip.repoDir(repo))
 			case srvSSH:
 				repo := filepath.Join(dir, "ssh", fmt.Sprintf("ingest%d.git", r))
-				if err := newBaselineRepo(ctx, b.env, repo, "", false); err != nil {
+				if err := newBaselineRepo(ctx, b.env, repo, "", ""); err != nil {
 					return err
 				}
 				took, err = rawReceivePack(ctx, fmt.Sprintf("127.0.0.1:%d", b.sshd.port), b.sshd.user, b.signer,
@@ -511,7 +519,7 @@ func (b *bench) ingest(ctx context.Context, w *workload, dir string, runs int) e
 				os.RemoveAll(repo)
 			case srvFile:
 				repo := filepath.Join(dir, "file", fmt.Sprintf("ingest%d.git", r))
-				if err := newBaselineRepo(ctx, b.env, repo, "", false); err != nil {
+				if err := newBaselineRepo(ctx, b.env, repo, "", ""); err != nil {
 					return err
 				}
 				f, ferr := os.Open(pack)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -111,6 +112,9 @@ func (b *bench) installPackages(ctx context.Context) {
 	}
 	if b.opts.zeroDown {
 		want = append(want, struct{ bin, pkg string }{"nginx", "nginx"}, struct{ bin, pkg string }{"wrk", "wrk"})
+	}
+	if slices.ContainsFunc(b.opts.apps, func(a string) bool { return strings.HasPrefix(a, "node") }) {
+		want = append(want, struct{ bin, pkg string }{"npm", "npm"})
 	}
 	var pkgs []string
 	seen := map[string]bool{}

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +45,7 @@ type options struct {
 	activations int
 	install     bool
 	zeroDown    bool
+	apps        []string // figure 9: "node", "go"
 }
 
 func main() { os.Exit(mainCode()) }
@@ -62,7 +64,7 @@ func mainCode() int {
 	ctx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
 
-	b := &bench{opts: opts, start: time.Now(), samples: map[string][]float64{}, extra: map[string]string{}}
+	b := &bench{opts: opts, start: time.Now(), samples: map[string][]float64{}, extra: map[string]string{}, appServers: map[string][]string{}}
 	err = b.run(ctx)
 	b.cleanup()
 	if err != nil {
@@ -88,6 +90,7 @@ func parseFlags(args []string) (*options, error) {
 	workdir := fs.String("workdir", "", "parent of the temporary directory (default $TMPDIR or /tmp); its filesystem is what figures 5 and 7 measure")
 	timeout := fs.Duration("timeout", 45*time.Minute, "stop everything after this long")
 	activations := fs.Int("activations", 200, "activations (pushes and rollbacks alternating) of the zero-downtime figure; at most 200")
+	appsFlag := fs.String("apps", "node,node-api,go", "real applications of figure 9, comma-separated: node and node-api (Express, npm registry), go (module proxy); empty: none")
 	install := fs.Bool("install", true, "apt-get install what is missing (openssh-server, nginx, wrk) when running as root")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/slipway-bench [flags]\n\n")
@@ -110,6 +113,7 @@ func parseFlags(args []string) (*options, error) {
 	if o.smoke {
 		*sizesFlag = "small"
 		o.runs, o.largeRuns, o.zeroDown = 1, 1, false
+		*appsFlag = ""
 		if !outSet {
 			o.out = ""
 		}
@@ -128,8 +132,19 @@ func parseFlags(args []string) (*options, error) {
 		}
 		o.sizes = append(o.sizes, s)
 	}
-	if len(o.sizes) == 0 {
-		return nil, errors.New("-sizes: no workload")
+	for _, n := range strings.Split(*appsFlag, ",") {
+		switch n = strings.TrimSpace(n); n {
+		case "":
+		case "node", "node-api", "go":
+			if !slices.Contains(o.apps, n) {
+				o.apps = append(o.apps, n)
+			}
+		default:
+			return nil, fmt.Errorf("-apps: unknown app %q (node, node-api, go)", n)
+		}
+	}
+	if len(o.sizes) == 0 && len(o.apps) == 0 {
+		return nil, errors.New("-sizes: no workload (and -apps: none)")
 	}
 	if o.runs < 1 {
 		return nil, errors.New("-runs must be at least 1")

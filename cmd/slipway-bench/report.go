@@ -188,6 +188,7 @@ func (b *bench) rows() []row {
 			}
 		}
 	}
+	rows = append(rows, b.appRows()...)
 	if b.fig8 != nil {
 		s, h := b.fig8[srvSlipway], b.fig8[srvSSH]
 		cell := func(l *loadResult) string {
@@ -319,6 +320,7 @@ func (b *bench) report() reportOut {
 		w("\n")
 	}
 
+	md.WriteString(b.appSection())
 	w("## Raw runs\n\n")
 	w("Every value, in run order (ms unless named).\n\n")
 	var keys []string
@@ -363,7 +365,9 @@ func rawName(k string) string {
 		"4":     "4 ingest: MB/s", "4ms": "4 ingest: time",
 		"5": "5 materialise: files/s", "5ms": "5 materialise: time",
 		"6": "6 peak RSS, MB (slipway: VmHWM; baselines: sampled sum)", "6s": "6 peak RSS, MB (sampled sum)", "6ingest": "6 slipway VmHWM after a pack ingest alone, MB",
-		"7": "7 disk: % of full", "7added": "7 disk: MB added", "7full": "7 disk: MB full", "7fs": "7 free space used: MB",
+		"9": "9 one-file change: live", "9first": "9 first push (cold caches): live", "9copy": "9 copy_dirs copy (step output)", "9spare": "9 copy_dirs copied ahead: ready after the push",
+		"9disk": "9 disk added by the last release, MB",
+		"7":     "7 disk: % of full", "7added": "7 disk: MB added", "7full": "7 disk: MB full", "7fs": "7 free space used: MB",
 	}
 	if n, ok := names[k]; ok {
 		return n

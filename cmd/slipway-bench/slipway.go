@@ -31,6 +31,9 @@ type slipwayEnv struct {
 	repo string // APP/ENV
 	path string // deploy root
 	link bool   // release_files = "link"
+	// config is the environment's own TOML lines: build, test and the rest (figure 9);
+	// empty: build = [buildCommand] with the shared .env and storage/ (figures 1-8).
+	config string
 }
 
 const slipwayConfig = `listen = "127.0.0.1:0"
@@ -43,7 +46,9 @@ const slipwayEnvConfig = `
 repo = %q
 path = %q
 keep_releases = %d
-shared_files = [".env"]
+`
+
+const slipwayEnvDefault = `shared_files = [".env"]
 shared_dirs = ["storage"]
 build = [%q]
 `
@@ -61,7 +66,12 @@ func startSlipway(ctx context.Context, p *procs, bin, dir, authorizedKeys string
 		if err := makeDeployRoot(e.path); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(&b, slipwayEnvConfig, e.repo, e.path, keepReleases, buildCommand)
+		fmt.Fprintf(&b, slipwayEnvConfig, e.repo, e.path, keepReleases)
+		if e.config != "" {
+			b.WriteString(e.config)
+		} else {
+			fmt.Fprintf(&b, slipwayEnvDefault, buildCommand)
+		}
 		if e.link {
 			b.WriteString("release_files = \"link\"\n")
 		}

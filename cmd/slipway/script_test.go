@@ -91,6 +91,7 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"waitgone":   cmdWaitGone,
 			"sshas":      cmdSSHAs,
 			"waitgrep":   cmdWaitGrep,
+			"waitglob":   cmdWaitGlob,
 			"signal":     cmdSignal,
 			"peakrss":    cmdPeakRSS,
 			"flood":      cmdFlood,
@@ -208,6 +209,26 @@ func cmdWaitGrep(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		if time.Now().After(deadline) {
 			ts.Fatalf("waitgrep %s: no line matching %q within %s", args[0], args[1], waitFor)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitglob PATTERN: wait until a path matches PATTERN (filepath.Glob), e.g. a spare that
+// slipway makes in the background after a deploy.
+func cmdWaitGlob(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitglob PATTERN")
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		if m, err := filepath.Glob(ts.MkAbs(args[0])); err != nil {
+			ts.Fatalf("waitglob: %v", err)
+		} else if len(m) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitglob %s: nothing matched within %s", args[0], waitFor)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -127,6 +127,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Warn().Err(err).Msg("running deploys were cancelled")
 	}
 	<-served
+	p.Close()
 	log.Info().Msg("stopped")
 	return nil
 }
