@@ -232,6 +232,9 @@ func (b *bench) report() reportOut {
 	for _, sz := range b.opts.sizes {
 		runs = append(runs, fmt.Sprintf("%s %d", sz.name, b.opts.runsFor(sz)))
 	}
+	if len(b.appOrder) > 0 {
+		runs = append(runs, fmt.Sprintf("real apps (figure 9) %d", b.opts.runs))
+	}
 	w("- Load average (1, 5, 15 min) at the start and end of each workload: %s. Timings are wall-clock; anything else running on the machine shows in them.\n", strings.Join(b.load, "; "))
 	w("- Runs per figure (the table shows medians): %s. Total time: %s.\n\n", strings.Join(runs, ", "), time.Since(b.start).Round(time.Second))
 
