@@ -40,7 +40,7 @@ soak: ## the long runs (a 1 GiB zip bomb pushed and cloned, ...); they report fi
 	@log=$$(mktemp); $(GO) test -tags soak -count=1 -v -run TestSoak -timeout 60m ./cmd/slipway >$$log 2>&1; \
 		status=$$?; grep -E '^(=== RUN|--- |ok|FAIL|PASS)|peak RSS|FAIL:' $$log; rm -f $$log; exit $$status
 
-bench: ## benchmark slipway against git + OpenSSH + a hook; prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk)
+bench: ## benchmark slipway against git + OpenSSH + a hook, and real Node and Go apps (npm registry, Go module proxy); prints a table, writes BENCHMARKS.md (installs openssh-server, nginx, wrk, npm)
 	$(GO) run ./cmd/slipway-bench -out BENCHMARKS.md $(BENCH_FLAGS)
 
 bench-smoke: ## a short benchmark run (small workload, one run, no nginx/wrk)

@@ -6,6 +6,8 @@
 //
 // It generates its own deterministic workloads (small, medium, large), starts every server
 // itself on 127.0.0.1 only (slipway, a private sshd, nginx for the zero-downtime figure),
+// deploys real Node and Go apps whose dependencies come from the public registries (figure
+// 9; skipped, with a note, where a registry cannot be reached),
 // prints a table of medians with the ratio slipway/baseline measured in the same run, writes
 // it to BENCHMARKS.md with the machine and versions, and removes everything it made and ends
 // every process it started, also on failure or a signal.
@@ -13,6 +15,7 @@
 //	go run ./cmd/slipway-bench                      # full run (about 10-15 minutes on 2 cores)
 //	go run ./cmd/slipway-bench -smoke               # small only, 1 run, no nginx/wrk: < 60 s
 //	go run ./cmd/slipway-bench -sizes medium -runs 3 -out /tmp/b.md
+//	go run ./cmd/slipway-bench -sizes '' -out /tmp/apps.md   # figure 9 alone: real apps
 //
 // It is not part of `make test`.
 package main
