@@ -29,6 +29,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 
 	"github.com/slipway/slipway/internal/authkeys"
+	"github.com/slipway/slipway/internal/fleet"
 	"github.com/slipway/slipway/internal/reponame"
 )
 
@@ -219,7 +220,27 @@ type Env struct {
 	OnFailure string
 	// HealthCheck, if set, runs after after_activate; its failure is handled by OnFailure.
 	HealthCheck *HealthCheck
+	// Fleet is where the environment's releases go live (SPEC 10); zero: on this host.
+	Fleet Fleet
 }
+
+// Fleet is an environment's targets: releases are built and tested on this host, in Path,
+// then shipped to every target and swapped live on all of them or on none.
+type Fleet struct {
+	Targets     []fleet.Target // the remote hosts, in the configuration's order
+	Local       bool           // "local" is a target too: this host's Path has current
+	Identity    string         // target_identity: the private key slipway logs in with
+	KnownHosts  string         // target_known_hosts: the only host keys accepted
+	Parallel    int            // target_parallel: targets prepared at once
+	DialTimeout time.Duration  // connection and handshake, per target
+}
+
+// Remote reports whether the environment ships to other hosts.
+func (f Fleet) Remote() bool { return len(f.Targets) > 0 }
+
+// DefaultTargetParallel is how many targets are prepared at once unless target_parallel
+// is set.
+const DefaultTargetParallel = 10
 
 // What a failed after_activate or health check does.
 const (
@@ -624,7 +645,8 @@ func readEnvs(root table, resolve func(string) string, keys []authkeys.Key) []En
 func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env {
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "before_activate", "after_activate", "copy_dirs", "command_timeout", "allow", "vars",
-		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files", "cache_max_size")
+		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files", "cache_max_size",
+		"targets", "target_identity", "target_known_hosts", "target_parallel")
 	e := Env{
 		Repo:            t.str("repo"),
 		Path:            resolve(t.str("path")),
@@ -644,6 +666,7 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		SeedSharedFiles: t.boolean("seed_shared_files"),
 		CacheMaxSize:    t.size("cache_max_size", DefaultCacheMaxSize),
 	}
+	e.Fleet = readFleet(t, resolve, e)
 	if t.has("env_file") {
 		switch c, ok := insideRelease(t, "env_file", t.str("env_file")); {
 		case !ok:
@@ -704,6 +727,65 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 		}
 	}
 	return e
+}
+
+// readFleet reads targets and the keys that go with them (SPEC 10). The identity and
+// known_hosts are read now, so that a missing or malformed one is a configuration problem,
+// not a failed deploy.
+func readFleet(t table, resolve func(string) string, e Env) Fleet {
+	f := Fleet{
+		Identity:    resolve(t.str("target_identity")),
+		KnownHosts:  resolve(t.str("target_known_hosts")),
+		Parallel:    t.integer("target_parallel", DefaultTargetParallel),
+		DialTimeout: 10 * time.Second,
+	}
+	seen := map[string]bool{}
+	for _, s := range t.strings("targets") {
+		if s == fleet.Local {
+			f.Local = true
+			continue
+		}
+		tg, err := fleet.ParseTarget(s)
+		if err != nil {
+			t.doc.addf(t.key("targets"), "%s: %v", t.name("targets"), err)
+			continue
+		}
+		if seen[tg.Addr()] {
+			t.doc.addf(t.key("targets"), "%s: %s is listed twice", t.name("targets"), tg)
+			continue
+		}
+		seen[tg.Addr()] = true
+		f.Targets = append(f.Targets, tg)
+	}
+	if f.Parallel < 1 || f.Parallel > 100 {
+		t.doc.addf(t.key("target_parallel"), "%s must be 1 to 100", t.name("target_parallel"))
+	}
+	if !f.Remote() {
+		for _, k := range []string{"target_identity", "target_known_hosts", "target_parallel"} {
+			if t.has(k) {
+				t.doc.addf(t.key(k), "%s is set, but targets names no host", t.name(k))
+			}
+		}
+		return f
+	}
+	switch {
+	case f.Identity == "":
+		t.doc.addf(t.key("targets"), "%s: target_identity is required with targets (the private key slipway logs in with)", t.name("targets"))
+	case f.KnownHosts == "":
+		t.doc.addf(t.key("targets"), "%s: target_known_hosts is required with targets (the host keys slipway accepts)", t.name("targets"))
+	default:
+		if _, err := fleet.NewDialer(f.Identity, f.KnownHosts, f.DialTimeout); err != nil {
+			t.doc.addf(t.key("targets"), "%s: %v", t.name("targets"), err)
+		}
+	}
+	// What runs around activation runs on this host today; on a fleet it would run in the
+	// wrong place. Until it runs on each target, it is refused rather than misplaced.
+	for _, k := range []string{"after_activate", "health_check"} {
+		if t.has(k) {
+			t.doc.addf(t.key(k), "%s: not yet supported with targets (it would run on the slipway host, not on each target)", t.name(k))
+		}
+	}
+	return f
 }
 
 // readHealthCheck reads [env.health_check], nil if absent.

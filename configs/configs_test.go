@@ -305,6 +305,37 @@ url = "https://hooks.example.com/x"
 			},
 		},
 		{
+			name: "targets",
+			toml: `data_dir = "data"
+authorized_keys = "authorized_keys"
+[[env]]
+repo = "a/one"
+path = "one"
+targets = ["deploy@web1", "local", "deploy@web2:2200", "web3", "deploy@web1:22"]
+target_identity = "authorized_keys"
+target_known_hosts = "nope"
+target_parallel = 0
+after_activate = ["systemctl restart app"]
+[[env]]
+repo = "a/two"
+path = "two"
+targets = ["deploy@web1"]
+[[env]]
+repo = "a/three"
+path = "three"
+target_identity = "id"
+`,
+			want: []string{
+				`slipway.toml:6: env[0].targets: "web3": want user@host or user@host:port`,
+				`slipway.toml:6: env[0].targets: deploy@web1 is listed twice`,
+				`slipway.toml:6: env[0].targets: target_identity …: ssh: no key found`,
+				`slipway.toml:9: env[0].target_parallel must be 1 to 100`,
+				`slipway.toml:10: env[0].after_activate: not yet supported with targets`,
+				`slipway.toml:14: env[1].targets: target_identity is required with targets`,
+				`slipway.toml:18: env[2].target_identity is set, but targets names no host`,
+			},
+		},
+		{
 			name: "syntax error",
 			toml: "data_dir = \"data\"\nlisten = = 1\n",
 			want: []string{`slipway.toml:2:`},

@@ -40,14 +40,22 @@ func (d *deploy) beforeActivate(ctx context.Context, out io.Writer) error {
 // of either is on_failure's to handle.
 func (d *deploy) activate(out io.Writer) error {
 	sha := d.entry.SHA
+	if err := d.activateFleet(out); err != nil {
+		return err
+	}
 	start := time.Now()
 	wasLive, err := d.e.rel.Activate(sha)
 	d.record("activate", start, err)
 	if err != nil {
 		d.log.Error().Err(err).Msg("activate failed")
+		d.restoreFleet(out)
 		return shown("activate", err)
 	}
-	say(out, "live: current -> releases/%s (%s)", sha, since(start))
+	if f := d.e.cfg.Fleet; f.Remote() && !f.Local {
+		say(out, "recorded live here: .slipway/live -> releases/%s (%s)", sha, since(start))
+	} else {
+		say(out, "live: current -> releases/%s (%s)", sha, since(start))
+	}
 	d.log.Info().Bool("rollback", wasLive).Msg("release activated")
 
 	steps := d.runnerFor(sha, d.entry.PreviousSHA, wasLive, false)
@@ -125,8 +133,9 @@ func (d *deploy) discardBuilt() {
 	}
 }
 
-// prune removes releases beyond keep_releases.
+// prune removes releases beyond keep_releases, here and on the targets.
 func (d *deploy) prune(out io.Writer) {
+	defer d.pruneFleet()
 	removed, err := d.e.rel.Prune()
 	if err != nil {
 		d.log.Error().Err(err).Msg("prune failed")

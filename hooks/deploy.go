@@ -48,7 +48,8 @@ type deploy struct {
 	recipe  configs.Recipe
 	steps   []releaser.Step
 	log     zerolog.Logger
-	built   bool // this deploy wrote the release (a revert removes it again)
+	built   bool      // this deploy wrote the release (a revert removes it again)
+	fleet   *fleetRun // the targets' connections, once prepareFleet opened them
 
 	setVars, setSecrets []string // what env set set: "K=V", and the secret values
 }
@@ -160,6 +161,10 @@ func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err
 	}
 	// Queued before the requester hears the outcome, so that it is never lost after it.
 	d.entry.Outcome, d.entry.Reason, d.entry.End = outcome, reason, time.Now().UTC()
+	if err != nil && outcome != releaser.OutcomeUnhealthy {
+		d.discardFleet() // what this deploy wrote on its targets, where it is not live
+	}
+	d.closeFleet()
 	d.notify(d.event(outcome), maskOf(out))
 	d.pruneCache(out)
 	if len(d.recipe.CopyDirs) > 0 {
@@ -219,6 +224,9 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 	}
 	if ctx.Err() != nil {
 		return errCancelled
+	}
+	if err := d.prepareFleet(ctx, out); err != nil {
+		return err
 	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
 		d.log.Error().Err(err).Msg("record release complete")
@@ -324,6 +332,9 @@ func (d *deploy) reactivate(ctx context.Context, out io.Writer) error {
 	}
 	say(out, "releases/%s is kept: activating it without a rebuild", short(sha))
 	if err := d.linkShared(out); err != nil {
+		return err
+	}
+	if err := d.prepareFleet(ctx, out); err != nil {
 		return err
 	}
 	if ctx.Err() != nil {

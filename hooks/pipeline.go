@@ -19,6 +19,7 @@ import (
 
 	"github.com/slipway/slipway/builder"
 	"github.com/slipway/slipway/configs"
+	"github.com/slipway/slipway/internal/fleet"
 	"github.com/slipway/slipway/releaser"
 )
 
@@ -76,6 +77,7 @@ type environment struct {
 	rel    *releaser.Releaser // nil while broken
 	broken error              // why it could not be opened; nil when it serves
 	spares spares             // copy_dirs to make ready for the next deploy
+	dialer *fleet.Dialer      // the targets' SSH client; nil without targets
 }
 
 // Target is what the pipeline says of an environment to the git server.
@@ -325,6 +327,7 @@ func (p *Pipeline) open(ec configs.Env, limits configs.Limits, fresh bool) (*env
 		SeedSharedFiles: ec.SeedSharedFiles,
 		MaxReleaseSize:  limits.MaxReleaseSize,
 		MaxReleaseFiles: int(limits.MaxReleaseFiles),
+		LiveInMeta:      ec.Fleet.Remote() && !ec.Fleet.Local,
 	}, log.With().Str("component", "releaser").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", ec.Repo, err)
@@ -337,7 +340,13 @@ func (p *Pipeline) open(ec configs.Env, limits configs.Limits, fresh bool) (*env
 			log.Warn().Err(err).Msg("temporary directories left by a previous run stay")
 		}
 	}
-	return &environment{cfg: ec, rel: rel}, nil
+	e := &environment{cfg: ec, rel: rel}
+	if f := ec.Fleet; f.Remote() {
+		if e.dialer, err = fleet.NewDialer(f.Identity, f.KnownHosts, f.DialTimeout); err != nil {
+			return nil, fmt.Errorf("open %s: %w", ec.Repo, err)
+		}
+	}
+	return e, nil
 }
 
 // environment returns repo's environment. With create, the embedded default creates it

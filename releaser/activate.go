@@ -49,7 +49,7 @@ func (r *Releaser) target() (sha string, held bool, err error) {
 // "releases/.hold-<sha>" (held), or the absolute path of either.
 func (r *Releaser) parseTarget(target string) (sha string, held, ok bool) {
 	if !filepath.IsAbs(target) {
-		target = filepath.Join(r.path, target)
+		target = filepath.Join(filepath.Dir(r.currentLink()), target)
 	}
 	target = filepath.Clean(target)
 	if filepath.Dir(target) != r.releasesDir() {
@@ -194,7 +194,7 @@ func (r *Releaser) swapCurrent(name string) error {
 		return &SwapError{Err: err}
 	}
 	tmp := filepath.Join(r.path, tmpLinkPrefix+randSuffix())
-	if err := os.Symlink("releases/"+name, tmp); err != nil {
+	if err := os.Symlink(r.linkTarget(name), tmp); err != nil {
 		return &SwapError{Err: err}
 	}
 	// rename(2) replaces the symlink current itself, never an entry inside its target

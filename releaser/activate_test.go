@@ -371,3 +371,28 @@ func (e *env) mustWrite(rel string) {
 		e.t.Fatal(err)
 	}
 }
+
+// A fleet whose targets leave this host out records its live release in .slipway/live:
+// there is no current for a web server here to serve.
+func TestLiveInMeta(t *testing.T) {
+	e := newEnv(t, Config{LiveInMeta: true})
+	sha := e.release(newRepo(t))
+	if _, err := e.r.Activate(sha); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(e.r.Path(), "current")); !os.IsNotExist(err) {
+		t.Errorf("current exists: %v", err)
+	}
+	if got, err := os.Readlink(filepath.Join(e.r.Path(), ".slipway", "live")); err != nil || got != "../releases/"+sha {
+		t.Errorf(".slipway/live -> %q, %v", got, err)
+	}
+	if live, err := e.r.Current(); err != nil || live != sha {
+		t.Errorf("Current = %q, %v", live, err)
+	}
+	if err := e.r.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	if live, err := e.r.Current(); err != nil || live != sha {
+		t.Errorf("Current after Recover = %q, %v", live, err)
+	}
+}

@@ -114,6 +114,10 @@ type Config struct {
 	// SeedSharedFiles lets LinkShared seed a missing shared file from the file the release
 	// has committed at its path (seed_shared_files), instead of refusing the release.
 	SeedSharedFiles bool
+	// LiveInMeta records the live release in .slipway/live instead of current: for a fleet
+	// whose targets leave this host out, whose releases here are built and kept but served
+	// by no one (SPEC 10: "current on that host only if local is a target").
+	LiveInMeta bool
 }
 
 // Releaser manages one deploy root. Its methods that change the root (Begin, Finish,
@@ -129,6 +133,7 @@ type Releaser struct {
 	grace     time.Duration
 	linkFiles bool
 	seedFiles bool  // SeedSharedFiles
+	liveMeta  bool  // LiveInMeta
 	maxSize   int64 // MaxReleaseSize; 0: none
 	maxFiles  int64 // MaxReleaseFiles; 0: none
 	log       zerolog.Logger
@@ -178,6 +183,7 @@ func New(cfg Config, log zerolog.Logger) (*Releaser, error) {
 		grace:         cfg.PruneGrace,
 		linkFiles:     cfg.LinkFiles,
 		seedFiles:     cfg.SeedSharedFiles,
+		liveMeta:      cfg.LiveInMeta,
 		maxSize:       cfg.MaxReleaseSize,
 		maxFiles:      int64(cfg.MaxReleaseFiles),
 		log:           log,
@@ -205,8 +211,22 @@ func (r *Releaser) Dir(sha string) string { return filepath.Join(r.releasesDir()
 func (r *Releaser) releasesDir() string { return filepath.Join(r.path, "releases") }
 func (r *Releaser) sharedDir() string   { return filepath.Join(r.path, "shared") }
 func (r *Releaser) metaDir() string     { return filepath.Join(r.path, ".slipway") }
-func (r *Releaser) currentLink() string { return filepath.Join(r.path, "current") }
-func (r *Releaser) logsDir() string     { return filepath.Join(r.metaDir(), "logs") }
+func (r *Releaser) currentLink() string {
+	if r.liveMeta {
+		return filepath.Join(r.metaDir(), "live")
+	}
+	return filepath.Join(r.path, "current")
+}
+
+// linkTarget is what the live link holds to name release dir name: relative to the link's
+// own directory, so that it resolves on disk.
+func (r *Releaser) linkTarget(name string) string {
+	if r.liveMeta {
+		return "../releases/" + name
+	}
+	return "releases/" + name
+}
+func (r *Releaser) logsDir() string { return filepath.Join(r.metaDir(), "logs") }
 
 // errBadSHA is returned for a sha that is not a full lowercase hex commit id; such a string
 // must never become a path.

@@ -92,6 +92,7 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"sshas":      cmdSSHAs,
 			"waitgrep":   cmdWaitGrep,
 			"waitglob":   cmdWaitGlob,
+			"fleethost":  cmdFleetHost,
 			"signal":     cmdSignal,
 			"peakrss":    cmdPeakRSS,
 			"flood":      cmdFlood,

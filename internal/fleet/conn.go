@@ -1,0 +1,467 @@
+package fleet
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Dialer opens connections to targets with one identity and one known_hosts file.
+type Dialer struct {
+	signer    ssh.Signer
+	hostKeys  ssh.HostKeyCallback
+	hostAlgos func(addr string) []string
+	timeout   time.Duration
+}
+
+// NewDialer reads the private key slipway presents (target_identity) and the known_hosts
+// file its targets' keys must be in (target_known_hosts). timeout bounds the connection and
+// the SSH handshake.
+func NewDialer(identityFile, knownHostsFile string, timeout time.Duration) (*Dialer, error) {
+	key, err := os.ReadFile(identityFile)
+	if err != nil {
+		return nil, fmt.Errorf("target_identity: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("target_identity %s: %w", identityFile, err)
+	}
+	cb, err := knownhosts.New(knownHostsFile)
+	if err != nil {
+		return nil, fmt.Errorf("target_known_hosts: %w", err)
+	}
+	return &Dialer{signer: signer, hostKeys: cb, timeout: timeout, hostAlgos: knownAlgorithms(cb)}, nil
+}
+
+// knownAlgorithms returns, for an address, the host key algorithms of the keys known_hosts
+// has for it, so that the server is asked for the key that can be checked (a host with an
+// RSA and an ed25519 key, of which known_hosts has one, would otherwise show the other).
+// known_hosts is asked with a key it cannot have: its error lists the keys it knows.
+func knownAlgorithms(cb ssh.HostKeyCallback) func(addr string) []string {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return func(string) []string { return nil }
+	}
+	probe, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return func(string) []string { return nil }
+	}
+	return func(addr string) []string {
+		var ke *knownhosts.KeyError
+		tcp, _ := net.ResolveTCPAddr("tcp", addr)
+		if err := cb(addr, tcp, probe); !errors.As(err, &ke) {
+			return nil
+		}
+		var algos []string
+		for _, k := range ke.Want {
+			switch t := k.Key.Type(); t {
+			case ssh.KeyAlgoRSA:
+				algos = append(algos, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, t)
+			default:
+				algos = append(algos, t)
+			}
+		}
+		return algos
+	}
+}
+
+// Conn is an open connection to one target, for one deploy path.
+type Conn struct {
+	t      Target
+	path   string // the deploy path on the target (absolute, clean)
+	client *ssh.Client
+	sftp   *sftp.Client
+}
+
+// Dial connects to t and opens its SFTP subsystem. A host key that known_hosts lacks, or
+// that differs from the one it has, fails with the fingerprint the host showed.
+func (d *Dialer) Dial(ctx context.Context, t Target, deployPath string) (*Conn, error) {
+	if !filepath.IsAbs(deployPath) || filepath.Clean(deployPath) != deployPath {
+		return nil, &errTarget{t, fmt.Errorf("deploy path %q is not absolute and clean", deployPath)}
+	}
+	cfg := &ssh.ClientConfig{
+		User:              t.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(d.signer)},
+		HostKeyCallback:   d.checkHostKey,
+		HostKeyAlgorithms: d.hostAlgos(t.Addr()),
+		Timeout:           d.timeout,
+	}
+	dialer := net.Dialer{Timeout: d.timeout}
+	nc, err := dialer.DialContext(ctx, "tcp", t.Addr())
+	if err != nil {
+		return nil, &errTarget{t, fmt.Errorf("unreachable: %w", err)}
+	}
+	// The handshake is bounded too: a host that accepts and then says nothing is down.
+	if err := nc.SetDeadline(time.Now().Add(d.timeout)); err != nil {
+		nc.Close()
+		return nil, &errTarget{t, err}
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(nc, t.Addr(), cfg)
+	if err != nil {
+		nc.Close()
+		return nil, &errTarget{t, err}
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		sc.Close()
+		return nil, &errTarget{t, err}
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	sf, err := sftp.NewClient(client)
+	if err != nil {
+		client.Close()
+		return nil, &errTarget{t, fmt.Errorf("sftp: %w", err)}
+	}
+	c := &Conn{t: t, path: deployPath, client: client, sftp: sf}
+	go func() { // the connection ends with the deploy that opened it
+		<-ctx.Done()
+		c.Close()
+	}()
+	return c, nil
+}
+
+// checkHostKey is known_hosts, with errors that say what to do.
+func (d *Dialer) checkHostKey(hostname string, remote net.Addr, key ssh.PublicKey) error {
+	err := d.hostKeys(hostname, remote, key)
+	var ke *knownhosts.KeyError
+	if errors.As(err, &ke) {
+		fp := ssh.FingerprintSHA256(key)
+		if len(ke.Want) == 0 {
+			return fmt.Errorf("host key %s %s is not in target_known_hosts", key.Type(), fp)
+		}
+		return fmt.Errorf("host key changed: it shows %s %s, target_known_hosts has %s", key.Type(), fp, ssh.FingerprintSHA256(ke.Want[0].Key))
+	}
+	return err
+}
+
+// Close ends the connection.
+func (c *Conn) Close() error {
+	c.sftp.Close()
+	return c.client.Close()
+}
+
+// Watchdog closes c if stop is not called within d: an SFTP request to a host that stopped
+// answering would otherwise wait for TCP to give up, many minutes later.
+func (c *Conn) Watchdog(d time.Duration) (stop func()) {
+	t := time.AfterFunc(d, func() { c.Close() })
+	return func() { t.Stop() }
+}
+
+// Target is the host c is connected to.
+func (c *Conn) Target() Target { return c.t }
+
+func (c *Conn) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &errTarget{c.t, err}
+}
+
+func (c *Conn) releases() string          { return path.Join(c.path, "releases") }
+func (c *Conn) release(sha string) string { return path.Join(c.releases(), sha) }
+
+// run runs a POSIX shell script on the target, with stdin, and returns its output; a
+// failure carries the script's last lines of stderr.
+func (c *Conn) run(ctx context.Context, script string, stdin io.Reader) (string, error) {
+	s, err := c.client.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	var stdout, stderr bytes.Buffer
+	s.Stdin, s.Stdout, s.Stderr = stdin, &limited{w: &stdout, left: 64 << 10}, &limited{w: &stderr, left: 64 << 10}
+	done := make(chan error, 1)
+	go func() { done <- s.Run("/bin/sh -c " + shellQuote(script)) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		s.Signal(ssh.SIGKILL)
+		s.Close()
+		return "", ctx.Err()
+	}
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		}
+		if msg == "" {
+			return "", err
+		}
+		return "", fmt.Errorf("%s (%w)", msg, err)
+	}
+	return stdout.String(), nil
+}
+
+// Live is the release current names on the target, "" if it has none.
+func (c *Conn) Live() (string, error) {
+	l, err := c.sftp.ReadLink(path.Join(c.path, "current"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", c.fail(fmt.Errorf("read current: %w", err))
+	}
+	sha, ok := strings.CutPrefix(l, "releases/")
+	if !ok || !validSHA(sha) {
+		return "", c.fail(fmt.Errorf("current points to %q, not a release", l))
+	}
+	return sha, nil
+}
+
+// Has reports whether the target keeps releases/<sha>, complete (a prepared release is
+// renamed there only once whole).
+func (c *Conn) Has(sha string) (bool, error) {
+	fi, err := c.sftp.Lstat(c.release(sha))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, c.fail(err)
+	}
+	return fi.IsDir(), nil
+}
+
+// Prepare writes the local release dir as releases/<sha> on the target: streamed as a tar
+// into a temporary directory, which is renamed into place once whole, so a release the
+// target has is always complete. sharedFiles must exist in the target's shared/ (as on the
+// slipway host); sharedDirs are made there if missing. The release's links into shared/
+// travel as the symlinks they are. It returns the bytes sent.
+func (c *Conn) Prepare(ctx context.Context, sha, dir string, sharedFiles, sharedDirs []string) (int64, error) {
+	if !validSHA(sha) {
+		return 0, c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	if ok, err := c.Has(sha); err != nil {
+		return 0, err
+	} else if ok {
+		return 0, nil // kept from before: complete
+	}
+	var checks strings.Builder
+	for _, f := range sharedFiles {
+		fmt.Fprintf(&checks, "[ -e %s ] || { echo 'shared/%s is missing: create it on this host' >&2; exit 3; }\n",
+			shellQuote(path.Join(c.path, "shared", f)), strings.ReplaceAll(f, "'", ""))
+	}
+	for _, d := range sharedDirs {
+		fmt.Fprintf(&checks, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
+	}
+	tmp := path.Join(c.releases(), ".tmp-"+sha)
+	script := fmt.Sprintf("set -e\numask 022\nmkdir -p %s\n%srm -rf %s\nmkdir %s\ntar -x -f - -C %s\nmv %s %s\n",
+		shellQuote(c.releases()), checks.String(), shellQuote(tmp), shellQuote(tmp), shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
+	pr, pw := io.Pipe()
+	counted := &counter{r: pr}
+	go func() { pw.CloseWithError(writeTar(ctx, pw, dir)) }()
+	_, err := c.run(ctx, script, counted)
+	pr.CloseWithError(errors.New("the target stopped reading"))
+	if err != nil {
+		return counted.n, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
+	}
+	return counted.n, nil
+}
+
+// Activate points current at releases/<sha> on the target with one rename
+// (posix-rename@openssh.com), and returns the release it named before ("" if none).
+func (c *Conn) Activate(sha string) (previous string, err error) {
+	if !validSHA(sha) {
+		return "", c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	previous, err = c.Live()
+	if err != nil {
+		return "", err
+	}
+	if err := c.swap("releases/" + sha); err != nil {
+		return previous, err
+	}
+	return previous, nil
+}
+
+// Restore points current back at previous ("" removes it: the target had none).
+func (c *Conn) Restore(previous string) error {
+	if previous == "" {
+		if err := c.sftp.Remove(path.Join(c.path, "current")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return c.fail(fmt.Errorf("remove current: %w", err))
+		}
+		return nil
+	}
+	if !validSHA(previous) {
+		return c.fail(fmt.Errorf("%q is not a commit", previous))
+	}
+	return c.swap("releases/" + previous)
+}
+
+func (c *Conn) swap(target string) error {
+	tmp := path.Join(c.path, ".current.tmp")
+	if err := c.sftp.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return c.fail(fmt.Errorf("swap current: %w", err))
+	}
+	if err := c.sftp.Symlink(target, tmp); err != nil {
+		return c.fail(fmt.Errorf("swap current: %w", err))
+	}
+	if err := c.sftp.PosixRename(tmp, path.Join(c.path, "current")); err != nil {
+		return c.fail(fmt.Errorf("swap current (posix-rename@openssh.com): %w", err))
+	}
+	return nil
+}
+
+// Discard removes releases/<sha> from the target, and what a cut-short Prepare left, unless
+// current names it.
+func (c *Conn) Discard(ctx context.Context, sha string) error {
+	if !validSHA(sha) {
+		return c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	if live, err := c.Live(); err != nil {
+		return err
+	} else if live == sha {
+		return nil
+	}
+	_, err := c.run(ctx, fmt.Sprintf("rm -rf %s %s", shellQuote(c.release(sha)), shellQuote(path.Join(c.releases(), ".tmp-"+sha))), nil)
+	return c.fail(err)
+}
+
+// Prune removes every release of the target that keep does not name and current does not
+// name, and what cut-short prepares left.
+func (c *Conn) Prune(ctx context.Context, keep []string) error {
+	live, err := c.Live()
+	if err != nil {
+		return err
+	}
+	entries, err := c.sftp.ReadDir(c.releases())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return c.fail(fmt.Errorf("list releases: %w", err))
+	}
+	var gone []string
+	for _, e := range entries {
+		name := e.Name()
+		sha := strings.TrimPrefix(name, ".tmp-")
+		if !validSHA(sha) || sha == live || (name == sha && slices.Contains(keep, sha)) {
+			continue
+		}
+		gone = append(gone, shellQuote(path.Join(c.releases(), name)))
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	_, err = c.run(ctx, "rm -rf "+strings.Join(gone, " "), nil)
+	return c.fail(err)
+}
+
+// writeTar writes dir as a tar stream: directories, regular files with their modes, and
+// symlinks as they are. Anything else (a socket a build left) is skipped.
+func writeTar(ctx context.Context, w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		var link string
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		case d.IsDir(), d.Type().IsRegular():
+		default:
+			return nil
+		}
+		h, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if d.IsDir() {
+			h.Name += "/"
+		}
+		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close() // read only: closing it loses nothing
+		n, err := io.Copy(tw, f)
+		if err == nil && n != h.Size {
+			err = fmt.Errorf("%s changed while it was sent", rel)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// counter counts what is read through it.
+type counter struct {
+	r io.Reader
+	n int64
+}
+
+func (c *counter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// limited keeps the first left bytes written to it and drops the rest.
+type limited struct {
+	w    io.Writer
+	left int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if l.left > 0 {
+		k := min(len(p), l.left)
+		l.w.Write(p[:k])
+		l.left -= k
+	}
+	return len(p), nil
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func validSHA(s string) bool {
+	if len(s) != 40 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,330 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/slipway/slipway/internal/fleet/fleettest"
+)
+
+func TestParseTarget(t *testing.T) {
+	for in, want := range map[string]string{
+		"deploy@web1":          "deploy@web1",
+		"deploy@web2:2200":     "deploy@web2:2200",
+		"deploy@web2:22":       "deploy@web2",
+		"root@127.0.0.2:2022":  "root@127.0.0.2:2022",
+		"deploy@[::1]:2200":    "deploy@[::1]:2200",
+		"deploy@[2001:db8::1]": "deploy@2001:db8::1",
+	} {
+		got, err := ParseTarget(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParseTarget(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "web1", "@web1", "deploy@", "deploy@web1:0", "deploy@web1:99999", "deploy@web1:x",
+		"-oProxyCommand=x@web1", "deploy@-oProxyCommand", "de ploy@web1", "deploy@web 1", "deploy@::1"} {
+		if _, err := ParseTarget(bad); err == nil {
+			t.Errorf("ParseTarget(%q) = nil error", bad)
+		}
+	}
+}
+
+// host is one real OpenSSH sshd on its own loopback address, as a target.
+type host struct {
+	t        Target
+	hostKey  ssh.PublicKey
+	deploy   string // its deploy path
+	sshd     *exec.Cmd
+	confFile string
+}
+
+// keys is the identity slipway uses and the known_hosts its targets are checked against.
+type keys struct {
+	identity   string
+	authorized string
+	knownHosts string
+}
+
+func newKeys(t *testing.T) *keys {
+	t.Helper()
+	dir := t.TempDir()
+	k := &keys{identity: filepath.Join(dir, "id"), authorized: filepath.Join(dir, "authorized_keys"), knownHosts: filepath.Join(dir, "known_hosts")}
+	pub := writeKey(t, k.identity)
+	if err := os.WriteFile(k.authorized, ssh.MarshalAuthorizedKey(pub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(k.knownHosts, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// writeKey writes a new private key in OpenSSH's format and returns its public key.
+func writeKey(t *testing.T, file string) ssh.PublicKey {
+	t.Helper()
+	pub, err := fleettest.WriteKey(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+// startHost starts sshd on ip (127.0.0.N) as root, authorizing k, with its own deploy path.
+// sshd needs root (to log root in) and its privilege separation directory; CI has both
+// (.ci/run makes /run/sshd).
+func startHost(t *testing.T, k *keys, ip string, known bool) *host {
+	t.Helper()
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		sshd = "/usr/sbin/sshd"
+	}
+	if _, err := os.Stat(sshd); err != nil || os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI must run as root with OpenSSH's sshd (.ci/run installs openssh-server): %v", err)
+		}
+		t.Skip("needs root and sshd (openssh-server)")
+	}
+	if _, err := os.Stat("/run/sshd"); err != nil {
+		t.Fatalf("sshd needs /run/sshd (.ci/run makes it): %v", err)
+	}
+	dir := t.TempDir()
+	h := &host{deploy: filepath.Join(dir, "deploy")}
+	h.hostKey = writeKey(t, filepath.Join(dir, "host_key"))
+	port, err := fleettest.FreePort(ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.confFile = filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(h.confFile, []byte(fleettest.SSHDConfig(ip, port, filepath.Join(dir, "host_key"), k.authorized)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.sshd = exec.Command(sshd, "-D", "-e", "-f", h.confFile)
+	h.sshd.Stderr = os.Stderr
+	if err := h.sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.stop() })
+	h.t = Target{User: "root", Host: ip, Port: port}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", h.t.Addr(), time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd on %s: %v", h.t.Addr(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if known {
+		k.know(t, h)
+	}
+	return h
+}
+
+func (h *host) stop() {
+	if h.sshd != nil && h.sshd.Process != nil {
+		h.sshd.Process.Kill()
+		h.sshd.Wait()
+		h.sshd = nil
+	}
+}
+
+// know adds h's host key to the known_hosts.
+func (k *keys) know(t *testing.T, h *host) {
+	t.Helper()
+	f, err := os.OpenFile(k.knownHosts, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintln(f, knownhosts.Line([]string{knownhosts.Normalize(h.t.Addr())}, h.hostKey))
+}
+
+func (k *keys) dialer(t *testing.T) *Dialer {
+	t.Helper()
+	d, err := NewDialer(k.identity, k.knownHosts, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+const (
+	sha1 = "1111111111111111111111111111111111111111"
+	sha2 = "2222222222222222222222222222222222222222"
+)
+
+// release writes a local release tree: files, an executable, a symlink inside, and a link
+// into shared/ as slipway makes them.
+func release(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range map[string]string{"index.html": body, "lib/app.js": "app\n", "bin/run": "#!/bin/sh\necho run\n"} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(dir, "bin/run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{"lib/main.js": "app.js", ".env": "../../shared/.env"} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestPrepareActivate(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.2", true)
+	ctx := context.Background()
+	if err := os.MkdirAll(filepath.Join(h.deploy, "shared"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.deploy, "shared", ".env"), []byte("APP=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if live, err := c.Live(); err != nil || live != "" {
+		t.Fatalf("Live on a new host = %q, %v", live, err)
+	}
+	n, err := c.Prepare(ctx, sha1, release(t, "one\n"), []string{".env"}, []string{"storage"})
+	if err != nil || n == 0 {
+		t.Fatalf("Prepare = %d, %v", n, err)
+	}
+	rel := filepath.Join(h.deploy, "releases", sha1)
+	if b, err := os.ReadFile(filepath.Join(rel, "index.html")); err != nil || string(b) != "one\n" {
+		t.Errorf("index.html = %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(rel, "bin/run")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("bin/run mode = %v, %v", fi.Mode(), err)
+	}
+	if l, _ := os.Readlink(filepath.Join(rel, "lib/main.js")); l != "app.js" {
+		t.Errorf("lib/main.js -> %q", l)
+	}
+	if b, err := os.ReadFile(filepath.Join(rel, ".env")); err != nil || string(b) != "APP=1\n" {
+		t.Errorf(".env through shared/ = %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(h.deploy, "shared", "storage")); err != nil || !fi.IsDir() {
+		t.Errorf("shared/storage was not made: %v", err)
+	}
+	if n, err := c.Prepare(ctx, sha1, release(t, "other\n"), nil, nil); err != nil || n != 0 {
+		t.Errorf("Prepare of a release the host keeps = %d, %v; want nothing sent", n, err)
+	}
+
+	prev, err := c.Activate(sha1)
+	if err != nil || prev != "" {
+		t.Fatalf("Activate = %q, %v", prev, err)
+	}
+	if l, _ := os.Readlink(filepath.Join(h.deploy, "current")); l != "releases/"+sha1 {
+		t.Errorf("current -> %q", l)
+	}
+	if _, err := c.Prepare(ctx, sha2, release(t, "two\n"), []string{".env"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if prev, err = c.Activate(sha2); err != nil || prev != sha1 {
+		t.Fatalf("Activate 2 = %q, %v", prev, err)
+	}
+	if live, _ := c.Live(); live != sha2 {
+		t.Errorf("Live = %q", live)
+	}
+	if err := c.Restore(sha1); err != nil {
+		t.Fatal(err)
+	}
+	if live, _ := c.Live(); live != sha1 {
+		t.Errorf("Live after Restore = %q", live)
+	}
+	if err := c.Discard(ctx, sha1); err != nil { // live: kept
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(rel); err != nil {
+		t.Errorf("Discard removed the live release: %v", err)
+	}
+	if err := c.Discard(ctx, sha2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(h.deploy, "releases", sha2)); !os.IsNotExist(err) {
+		t.Errorf("Discard left releases/%s: %v", sha2[:7], err)
+	}
+	if err := c.Restore(""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(h.deploy, "current")); !os.IsNotExist(err) {
+		t.Errorf("Restore(\"\") left current: %v", err)
+	}
+}
+
+// A shared file the target lacks fails the prepare, naming it, and leaves nothing behind.
+func TestPrepareMissingShared(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.3", true)
+	ctx := context.Background()
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Prepare(ctx, sha1, release(t, "one\n"), []string{".env"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.3: ") || !strings.Contains(err.Error(), "shared/.env is missing") {
+		t.Fatalf("Prepare = %v; want the host and the missing shared file named", err)
+	}
+	if got, ok := HostOf(err); !ok || got != h.t {
+		t.Errorf("HostOf = %v, %v", got, ok)
+	}
+	entries, _ := os.ReadDir(filepath.Join(h.deploy, "releases"))
+	if len(entries) != 0 {
+		t.Errorf("releases/ after a failed prepare: %v", entries)
+	}
+}
+
+// Host keys are checked strictly: unknown and changed keys fail, naming the fingerprint.
+func TestHostKeys(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.4", false)
+	ctx := context.Background()
+	_, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err == nil || !strings.Contains(err.Error(), "is not in target_known_hosts") || !strings.Contains(err.Error(), ssh.FingerprintSHA256(h.hostKey)) {
+		t.Fatalf("Dial to an unknown host = %v", err)
+	}
+	// known_hosts has another key for it: the host's key changed.
+	other := writeKey(t, filepath.Join(t.TempDir(), "other"))
+	if err := os.WriteFile(k.knownHosts, []byte(knownhosts.Line([]string{knownhosts.Normalize(h.t.Addr())}, other)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err == nil || !strings.Contains(err.Error(), "host key changed") || !strings.Contains(err.Error(), ssh.FingerprintSHA256(other)) {
+		t.Fatalf("Dial with a changed key = %v", err)
+	}
+	k.know(t, h)
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatalf("Dial once known_hosts has its key too: %v", err)
+	}
+	c.Close()
+	// A host that is down.
+	h.stop()
+	if _, err := k.dialer(t).Dial(ctx, h.t, h.deploy); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("Dial to a stopped sshd = %v", err)
+	}
+}
