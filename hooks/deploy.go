@@ -225,7 +225,7 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 	if ctx.Err() != nil {
 		return errCancelled
 	}
-	if err := d.prepareFleet(ctx, out); err != nil {
+	if err := d.prepareFleet(ctx, out, true); err != nil {
 		return err
 	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {
@@ -334,7 +334,7 @@ func (d *deploy) reactivate(ctx context.Context, out io.Writer) error {
 	if err := d.linkShared(out); err != nil {
 		return err
 	}
-	if err := d.prepareFleet(ctx, out); err != nil {
+	if err := d.prepareFleet(ctx, out, false); err != nil {
 		return err
 	}
 	if ctx.Err() != nil {

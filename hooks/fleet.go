@@ -26,9 +26,11 @@ type fleetRun struct {
 	previous map[*fleet.Conn]string // what current named before this deploy swapped it
 }
 
-// prepareFleet connects to every target and writes the release there. Any failure fails
-// the deploy, naming the hosts, and removes what was written.
-func (d *deploy) prepareFleet(ctx context.Context, out io.Writer) error {
+// prepareFleet connects to every target and writes the release there: what differs from
+// the release each has live is sent, the rest copied there. Any failure fails the deploy,
+// naming the hosts, and removes what was written. built: this deploy built the release,
+// so its manifest is made anew.
+func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) error {
 	f := d.e.cfg.Fleet
 	if !f.Remote() {
 		return nil
@@ -41,6 +43,11 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer) error {
 	say(out, "prepare %s on %s (%d at a time)", short(sha), targets(len(f.Targets)), min(f.Parallel, len(f.Targets)))
 	run := &fleetRun{prepared: map[*fleet.Conn]bool{}, previous: map[*fleet.Conn]string{}}
 	d.fleet = run
+	manifest, err := d.manifest(sha, built)
+	if err != nil {
+		d.log.Error().Err(err).Msg("manifest of the release")
+		return shown("read the release to ship it", err)
+	}
 	var mu sync.Mutex
 	var failed []string
 	sem := make(chan struct{}, f.Parallel)
@@ -52,7 +59,7 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			tstart := time.Now()
-			c, sent, wrote, err := d.prepareTarget(ctx, t)
+			c, sent, wrote, err := d.prepareTarget(ctx, t, manifest)
 			mu.Lock()
 			defer mu.Unlock()
 			if c != nil {
@@ -65,10 +72,16 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer) error {
 				indent(out, "%s: failed: %s", t, d.targetReason(ctx, t, err))
 				return
 			}
-			if sent < 0 {
+			switch {
+			case sent.Kept:
 				indent(out, "%s: kept from before (%s)", t, since(tstart))
-			} else {
-				indent(out, "%s: %s sent (%s)", t, humanBytes(sent), since(tstart))
+			case sent.Fallback != "":
+				d.log.Warn().Str("target", t.String()).Str("why", sent.Fallback).Msg("unchanged files not copied on the target: sent them all")
+				indent(out, "%s: %s sent, all of it: the unchanged files could not be copied there (%s)", t, humanBytes(sent.Bytes), since(tstart))
+			case sent.Copied > 0:
+				indent(out, "%s: %s sent, %d unchanged files copied there (%s)", t, humanBytes(sent.Bytes), sent.Copied, since(tstart))
+			default:
+				indent(out, "%s: %s sent (%s)", t, humanBytes(sent.Bytes), since(tstart))
 			}
 		}()
 	}
@@ -88,12 +101,12 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer) error {
 	return nil
 }
 
-// prepareTarget connects to t and writes the release there; sent is the bytes sent, -1 if
-// t kept the release from before; wrote, whether this deploy (may have) written it there.
-func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target) (c *fleet.Conn, sent int64, wrote bool, err error) {
+// prepareTarget connects to t and writes the release there; wrote is whether this deploy
+// (may have) written it there.
+func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Manifest) (c *fleet.Conn, sent fleet.Sent, wrote bool, err error) {
 	c, err = d.e.dialer.Dial(ctx, t, d.e.cfg.Path)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, sent, false, err
 	}
 	// A target that stops answering fails like a command that runs too long.
 	stop := c.Watchdog(d.e.cfg.CommandTimeout)
@@ -101,23 +114,63 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target) (c *fleet.Co
 	sha := d.entry.SHA
 	kept, err := c.Has(sha)
 	if err != nil {
-		return c, 0, false, err
+		return c, sent, false, err
 	}
 	if kept && d.entry.Kind != kindRedeploy {
-		return c, -1, false, nil
+		sent.Kept = true
+		return c, sent, false, nil
+	}
+	live, err := c.Live()
+	if err != nil {
+		return c, sent, false, err
 	}
 	if kept { // a redeploy rebuilt it: the target's old build goes, unless it is live there
-		if live, err := c.Live(); err != nil {
-			return c, 0, false, err
-		} else if live == sha {
-			return c, 0, false, fmt.Errorf("releases/%s is live there: a redeploy of the live release is not yet supported with targets", short(sha))
+		if live == sha {
+			return c, sent, false, fmt.Errorf("releases/%s is live there: a redeploy of the live release is not yet supported with targets", short(sha))
 		}
 		if err := c.Discard(ctx, sha); err != nil {
-			return c, 0, false, err
+			return c, sent, false, err
 		}
 	}
-	sent, err = c.Prepare(ctx, sha, d.e.rel.Dir(sha), d.recipe.SharedFiles, d.recipe.SharedDirs)
+	plan := fleet.Plan{SharedFiles: d.recipe.SharedFiles, SharedDirs: d.recipe.SharedDirs, Manifest: m}
+	if live != "" && live != sha {
+		// What the target has live is what this host sent it, as its manifest says; the
+		// target checks each file it copies from it.
+		if base, err := d.loadManifest(live); err != nil {
+			d.log.Warn().Err(err).Str("target", t.String()).Msg("manifest of the target's live release: sending everything")
+		} else {
+			plan.Base, plan.BaseSHA = base, live
+		}
+	}
+	sent, err = c.Prepare(ctx, sha, d.e.rel.Dir(sha), plan)
 	return c, sent, true, err
+}
+
+// manifest is the manifest of release sha, made (and kept) if built or if there is none.
+func (d *deploy) manifest(sha string, built bool) (*fleet.Manifest, error) {
+	file, err := d.e.rel.ManifestPath(sha)
+	if err != nil {
+		return nil, err
+	}
+	if !built {
+		if m, err := fleet.LoadManifest(file); err != nil || m != nil {
+			return m, err
+		}
+	}
+	m, err := fleet.BuildManifest(d.e.rel.Dir(sha))
+	if err != nil {
+		return nil, err
+	}
+	return m, m.Save(file)
+}
+
+// loadManifest is the kept manifest of release sha; nil if there is none.
+func (d *deploy) loadManifest(sha string) (*fleet.Manifest, error) {
+	file, err := d.e.rel.ManifestPath(sha)
+	if err != nil {
+		return nil, err
+	}
+	return fleet.LoadManifest(file)
 }
 
 // targetReason is what the pusher reads of a target's failure: what went wrong there (the
@@ -247,6 +300,9 @@ func (d *deploy) pruneFleet() {
 		if err := c.Prune(ctx, keep); err != nil {
 			d.log.Warn().Err(err).Str("target", c.Target().String()).Msg("prune a target")
 		}
+	}
+	if err := d.e.rel.PruneManifests(keep); err != nil {
+		d.log.Warn().Err(err).Msg("prune the manifests")
 	}
 }
 

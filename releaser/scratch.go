@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -119,4 +120,39 @@ func (r *Releaser) PruneCache(limit int64) (removed int, freed int64, err error)
 		_ = os.Remove(d) // not empty, or gone: either is fine
 	}
 	return removed, freed, nil
+}
+
+// ManifestPath is where the fleet's manifest of release sha is kept (SPEC 10: what each
+// target is sent is what differs from the manifest of the release it has live).
+func (r *Releaser) ManifestPath(sha string) (string, error) {
+	if err := checkSHA(sha); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(r.metaDir(), "manifests")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("manifests: %w", err)
+	}
+	return filepath.Join(dir, sha+".json"), nil
+}
+
+// PruneManifests removes the manifests of releases keep does not name.
+func (r *Releaser) PruneManifests(keep []string) error {
+	dir := filepath.Join(r.metaDir(), "manifests")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("manifests: %w", err)
+	}
+	for _, e := range entries {
+		sha, _, _ := strings.Cut(e.Name(), ".")
+		if slices.Contains(keep, sha) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("manifests: %w", err)
+		}
+	}
+	return nil
 }

@@ -237,40 +237,113 @@ func (c *Conn) Has(sha string) (bool, error) {
 	return fi.IsDir(), nil
 }
 
-// Prepare writes the local release dir as releases/<sha> on the target: streamed as a tar
-// into a temporary directory, which is renamed into place once whole, so a release the
-// target has is always complete. sharedFiles must exist in the target's shared/ (as on the
-// slipway host); sharedDirs are made there if missing. The release's links into shared/
-// travel as the symlinks they are. It returns the bytes sent.
-func (c *Conn) Prepare(ctx context.Context, sha, dir string, sharedFiles, sharedDirs []string) (int64, error) {
+// Plan is what Prepare needs besides the release's directory.
+type Plan struct {
+	SharedFiles []string // must exist in the target's shared/
+	SharedDirs  []string // made in the target's shared/ if missing
+	// Manifest is the new release's; Base, that of BaseSHA, the release the target has
+	// live. With both, the files Base has unchanged are copied on the target from
+	// releases/<BaseSHA> (a reflink where its filesystem can) and checked against their
+	// sha256 there, instead of sent. Without, or if that fails, everything is sent.
+	Manifest *Manifest
+	Base     *Manifest
+	BaseSHA  string
+}
+
+// Sent is what Prepare did for a target.
+type Sent struct {
+	Bytes  int64 // sent over the connection
+	Copied int   // files copied there from the release it had live, not sent
+	Kept   bool  // the target kept the release from before: nothing was sent
+	// Fallback is why the copy of unchanged files failed and everything was sent; "" if not.
+	Fallback string
+}
+
+// Prepare writes the local release dir as releases/<sha> on the target: into a temporary
+// directory, renamed into place once whole, so a release the target has is always complete.
+// Shared files must exist in the target's shared/ (as on the slipway host); shared dirs are
+// made there if missing. The release's links into shared/ travel as the symlinks they are.
+func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, error) {
+	var sent Sent
 	if !validSHA(sha) {
-		return 0, c.fail(fmt.Errorf("%q is not a commit", sha))
+		return sent, c.fail(fmt.Errorf("%q is not a commit", sha))
 	}
 	if ok, err := c.Has(sha); err != nil {
-		return 0, err
+		return sent, err
 	} else if ok {
-		return 0, nil // kept from before: complete
-	}
-	var checks strings.Builder
-	for _, f := range sharedFiles {
-		fmt.Fprintf(&checks, "[ -e %s ] || { echo 'shared/%s is missing: create it on this host' >&2; exit 3; }\n",
-			shellQuote(path.Join(c.path, "shared", f)), strings.ReplaceAll(f, "'", ""))
-	}
-	for _, d := range sharedDirs {
-		fmt.Fprintf(&checks, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
+		sent.Kept = true
+		return sent, nil
 	}
 	tmp := path.Join(c.releases(), ".tmp-"+sha)
-	script := fmt.Sprintf("set -e\numask 022\nmkdir -p %s\n%srm -rf %s\nmkdir %s\ntar -x -f - -C %s\nmv %s %s\n",
-		shellQuote(c.releases()), checks.String(), shellQuote(tmp), shellQuote(tmp), shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
+	var setup strings.Builder
+	fmt.Fprintf(&setup, "set -e\numask 022\nmkdir -p %s\n", shellQuote(c.releases()))
+	for _, f := range p.SharedFiles {
+		fmt.Fprintf(&setup, "[ -e %s ] || { echo 'shared/%s is missing: create it on this host' >&2; exit 3; }\n",
+			shellQuote(path.Join(c.path, "shared", f)), strings.ReplaceAll(f, "'", ""))
+	}
+	for _, d := range p.SharedDirs {
+		fmt.Fprintf(&setup, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
+	}
+	fmt.Fprintf(&setup, "rm -rf %s\nmkdir %s\n", shellQuote(tmp), shellQuote(tmp))
+	if _, err := c.run(ctx, setup.String(), nil); err != nil {
+		return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
+	}
+
+	skip := map[string]bool{}
+	if p.Manifest != nil && p.Base != nil && validSHA(p.BaseSHA) {
+		if unchanged := p.Manifest.Unchanged(p.Base); len(unchanged) > 0 {
+			n, err := c.copyUnchanged(ctx, tmp, p.BaseSHA, unchanged)
+			sent.Bytes += n
+			if err != nil {
+				if ctx.Err() != nil {
+					return sent, c.fail(ctx.Err())
+				}
+				sent.Fallback = err.Error()
+				if _, err := c.run(ctx, fmt.Sprintf("rm -rf %s && mkdir %s", shellQuote(tmp), shellQuote(tmp)), nil); err != nil {
+					return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
+				}
+			} else {
+				for _, e := range unchanged {
+					skip[e.Path] = true
+				}
+				sent.Copied = len(unchanged)
+			}
+		}
+	}
+
+	script := fmt.Sprintf("set -e\ntar -x -f - -C %s\nmv %s %s\n", shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
 	pr, pw := io.Pipe()
 	counted := &counter{r: pr}
-	go func() { pw.CloseWithError(writeTar(ctx, pw, dir)) }()
+	go func() { pw.CloseWithError(writeTar(ctx, pw, dir, skip)) }()
 	_, err := c.run(ctx, script, counted)
 	pr.CloseWithError(errors.New("the target stopped reading"))
+	sent.Bytes += counted.n
 	if err != nil {
-		return counted.n, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
+		return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
 	}
-	return counted.n, nil
+	return sent, nil
+}
+
+// copyUnchanged copies files from releases/<base> into tmp on the target and checks each
+// against its sha256 there: the target's copy of a release may have been written to since
+// it was sent (an app writing into its own directory). It needs GNU cp and sha256sum, as
+// Linux distributions have; anywhere else it fails, and Prepare sends everything.
+func (c *Conn) copyUnchanged(ctx context.Context, tmp, base string, files []Entry) (int64, error) {
+	var list, sums bytes.Buffer
+	for _, e := range files {
+		list.WriteString(e.Path)
+		list.WriteByte(0)
+		fmt.Fprintf(&sums, "%s  %s\n", e.Sum, e.Path)
+	}
+	n := int64(list.Len() + sums.Len())
+	copyScript := fmt.Sprintf("set -e\ncd %s\nxargs -0 cp --reflink=auto -p --parents -t %s --\n", shellQuote(c.release(base)), shellQuote(tmp))
+	if _, err := c.run(ctx, copyScript, &list); err != nil {
+		return n, fmt.Errorf("copy unchanged files: %w", err)
+	}
+	if _, err := c.run(ctx, fmt.Sprintf("cd %s && sha256sum --quiet --strict -c -", shellQuote(tmp)), &sums); err != nil {
+		return n, fmt.Errorf("check the unchanged files copied: %w", err)
+	}
+	return n, nil
 }
 
 // Activate points current at releases/<sha> on the target with one rename
@@ -362,9 +435,10 @@ func (c *Conn) Prune(ctx context.Context, keep []string) error {
 	return c.fail(err)
 }
 
-// writeTar writes dir as a tar stream: directories, regular files with their modes, and
-// symlinks as they are. Anything else (a socket a build left) is skipped.
-func writeTar(ctx context.Context, w io.Writer, dir string) error {
+// writeTar writes dir as a tar stream: directories, regular files with their modes (but
+// those skip names, which the target has), and symlinks as they are. Anything else (a
+// socket a build left) is skipped.
+func writeTar(ctx context.Context, w io.Writer, dir string, skip map[string]bool) error {
 	tw := tar.NewWriter(w)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -387,7 +461,11 @@ func writeTar(ctx context.Context, w io.Writer, dir string) error {
 			if link, err = os.Readlink(p); err != nil {
 				return err
 			}
-		case d.IsDir(), d.Type().IsRegular():
+		case d.IsDir():
+		case d.Type().IsRegular():
+			if skip[filepath.ToSlash(rel)] {
+				return nil
+			}
 		default:
 			return nil
 		}

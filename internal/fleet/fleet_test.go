@@ -209,9 +209,9 @@ func TestPrepareActivate(t *testing.T) {
 	if live, err := c.Live(); err != nil || live != "" {
 		t.Fatalf("Live on a new host = %q, %v", live, err)
 	}
-	n, err := c.Prepare(ctx, sha1, release(t, "one\n"), []string{".env"}, []string{"storage"})
-	if err != nil || n == 0 {
-		t.Fatalf("Prepare = %d, %v", n, err)
+	sent, err := c.Prepare(ctx, sha1, release(t, "one\n"), Plan{SharedFiles: []string{".env"}, SharedDirs: []string{"storage"}})
+	if err != nil || sent.Bytes == 0 || sent.Kept {
+		t.Fatalf("Prepare = %+v, %v", sent, err)
 	}
 	rel := filepath.Join(h.deploy, "releases", sha1)
 	if b, err := os.ReadFile(filepath.Join(rel, "index.html")); err != nil || string(b) != "one\n" {
@@ -229,8 +229,8 @@ func TestPrepareActivate(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(h.deploy, "shared", "storage")); err != nil || !fi.IsDir() {
 		t.Errorf("shared/storage was not made: %v", err)
 	}
-	if n, err := c.Prepare(ctx, sha1, release(t, "other\n"), nil, nil); err != nil || n != 0 {
-		t.Errorf("Prepare of a release the host keeps = %d, %v; want nothing sent", n, err)
+	if sent, err := c.Prepare(ctx, sha1, release(t, "other\n"), Plan{}); err != nil || sent.Bytes != 0 || !sent.Kept {
+		t.Errorf("Prepare of a release the host keeps = %+v, %v; want nothing sent", sent, err)
 	}
 
 	prev, err := c.Activate(sha1)
@@ -240,7 +240,7 @@ func TestPrepareActivate(t *testing.T) {
 	if l, _ := os.Readlink(filepath.Join(h.deploy, "current")); l != "releases/"+sha1 {
 		t.Errorf("current -> %q", l)
 	}
-	if _, err := c.Prepare(ctx, sha2, release(t, "two\n"), []string{".env"}, nil); err != nil {
+	if _, err := c.Prepare(ctx, sha2, release(t, "two\n"), Plan{SharedFiles: []string{".env"}}); err != nil {
 		t.Fatal(err)
 	}
 	if prev, err = c.Activate(sha2); err != nil || prev != sha1 {
@@ -285,7 +285,7 @@ func TestPrepareMissingShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, err = c.Prepare(ctx, sha1, release(t, "one\n"), []string{".env"}, nil)
+	_, err = c.Prepare(ctx, sha1, release(t, "one\n"), Plan{SharedFiles: []string{".env"}})
 	if err == nil || !strings.Contains(err.Error(), "127.0.0.3: ") || !strings.Contains(err.Error(), "shared/.env is missing") {
 		t.Fatalf("Prepare = %v; want the host and the missing shared file named", err)
 	}
@@ -326,5 +326,74 @@ func TestHostKeys(t *testing.T) {
 	h.stop()
 	if _, err := k.dialer(t).Dial(ctx, h.t, h.deploy); err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Errorf("Dial to a stopped sshd = %v", err)
+	}
+}
+
+// A release sends only what differs from the one the target has live; the rest is copied
+// there and checked. A file changed there since (the app wrote into its release) fails the
+// check, and everything is sent.
+func TestPrepareDelta(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.5", true)
+	ctx := context.Background()
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB, unchanged from release to release
+	mk := func(index string) (string, *Manifest) {
+		dir := release(t, index)
+		if err := os.WriteFile(filepath.Join(dir, "lib/big.bin"), []byte(big), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m, err := BuildManifest(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, m
+	}
+	dir1, m1 := mk("one\n")
+	first, err := c.Prepare(ctx, sha1, dir1, Plan{Manifest: m1})
+	if err != nil || first.Copied != 0 || first.Bytes < 1<<20 {
+		t.Fatalf("first Prepare = %+v, %v", first, err)
+	}
+	if _, err := c.Activate(sha1); err != nil {
+		t.Fatal(err)
+	}
+	dir2, m2 := mk("two\n")
+	second, err := c.Prepare(ctx, sha2, dir2, Plan{Manifest: m2, Base: m1, BaseSHA: sha1})
+	if err != nil || second.Fallback != "" {
+		t.Fatalf("delta Prepare = %+v, %v", second, err)
+	}
+	if second.Copied != 3 || second.Bytes > 64<<10 {
+		t.Errorf("delta Prepare = %+v; want 3 files copied there (app.js, run, big.bin) and far less than 1 MiB sent", second)
+	}
+	rel := filepath.Join(h.deploy, "releases", sha2)
+	for name, want := range map[string]string{"index.html": "two\n", "lib/app.js": "app\n", "lib/big.bin": big} {
+		if b, err := os.ReadFile(filepath.Join(rel, name)); err != nil || string(b) != want {
+			t.Errorf("%s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(rel, "bin/run")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("bin/run copied there: mode %v, %v", fi.Mode(), err)
+	}
+	if l, _ := os.Readlink(filepath.Join(rel, "lib/main.js")); l != "app.js" {
+		t.Errorf("lib/main.js -> %q", l)
+	}
+
+	// The app wrote into its live release on the target: that file is not what the
+	// manifest says, so the copy is not trusted.
+	if err := os.WriteFile(filepath.Join(h.deploy, "releases", sha1, "lib/app.js"), []byte("changed there\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sha3 := "3333333333333333333333333333333333333333"
+	dir3, m3 := mk("three\n")
+	third, err := c.Prepare(ctx, sha3, dir3, Plan{Manifest: m3, Base: m1, BaseSHA: sha1})
+	if err != nil || third.Fallback == "" || third.Copied != 0 || third.Bytes < 1<<20 {
+		t.Fatalf("Prepare over a changed base = %+v, %v; want everything sent, and why", third, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h.deploy, "releases", sha3, "lib/app.js")); string(b) != "app\n" {
+		t.Errorf("lib/app.js = %q: the target's change was copied", b)
 	}
 }
