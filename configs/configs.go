@@ -778,13 +778,6 @@ func readFleet(t table, resolve func(string) string, e Env) Fleet {
 			t.doc.addf(t.key("targets"), "%s: %v", t.name("targets"), err)
 		}
 	}
-	// What runs around activation runs on this host today; on a fleet it would run in the
-	// wrong place. Until it runs on each target, it is refused rather than misplaced.
-	for _, k := range []string{"after_activate", "health_check"} {
-		if t.has(k) {
-			t.doc.addf(t.key(k), "%s: not yet supported with targets (it would run on the slipway host, not on each target)", t.name(k))
-		}
-	}
 	return f
 }
 

@@ -330,7 +330,6 @@ target_identity = "id"
 				`slipway.toml:6: env[0].targets: deploy@web1 is listed twice`,
 				`slipway.toml:6: env[0].targets: target_identity …: ssh: no key found`,
 				`slipway.toml:9: env[0].target_parallel must be 1 to 100`,
-				`slipway.toml:10: env[0].after_activate: not yet supported with targets`,
 				`slipway.toml:14: env[1].targets: target_identity is required with targets`,
 				`slipway.toml:18: env[2].target_identity is set, but targets names no host`,
 			},

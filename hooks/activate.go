@@ -58,10 +58,19 @@ func (d *deploy) activate(out io.Writer) error {
 	}
 	d.log.Info().Bool("rollback", wasLive).Msg("release activated")
 
-	steps := d.runnerFor(sha, d.entry.PreviousSHA, wasLive, false)
-	failure := Hooks{AfterActivate: d.recipe.AfterActivate}.Fire(context.Background(), AfterActivate, steps, out)
+	var failure error
+	if d.runsHere() {
+		steps := d.runnerFor(sha, d.entry.PreviousSHA, wasLive, false)
+		failure = Hooks{AfterActivate: d.recipe.AfterActivate}.Fire(context.Background(), AfterActivate, steps, out)
+		if failure == nil {
+			failure = d.healthCheck(out)
+		}
+	}
 	if failure == nil {
-		failure = d.healthCheck(out)
+		failure = d.fleetCommands(out, "after_activate", d.recipe.AfterActivate, sha, d.entry.PreviousSHA, wasLive, false)
+	}
+	if failure == nil {
+		failure = d.fleetHealth(out)
 	}
 	if failure != nil {
 		d.log.Warn().Err(failure).Str("on_failure", d.onFailure()).Msg("activation failed")
@@ -74,6 +83,13 @@ func (d *deploy) activate(out io.Writer) error {
 	}
 	d.prune(out)
 	return nil
+}
+
+// runsHere reports whether the app runs on this host, so that after_activate and the health
+// check run here: no targets, or "local" among them.
+func (d *deploy) runsHere() bool {
+	f := d.e.cfg.Fleet
+	return !f.Remote() || f.Local
 }
 
 // onFailure is the environment's on_failure, revert unless it says keep.
@@ -89,6 +105,7 @@ func (d *deploy) onFailure() string {
 // release this deploy built is removed: it is never a rollback target.
 func (d *deploy) revert(out io.Writer, failure error) error {
 	sha, prev := d.entry.SHA, d.entry.PreviousSHA
+	d.restoreFleet(out) // every target back on what it had live, whatever happens here
 	if prev == "" || prev == sha {
 		say(out, "%v; reverting: nothing was live before, so current is removed", failure)
 		if err := d.e.rel.Deactivate(sha); err != nil {
@@ -107,15 +124,25 @@ func (d *deploy) revert(out io.Writer, failure error) error {
 		return &activationError{outcome: releaser.OutcomeUnhealthy,
 			msg: fmt.Sprintf("%v; the revert to %s failed (%s), so %s stays live", failure, short(prev), safeReason(context.Background(), err), short(sha))}
 	}
-	say(out, "live again: current -> releases/%s (%s)", prev, since(start))
+	if d.runsHere() {
+		say(out, "live again: current -> releases/%s (%s)", prev, since(start))
+	} else {
+		say(out, "recorded live here again: .slipway/live -> releases/%s (%s)", prev, since(start))
+	}
 	recipe, err := d.p.recipe(d.e, d.objects, prev, io.Discard)
 	if err != nil {
 		d.log.Warn().Err(err).Msg("revert: read the previous release's recipe; its after_activate does not run")
 		say(out, "warning: the after_activate of %s could not be read: see the server log", short(prev))
 	} else {
-		steps := d.runnerFor(prev, sha, true, true)
-		if err := (Hooks{AfterActivate: recipe.AfterActivate}).Fire(context.Background(), AfterActivate, steps, out); err != nil {
-			d.log.Warn().Err(err).Msg("revert: after_activate of the previous release failed")
+		if d.runsHere() {
+			steps := d.runnerFor(prev, sha, true, true)
+			if err := (Hooks{AfterActivate: recipe.AfterActivate}).Fire(context.Background(), AfterActivate, steps, out); err != nil {
+				d.log.Warn().Err(err).Msg("revert: after_activate of the previous release failed")
+				say(out, "warning: %v (after_activate of %s); it stays live", err, short(prev))
+			}
+		}
+		if err := d.fleetCommands(out, "after_activate", recipe.AfterActivate, prev, sha, true, true); err != nil {
+			d.log.Warn().Err(err).Msg("revert: after_activate of the previous release failed on targets")
 			say(out, "warning: %v (after_activate of %s); it stays live", err, short(prev))
 		}
 	}
@@ -157,25 +184,36 @@ func (d *deploy) healthCheck(out io.Writer) error {
 	if hc == nil {
 		return nil
 	}
-	what := "GET " + hc.URL
+	say(out, "health check: %s (every %s, for up to %s)", healthWhat(hc), hc.Interval, hc.Timeout)
+	return d.healthLoop(out, "", func(ctx context.Context) error {
+		if hc.Command != "" {
+			return d.healthCommand(ctx, hc.Command)
+		}
+		return healthHTTP(ctx, http.DefaultClient, hc)
+	})
+}
+
+func healthWhat(hc *configs.HealthCheck) string {
 	if hc.Command != "" {
-		what = hc.Command
+		return hc.Command
 	}
-	say(out, "health check: %s (every %s, for up to %s)", what, hc.Interval, hc.Timeout)
+	return "GET " + hc.URL
+}
+
+// healthLoop tries probe every interval until it passes or the health check's timeout runs
+// out; who ("web1: ", or "") begins its lines.
+func (d *deploy) healthLoop(out io.Writer, who string, probe func(context.Context) error) error {
+	hc := d.e.cfg.HealthCheck
 	start := time.Now()
 	deadline := start.Add(hc.Timeout)
 	var last error
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		if hc.Command != "" {
-			last = d.healthCommand(ctx, hc.Command)
-		} else {
-			last = healthHTTP(ctx, hc)
-		}
+		last = probe(ctx)
 		cancel()
 		if last == nil {
-			d.record("health check", start, nil)
-			indent(out, "healthy (%d attempt(s), %s)", attempt, since(start))
+			d.record(strings.TrimSpace(who+" health check"), start, nil)
+			indent(out, "%shealthy (%d attempt(s), %s)", who, attempt, since(start))
 			return nil
 		}
 		wait := time.Until(deadline)
@@ -187,19 +225,19 @@ func (d *deploy) healthCheck(out io.Writer) error {
 			break
 		}
 	}
-	d.record("health check", start, last)
-	indent(out, "unhealthy: %v", last)
-	return fmt.Errorf("health check: %v after %s", last, hc.Timeout)
+	d.record(strings.TrimSpace(who+" health check"), start, last)
+	indent(out, "%sunhealthy: %v", who, last)
+	return fmt.Errorf("%shealth check: %v after %s", who, last, hc.Timeout)
 }
 
 // healthHTTP is one GET of the health check's URL.
-func healthHTTP(ctx context.Context, hc *configs.HealthCheck) error {
+func healthHTTP(ctx context.Context, client *http.Client, hc *configs.HealthCheck) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hc.URL, nil)
 	if err != nil {
 		return fmt.Errorf("bad URL %s", hc.URL)
 	}
 	req.Header.Set("User-Agent", "slipway-health-check")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		var ue interface{ Unwrap() error }
 		if errors.As(err, &ue) && ue.Unwrap() != nil {

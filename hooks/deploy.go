@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,8 +49,9 @@ type deploy struct {
 	recipe  configs.Recipe
 	steps   []releaser.Step
 	log     zerolog.Logger
-	built   bool      // this deploy wrote the release (a revert removes it again)
-	fleet   *fleetRun // the targets' connections, once prepareFleet opened them
+	built   bool       // this deploy wrote the release (a revert removes it again)
+	fleet   *fleetRun  // the targets' connections, once prepareFleet opened them
+	stepsMu sync.Mutex // guards steps: a fleet's targets record theirs at once
 
 	setVars, setSecrets []string // what env set set: "K=V", and the secret values
 }
@@ -370,6 +372,8 @@ func (d *deploy) record(name string, start time.Time, err error) {
 	if err != nil {
 		exit = 1
 	}
+	d.stepsMu.Lock()
+	defer d.stepsMu.Unlock()
 	d.steps = append(d.steps, releaser.Step{Name: name, Took: time.Since(start), Exit: exit})
 }
 
@@ -384,29 +388,7 @@ func (d *deploy) runner() *stepRunner {
 // the one that failed. rollback and revert set SLIPWAY_ROLLBACK and SLIPWAY_REVERT.
 func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner {
 	dir := realPath(d.e.rel.Dir(sha))
-	previous := ""
-	if prev != "" && prev != sha {
-		previous = realPath(d.e.rel.Dir(prev))
-	}
-	flag := func(b bool) string {
-		if b {
-			return "1"
-		}
-		return ""
-	}
-	env := []string{
-		"SLIPWAY_REPO=" + d.entry.Repo,
-		"SLIPWAY_BRANCH=" + d.e.cfg.Branch,
-		"SLIPWAY_SHA=" + sha,
-		"SLIPWAY_PREVIOUS_SHA=" + d.entry.PreviousSHA,
-		"SLIPWAY_RELEASE_DIR=" + dir,
-		"SLIPWAY_PREVIOUS_RELEASE_DIR=" + previous,
-		"SLIPWAY_DEPLOY_PATH=" + d.e.rel.Path(),
-		"SLIPWAY_PUSHER=" + d.entry.Pusher,
-		"SLIPWAY_MESSAGE=" + d.pushMessage(sha),
-		"SLIPWAY_ROLLBACK=" + flag(rollback),
-		"SLIPWAY_REVERT=" + flag(revert),
-	}
+	env := d.slipwayVars(sha, prev, rollback, revert)
 	// What [env.vars] and [env.secrets] set wins over what slipway would give (the cache
 	// variables, the server's PATH, HOME and LANG): each name is in the environment once.
 	own := d.variables()
@@ -429,6 +411,35 @@ func (d *deploy) runnerFor(sha, prev string, rollback, revert bool) *stepRunner 
 		writable = append(writable, cache)
 	}
 	return &stepRunner{d: d, dir: dir, env: env, writable: append(writable, d.e.cfg.Writable...)}
+}
+
+// slipwayVars are the SLIPWAY_* variables of a command run for release sha, prev being the
+// release live before (rollback: sha was live before; revert: going back after a failure).
+func (d *deploy) slipwayVars(sha, prev string, rollback, revert bool) []string {
+	dir := realPath(d.e.rel.Dir(sha))
+	previous := ""
+	if prev != "" && prev != sha {
+		previous = realPath(d.e.rel.Dir(prev))
+	}
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return ""
+	}
+	return []string{
+		"SLIPWAY_REPO=" + d.entry.Repo,
+		"SLIPWAY_BRANCH=" + d.e.cfg.Branch,
+		"SLIPWAY_SHA=" + sha,
+		"SLIPWAY_PREVIOUS_SHA=" + d.entry.PreviousSHA,
+		"SLIPWAY_RELEASE_DIR=" + dir,
+		"SLIPWAY_PREVIOUS_RELEASE_DIR=" + previous,
+		"SLIPWAY_DEPLOY_PATH=" + d.e.rel.Path(),
+		"SLIPWAY_PUSHER=" + d.entry.Pusher,
+		"SLIPWAY_MESSAGE=" + d.pushMessage(sha),
+		"SLIPWAY_ROLLBACK=" + flag(rollback),
+		"SLIPWAY_REVERT=" + flag(revert),
+	}
 }
 
 // variables are the environment's own variables, "K=V": [env.vars], [env.secrets], and

@@ -1,10 +1,12 @@
 package hooks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -34,9 +36,6 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	f := d.e.cfg.Fleet
 	if !f.Remote() {
 		return nil
-	}
-	if len(d.recipe.AfterActivate) > 0 {
-		return errors.New("after_activate is not yet supported with targets: it would run on the slipway host, not on each target")
 	}
 	sha := d.entry.SHA
 	start := time.Now()
@@ -314,4 +313,143 @@ func (d *deploy) closeFleet() {
 	for _, c := range d.fleet.conns {
 		c.Close()
 	}
+}
+
+// fleetCommands runs cmds (after_activate) on every target at once, in release sha there,
+// with the environment a command here gets (SLIPWAY_*, [env.vars], secrets), less what is
+// this host's own (PATH, HOME, caches): the target's login environment gives those. Each
+// line a target prints begins with its name; a target stops at its first failing command.
+func (d *deploy) fleetCommands(out io.Writer, phase string, cmds []string, sha, prev string, rollback, revert bool) error {
+	run := d.fleet
+	if run == nil || len(cmds) == 0 {
+		return nil
+	}
+	say(out, "%s on %s: %s", phase, targets(len(run.conns)), strings.Join(cmds, "; "))
+	env := append(d.slipwayVars(sha, prev, rollback, revert), d.variables()...)
+	lw := &lockedWriter{w: out}
+	var mu sync.Mutex
+	var failed []string
+	var wg sync.WaitGroup
+	for _, c := range run.conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			who := c.Target().String()
+			for i, cmd := range cmds {
+				name := fmt.Sprintf("%s %d/%d", phase, i+1, len(cmds))
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), d.e.cfg.CommandTimeout)
+				w := &prefixWriter{w: lw, prefix: who + ": "}
+				err := c.Exec(ctx, c.Release(sha), env, cmd, w)
+				w.Flush()
+				cancel()
+				d.record(who+" "+name, start, err)
+				if err != nil {
+					reason := d.targetReason(context.Background(), c.Target(), err)
+					indent(lw, "%s: %s failed (%s, %s)", who, name, reason, since(start))
+					mu.Lock()
+					failed = append(failed, fmt.Sprintf("%s: %s: %s", who, name, reason))
+					mu.Unlock()
+					return
+				}
+				indent(lw, "%s: %s ok (%s)", who, name, since(start))
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		return fmt.Errorf("%s failed on %s", phase, strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// fleetHealth runs the health check on every target at once: a URL is fetched from the
+// target itself (through its sshd, so 127.0.0.1 is the target's own), a command runs
+// there in the new release.
+func (d *deploy) fleetHealth(out io.Writer) error {
+	run, hc := d.fleet, d.e.cfg.HealthCheck
+	if run == nil || hc == nil {
+		return nil
+	}
+	say(out, "health check on %s: %s (every %s, for up to %s)", targets(len(run.conns)), healthWhat(hc), hc.Interval, hc.Timeout)
+	env := append(d.slipwayVars(d.entry.SHA, d.entry.PreviousSHA, false, false), d.variables()...)
+	lw := &lockedWriter{w: out}
+	var mu sync.Mutex
+	var failed []string
+	var wg sync.WaitGroup
+	for _, c := range run.conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Transport: &http.Transport{DialContext: c.DialContext, DisableKeepAlives: true}}
+			err := d.healthLoop(lw, c.Target().String()+": ", func(ctx context.Context) error {
+				if hc.Command != "" {
+					if err := c.Exec(ctx, c.Release(d.entry.SHA), env, hc.Command, io.Discard); err != nil {
+						return errors.New(d.targetReason(context.Background(), c.Target(), err))
+					}
+					return nil
+				}
+				return healthHTTP(ctx, client, hc)
+			})
+			if err != nil { // healthLoop's words: the host, what failed, no paths
+				mu.Lock()
+				failed = append(failed, err.Error())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// lockedWriter serializes writes from a fleet's targets.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// prefixWriter writes each whole line with prefix before it; a line longer than 4 KiB is
+// cut there. Flush writes what is left of a last line.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			p.buf = append(p.buf, b...)
+			if len(p.buf) >= 4<<10 {
+				p.Flush()
+			}
+			break
+		}
+		p.buf = append(p.buf, b[:i]...)
+		p.Flush()
+		b = b[i+1:]
+	}
+	return n, nil
+}
+
+func (p *prefixWriter) Flush() {
+	if len(p.buf) == 0 {
+		return
+	}
+	line := append([]byte(p.prefix), p.buf...)
+	p.w.Write(append(line, '\n'))
+	p.buf = p.buf[:0]
 }

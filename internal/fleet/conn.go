@@ -156,6 +156,66 @@ func (c *Conn) Close() error {
 	return c.client.Close()
 }
 
+// Exec runs command with /bin/sh -c on the target, in directory dir, with env ("K=V") added
+// to the login environment, writing its output (stdout and stderr) to out. The script goes
+// on stdin, so no value of env shows in the target's process list. Ending ctx kills it.
+func (c *Conn) Exec(ctx context.Context, dir string, env []string, command string, out io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cd %s || exit 1\n", shellQuote(dir))
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if !validName(k) {
+			continue
+		}
+		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
+	}
+	fmt.Fprintf(&b, "exec /bin/sh -c %s\n", shellQuote(command))
+	s, err := c.client.NewSession()
+	if err != nil {
+		return c.fail(err)
+	}
+	defer s.Close()
+	s.Stdin, s.Stdout, s.Stderr = strings.NewReader(b.String()), out, out
+	done := make(chan error, 1)
+	go func() { done <- s.Run("/bin/sh -s") }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		s.Signal(ssh.SIGKILL)
+		s.Close()
+		return c.fail(ctx.Err())
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return c.fail(fmt.Errorf("exit status %d", ee.ExitStatus()))
+	}
+	return c.fail(err)
+}
+
+// DialContext opens a TCP connection from the target to addr (host:port as the target
+// resolves it): a health check's URL of 127.0.0.1 is the target's own. It needs the
+// target's sshd to allow TCP forwarding (OpenSSH's default).
+func (c *Conn) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := c.client.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("from %s: %w", c.t.Host, err)
+	}
+	return conn, nil
+}
+
+// validName reports whether k is a shell variable name.
+func validName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i, r := range k {
+		if r != '_' && (r < 'A' || r > 'Z') && (r < 'a' || r > 'z') && (i == 0 || r < '0' || r > '9') {
+			return false
+		}
+	}
+	return true
+}
+
 // Watchdog closes c if stop is not called within d: an SFTP request to a host that stopped
 // answering would otherwise wait for TCP to give up, many minutes later.
 func (c *Conn) Watchdog(d time.Duration) (stop func()) {
@@ -175,6 +235,9 @@ func (c *Conn) fail(err error) error {
 
 func (c *Conn) releases() string          { return path.Join(c.path, "releases") }
 func (c *Conn) release(sha string) string { return path.Join(c.releases(), sha) }
+
+// Release is releases/<sha> on the target (the same path as on the slipway host).
+func (c *Conn) Release(sha string) string { return c.release(sha) }
 
 // run runs a POSIX shell script on the target, with stdin, and returns its output; a
 // failure carries the script's last lines of stderr.

@@ -397,3 +397,47 @@ func TestPrepareDelta(t *testing.T) {
 		t.Errorf("lib/app.js = %q: the target's change was copied", b)
 	}
 }
+
+// Commands run on the target in the given directory with the given environment, and TCP
+// connections open from the target (a health check's URL of 127.0.0.1 is the target's own).
+func TestExecAndDial(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.6", true)
+	ctx := context.Background()
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dir := t.TempDir()
+	var out strings.Builder
+	err = c.Exec(ctx, dir, []string{"GREETING=it's here", "BAD-NAME=x", "SECRET=s3cret"}, `pwd; echo "$GREETING"; ps -eo args | grep -c s3cre[t]; exit 3`, &out)
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("Exec = %v; want exit status 3", err)
+	}
+	if want := dir + "\nit's here\n0\n"; out.String() != want {
+		t.Errorf("output = %q, want %q (the secret must not be in any process's arguments)", out.String(), want)
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		if conn, err := l.Accept(); err == nil {
+			conn.Write([]byte("hello from the target side\n"))
+			conn.Close()
+		}
+	}()
+	conn, err := c.DialContext(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	b := make([]byte, 64)
+	n, _ := conn.Read(b)
+	if string(b[:n]) != "hello from the target side\n" {
+		t.Errorf("read %q through the target", b[:n])
+	}
+}
