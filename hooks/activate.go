@@ -209,8 +209,13 @@ func (d *deploy) healthLoop(out io.Writer, who string, probe func(context.Contex
 	var last error
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		last = probe(ctx)
+		err := probe(ctx)
+		cut := ctx.Err() != nil
 		cancel()
+		// An attempt the deadline cut short says less than the one before it did.
+		if last == nil || err == nil || !cut {
+			last = err
+		}
 		if last == nil {
 			d.record(strings.TrimSpace(who+" health check"), start, nil)
 			indent(out, "%shealthy (%d attempt(s), %s)", who, attempt, since(start))

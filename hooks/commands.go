@@ -108,6 +108,15 @@ var commands = []command{
 		repo: true, nargs: [2]int{1, 1}, run: func(_ *Pipeline, _ context.Context, _ Caller, inv *invocation) error {
 			return unlockCmd(inv.env, inv.stdout)
 		}},
+	{name: "target", args: "pause REPO HOST -m MESSAGE | resume REPO HOST",
+		help: "pause one target of a fleet (deploys skip it, and say so) or resume it",
+		repo: true, subs: []string{"pause", "resume"}, nargs: [2]int{3, -1},
+		flags: func(fs *flag.FlagSet, inv *invocation) {
+			fs.StringVar(&inv.message, "m", "", "why the target is paused")
+		},
+		run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
+			return p.targetCmd(c, inv)
+		}},
 	{name: "destroy", args: "REPO --confirm REPO", help: "remove an environment the embedded default created, with its repository and deploy root",
 		repo: true, nargs: [2]int{1, 1},
 		flags: func(fs *flag.FlagSet, inv *invocation) {

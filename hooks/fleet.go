@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/slipway/slipway/internal/fleet"
+	"github.com/slipway/slipway/releaser"
 )
 
 // Fleets (SPEC 10): an environment with targets builds and tests here, in its path, then
@@ -24,6 +25,7 @@ import (
 // fleetRun is one deploy's connections to its targets.
 type fleetRun struct {
 	conns    []*fleet.Conn
+	live     map[*fleet.Conn]string // what each target has live, as this deploy left it
 	prepared map[*fleet.Conn]bool   // releases/<sha> was written there by this deploy
 	previous map[*fleet.Conn]string // what current named before this deploy swapped it
 }
@@ -39,8 +41,27 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	}
 	sha := d.entry.SHA
 	start := time.Now()
-	say(out, "prepare %s on %s (%d at a time)", short(sha), targets(len(f.Targets)), min(f.Parallel, len(f.Targets)))
-	run := &fleetRun{prepared: map[*fleet.Conn]bool{}, previous: map[*fleet.Conn]string{}}
+	known, err := d.e.rel.Targets()
+	if err != nil {
+		d.log.Error().Err(err).Msg("read the targets' record")
+		return shown("read which targets are paused", err)
+	}
+	var active []fleet.Target
+	for _, t := range f.Targets {
+		if p := known[t.String()].Paused; p != nil {
+			say(out, "%s is paused by %s since %s: %s (skipped)", t, p.By, stamp(p.Since), p.Message)
+			continue
+		}
+		active = append(active, t)
+	}
+	if len(active) == 0 {
+		if !f.Local {
+			return fmt.Errorf("every target of %s is paused: resume one (target resume %s HOST)", d.e.cfg.Repo, d.e.cfg.Repo)
+		}
+		return nil
+	}
+	say(out, "prepare %s on %s (%d at a time)", short(sha), targets(len(active)), min(f.Parallel, len(active)))
+	run := &fleetRun{prepared: map[*fleet.Conn]bool{}, previous: map[*fleet.Conn]string{}, live: map[*fleet.Conn]string{}}
 	d.fleet = run
 	manifest, err := d.manifest(sha, built)
 	if err != nil {
@@ -51,7 +72,7 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	var failed []string
 	sem := make(chan struct{}, f.Parallel)
 	var wg sync.WaitGroup
-	for _, t := range f.Targets {
+	for _, t := range active {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -95,7 +116,7 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	}
 	if len(failed) > 0 {
 		slices.Sort(failed)
-		return fmt.Errorf("prepare failed on %d of %s, so none was swapped: %s", len(failed), targets(len(f.Targets)), strings.Join(failed, "; "))
+		return fmt.Errorf("prepare failed on %d of %s, so none was swapped: %s", len(failed), targets(len(active)), strings.Join(failed, "; "))
 	}
 	return nil
 }
@@ -216,6 +237,7 @@ func (d *deploy) activateFleet(out io.Writer) error {
 			break
 		}
 		run.previous[c] = prev
+		run.live[c] = d.entry.SHA
 	}
 	if len(failed) == 0 {
 		d.record("activate targets", start, nil)
@@ -251,6 +273,7 @@ func (d *deploy) restoreFleet(out io.Writer) {
 			continue
 		}
 		delete(run.previous, c)
+		run.live[c] = prev
 		what := "releases/" + short(prev)
 		if prev == "" {
 			what = "nothing (current removed)"
@@ -305,10 +328,17 @@ func (d *deploy) pruneFleet() {
 	}
 }
 
-// closeFleet ends the deploy's connections.
+// closeFleet records what each target has live now, and ends the deploy's connections.
 func (d *deploy) closeFleet() {
 	if d.fleet == nil {
 		return
+	}
+	live := map[string]string{}
+	for c, sha := range d.fleet.live {
+		live[c.Target().String()] = sha
+	}
+	if err := d.e.rel.RecordTargetsLive(live); err != nil {
+		d.log.Error().Err(err).Msg("record the targets' live releases")
 	}
 	for _, c := range d.fleet.conns {
 		c.Close()
@@ -452,4 +482,69 @@ func (p *prefixWriter) Flush() {
 	line := append([]byte(p.prefix), p.buf...)
 	p.w.Write(append(line, '\n'))
 	p.buf = p.buf[:0]
+}
+
+// targetCmd is target pause and target resume.
+func (p *Pipeline) targetCmd(c Caller, inv *invocation) error {
+	e := inv.env
+	if e.rel == nil {
+		return unavailable(e.cfg.Repo, e.broken)
+	}
+	sub := inv.arg(0)
+	msg := inv.message
+	if sub == "pause" && len(inv.args) > 3 && msg != "" {
+		msg = strings.Join(append([]string{msg}, inv.args[3:]...), " ") // -m a b, unquoted over SSH
+	} else if len(inv.args) != 3 || (sub == "resume" && msg != "") {
+		return usageErrorf("target pause REPO HOST -m MESSAGE | target resume REPO HOST")
+	}
+	t, err := findTarget(e, inv.arg(2))
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "pause":
+		if strings.TrimSpace(msg) == "" {
+			return errors.New("target pause needs -m MESSAGE: say why, pushers will read it")
+		}
+		if err := e.rel.PauseTarget(t.String(), c.label(), msg); err != nil {
+			return fmt.Errorf("pause %s: %w", t, err)
+		}
+		fmt.Fprintf(inv.stdout, "%s of %s is paused: deploys skip it until target resume\n", t, e.cfg.Repo)
+	case "resume":
+		if err := e.rel.ResumeTarget(t.String()); errors.Is(err, releaser.ErrNotPaused) {
+			return fmt.Errorf("%s of %s is not paused", t, e.cfg.Repo)
+		} else if err != nil {
+			return fmt.Errorf("resume %s: %w", t, err)
+		}
+		fmt.Fprintf(inv.stdout, "%s of %s is resumed: the next deploy goes to it too\n", t, e.cfg.Repo)
+	}
+	return nil
+}
+
+// findTarget is the target of e that name names: as configured ("deploy@web2:2200"), or
+// by user@host or host alone where that is unambiguous.
+func findTarget(e *environment, name string) (fleet.Target, error) {
+	var found []fleet.Target
+	for _, t := range e.cfg.Fleet.Targets {
+		switch name {
+		case t.String():
+			return t, nil
+		case t.User + "@" + t.Host, t.Host:
+			found = append(found, t)
+		}
+	}
+	if len(found) == 1 {
+		return found[0], nil
+	}
+	var names []string
+	for _, t := range e.cfg.Fleet.Targets {
+		names = append(names, t.String())
+	}
+	if len(names) == 0 {
+		return fleet.Target{}, fmt.Errorf("%s has no targets", e.cfg.Repo)
+	}
+	if len(found) > 1 {
+		return fleet.Target{}, fmt.Errorf("%q names more than one target of %s: %s", name, e.cfg.Repo, strings.Join(names, ", "))
+	}
+	return fleet.Target{}, fmt.Errorf("%s has no target %q; its targets: %s", e.cfg.Repo, name, strings.Join(names, ", "))
 }

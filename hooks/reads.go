@@ -29,6 +29,17 @@ type envStatus struct {
 	Frozen     *releaser.Freeze `json:"frozen,omitempty"`
 	Problem    string           `json:"problem,omitempty"` // why an unavailable environment is
 	Sandbox    string           `json:"sandbox"`           // how its builds are confined (the same for every environment)
+	Targets    []targetStatus   `json:"targets,omitempty"` // a fleet's, in the configuration's order
+}
+
+// targetStatus is one target of a fleet as status shows it: what the last deploy left live
+// there, and whether an operator paused it.
+type targetStatus struct {
+	Target  string          `json:"target"`
+	Live    string          `json:"live"`
+	LiveAt  time.Time       `json:"live_at,omitzero"`
+	Differs bool            `json:"differs"` // its live release is not the environment's
+	Paused  *releaser.Pause `json:"paused,omitempty"`
 }
 
 func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
@@ -59,6 +70,16 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 			state = fmt.Sprintf("deploying (%s, since %s)", s.Holder, stamp(s.HeldSince))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Repo, orDash(short(s.Live)), orDash(stamp(s.LiveSince)), orDash(s.DeployedBy), state)
+		for _, t := range s.Targets {
+			state := "ok"
+			switch {
+			case t.Paused != nil:
+				state = fmt.Sprintf("paused by %s since %s: %s", t.Paused.By, stamp(t.Paused.Since), t.Paused.Message)
+			case t.Differs:
+				state = "DIFFERS from the environment's live release"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t\t%s\n", t.Target, orDash(short(t.Live)), orDash(stamp(t.LiveAt)), state)
+		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -90,6 +111,17 @@ func (e *environment) status() envStatus {
 	}
 	if f, err := e.rel.Frozen(); err == nil && f != nil {
 		s.State, s.Frozen = "frozen", f
+	}
+	if f := e.cfg.Fleet; f.Remote() {
+		known, err := e.rel.Targets()
+		if err != nil {
+			known = nil // shown as unknown: "-"
+		}
+		for _, t := range f.Targets {
+			st := known[t.String()]
+			s.Targets = append(s.Targets, targetStatus{Target: t.String(), Live: st.Live, LiveAt: st.LiveAt,
+				Differs: st.Live != s.Live, Paused: st.Paused})
+		}
 	}
 	return s
 }
