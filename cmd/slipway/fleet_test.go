@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,11 +25,16 @@ import (
 // path, as separate servers would. They need root (unshare, mount, and sshd logging root
 // in) and sshd's /run/sshd; CI has both (.ci/run).
 //
-//	fleethost [-unknown] NAME IP   start target NAME on IP; $NAME_PORT is its port. The
-//	                               slipway identity ($WORK/fleet/id) is authorized there and
-//	                               its host key goes into $WORK/fleet/known_hosts (not with
-//	                               -unknown). $WORK/hosts/NAME is its deploy root.
-//	fleethost stop NAME            stop it (a host that is down)
+//	fleethost [FLAGS] NAME IP   start target NAME on IP; $NAME_PORT is its port. The
+//	                            slipway identity ($WORK/fleet/id) is authorized there and its
+//	                            host key goes into $WORK/fleet/known_hosts. $WORK/hosts/NAME
+//	                            is its deploy root. Flags:
+//	    -unknown                its host key is not put into known_hosts
+//	    -tmpfs SIZE             its deploy root is a tmpfs of SIZE (a disk that fills up),
+//	                            seen from outside at $NAME_ROOT$WORK/deploy
+//	    -slowtar                its tar writes $WORK/fleet/NAME/tar-started and then waits
+//	                            (for a script to kill the host mid-transfer)
+//	fleethost stop NAME         kill every process of the host (a host that dies)
 var (
 	fleetMu    sync.Mutex // scripts run in parallel
 	fleetHosts = map[*testscript.TestScript]map[string]*exec.Cmd{}
@@ -49,12 +55,25 @@ func cmdFleetHost(ts *testscript.TestScript, neg bool, args []string) {
 		stopHost(cmd)
 		return
 	}
-	known := true
-	if args[0] == "-unknown" {
-		known, args = false, args[1:]
+	known, tmpfs, slowTar := true, "", false
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "-unknown":
+			known = false
+		case "-slowtar":
+			slowTar = true
+		case "-tmpfs":
+			if len(args) < 2 {
+				ts.Fatalf("fleethost -tmpfs SIZE")
+			}
+			tmpfs, args = args[1], args[1:]
+		default:
+			ts.Fatalf("fleethost: unknown flag %s", args[0])
+		}
+		args = args[1:]
 	}
 	if len(args) != 2 {
-		ts.Fatalf("usage: fleethost [-unknown] NAME IP")
+		ts.Fatalf("usage: fleethost [-unknown] [-tmpfs SIZE] [-slowtar] NAME IP")
 	}
 	name, ip := args[0], args[1]
 	if os.Geteuid() != 0 {
@@ -86,9 +105,24 @@ func cmdFleetHost(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	conf := filepath.Join(hostDir, "sshd_config")
 	ts.Check(os.WriteFile(conf, []byte(fleettest.SSHDConfig(ip, port, filepath.Join(hostDir, "host_key"), filepath.Join(keys, "authorized_keys"))), 0o600))
-	// unshare execs sh, which execs sshd: one process, whose group is the host.
-	script := fmt.Sprintf("mount --bind %s %s && exec %s -D -e -f %s", root, deploy, sshd, conf)
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script)
+	// unshare execs sh, which execs sshd; every process of the host is in its namespace.
+	var script strings.Builder
+	if tmpfs != "" {
+		fmt.Fprintf(&script, "mount -t tmpfs -o size=%s tmpfs %s && ", tmpfs, root)
+	}
+	if slowTar {
+		tar, err := exec.LookPath("tar")
+		ts.Check(err)
+		real := filepath.Join(hostDir, "tar.real")
+		b, err := os.ReadFile(tar)
+		ts.Check(err)
+		ts.Check(os.WriteFile(real, b, 0o755))
+		wrapper := filepath.Join(hostDir, "tar.slow")
+		ts.Check(os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\ntouch %s/tar-started\nsleep 600\nexec %s \"$@\"\n", hostDir, real)), 0o755))
+		fmt.Fprintf(&script, "mount --bind %s %s && ", wrapper, tar)
+	}
+	fmt.Fprintf(&script, "mount --bind %s %s && exec %s -D -e -f %s", root, deploy, sshd, conf)
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script.String())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	log, err := os.Create(filepath.Join(hostDir, "sshd.log"))
 	ts.Check(err)
@@ -131,9 +165,26 @@ func cmdFleetHost(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(f.Close())
 	}
 	ts.Setenv(name+"_PORT", strconv.Itoa(port))
+	ts.Setenv(name+"_ROOT", fmt.Sprintf("/proc/%d/root", cmd.Process.Pid))
 }
 
+// stopHost kills every process in the host's mount namespace: sshd, the sessions it
+// started (which are not all in its process group), the commands they run.
 func stopHost(cmd *exec.Cmd) {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", cmd.Process.Pid))
+	own, _ := os.Readlink("/proc/self/ns/mnt")
+	if err == nil && ns != own { // never the machine's own namespace
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == cmd.Process.Pid {
+				continue
+			}
+			if other, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && other == ns {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	cmd.Wait()
 }

@@ -189,7 +189,17 @@ func (c *Conn) Exec(ctx context.Context, dir string, env []string, command strin
 	if errors.As(err, &ee) {
 		return c.fail(fmt.Errorf("exit status %d", ee.ExitStatus()))
 	}
-	return c.fail(err)
+	return c.fail(lost(err))
+}
+
+// lost says what a session that ended with no exit status means: the host, or the
+// connection to it, went away.
+func lost(err error) error {
+	var em *ssh.ExitMissingError
+	if errors.As(err, &em) || errors.Is(err, io.EOF) {
+		return errors.New("the connection to the host was lost")
+	}
+	return err
 }
 
 // DialContext opens a TCP connection from the target to addr (host:port as the target
@@ -259,16 +269,28 @@ func (c *Conn) run(ctx context.Context, script string, stdin io.Reader) (string,
 		return "", ctx.Err()
 	}
 	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
-			msg = msg[i+1:]
+		err = lost(err)
+		if msg := telling(stderr.String()); msg != "" {
+			return "", fmt.Errorf("%s (%w)", msg, err)
 		}
-		if msg == "" {
-			return "", err
-		}
-		return "", fmt.Errorf("%s (%w)", msg, err)
+		return "", err
 	}
 	return stdout.String(), nil
+}
+
+// telling is the line of a failed command's stderr that says most: one naming a failure
+// of the system (a full disk, a denied permission), else the first, which is where tools
+// such as tar say what went wrong before their summary.
+func telling(stderr string) string {
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	for _, l := range lines {
+		for _, s := range []string{"No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system"} {
+			if strings.Contains(l, s) {
+				return strings.TrimSpace(l)
+			}
+		}
+	}
+	return strings.TrimSpace(lines[0])
 }
 
 // Live is the release current names on the target, "" if it has none.
