@@ -128,6 +128,11 @@ func (b *bench) run(ctx context.Context) error {
 			return fmt.Errorf("apps: %w", err)
 		}
 	}
+	if b.opts.fleets {
+		if err := b.fleets(ctx); err != nil {
+			return fmt.Errorf("fleets: %w", err)
+		}
+	}
 	b.sshd.stop(&b.procs)
 	b.sshd = nil
 

@@ -15,7 +15,8 @@
 //	go run ./cmd/slipway-bench                      # full run (about 10-15 minutes on 2 cores)
 //	go run ./cmd/slipway-bench -smoke               # small only, 1 run, no nginx/wrk: < 60 s
 //	go run ./cmd/slipway-bench -sizes medium -runs 3 -out /tmp/b.md
-//	go run ./cmd/slipway-bench -sizes '' -out /tmp/apps.md   # figure 9 alone: real apps
+//	go run ./cmd/slipway-bench -sizes '' -out /tmp/apps.md   # figures 9 and 10: real apps, fleets
+//	go run ./cmd/slipway-bench -sizes '' -apps '' -out /tmp/fleets.md   # figure 10 alone
 //
 // It is not part of `make test`.
 package main
@@ -49,6 +50,7 @@ type options struct {
 	install     bool
 	zeroDown    bool
 	apps        []string // figure 9: "node", "go"
+	fleets      bool     // figure 10
 }
 
 func main() { os.Exit(mainCode()) }
@@ -94,6 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	timeout := fs.Duration("timeout", 45*time.Minute, "stop everything after this long")
 	activations := fs.Int("activations", 200, "activations (pushes and rollbacks alternating) of the zero-downtime figure; at most 200")
 	appsFlag := fs.String("apps", "node,node-api,go", "real applications of figure 9, comma-separated: node and node-api (Express, npm registry), go (module proxy); empty: none")
+	fleets := fs.Bool("fleets", true, "figure 10: ship to fleets of 1, 3 and 8 targets (real sshd in mount namespaces; needs root)")
 	install := fs.Bool("install", true, "apt-get install what is missing (openssh-server, nginx, wrk) when running as root")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/slipway-bench [flags]\n\n")
@@ -106,7 +109,7 @@ func parseFlags(args []string) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	o := &options{runs: *runs, largeRuns: *largeRuns, smoke: *smoke, out: *out, slipway: *slipway,
-		keep: *keep, workdir: *workdir, timeout: *timeout, activations: *activations, install: *install, zeroDown: true}
+		keep: *keep, workdir: *workdir, timeout: *timeout, activations: *activations, install: *install, zeroDown: true, fleets: *fleets}
 	outSet := false
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "out" {
@@ -117,6 +120,7 @@ func parseFlags(args []string) (*options, error) {
 		*sizesFlag = "small"
 		o.runs, o.largeRuns, o.zeroDown = 1, 1, false
 		*appsFlag = ""
+		o.fleets = false
 		if !outSet {
 			o.out = ""
 		}
@@ -146,8 +150,8 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("-apps: unknown app %q (node, node-api, go)", n)
 		}
 	}
-	if len(o.sizes) == 0 && len(o.apps) == 0 {
-		return nil, errors.New("-sizes: no workload (and -apps: none)")
+	if len(o.sizes) == 0 && len(o.apps) == 0 && !o.fleets {
+		return nil, errors.New("-sizes: no workload (and -apps: none, -fleets=false)")
 	}
 	if o.runs < 1 {
 		return nil, errors.New("-runs must be at least 1")

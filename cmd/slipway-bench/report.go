@@ -189,6 +189,7 @@ func (b *bench) rows() []row {
 		}
 	}
 	rows = append(rows, b.appRows()...)
+	rows = append(rows, b.fleetRows()...)
 	if b.fig8 != nil {
 		s, h := b.fig8[srvSlipway], b.fig8[srvSSH]
 		cell := func(l *loadResult) string {
@@ -324,6 +325,7 @@ func (b *bench) report() reportOut {
 	}
 
 	md.WriteString(b.appSection())
+	md.WriteString(b.fleetSection())
 	w("## Raw runs\n\n")
 	w("Every value, in run order (ms unless named).\n\n")
 	var keys []string
@@ -370,7 +372,8 @@ func rawName(k string) string {
 		"6": "6 peak RSS, MB (slipway: VmHWM; baselines: sampled sum)", "6s": "6 peak RSS, MB (sampled sum)", "6ingest": "6 slipway VmHWM after a pack ingest alone, MB",
 		"9": "9 one-file change: live", "9first": "9 first push (cold caches): live", "9copy": "9 copy_dirs copy (step output)", "9spare": "9 copy_dirs copied ahead: ready after the push",
 		"9disk": "9 disk added by the last release, MB",
-		"7":     "7 disk: % of full", "7added": "7 disk: MB added", "7full": "7 disk: MB full", "7fs": "7 free space used: MB",
+		"10":    "10 fleet one-file change: live on every target", "10first": "10 fleet first push: live on every target",
+		"7": "7 disk: % of full", "7added": "7 disk: MB added", "7full": "7 disk: MB full", "7fs": "7 free space used: MB",
 	}
 	if n, ok := names[k]; ok {
 		return n

@@ -370,33 +370,39 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 		fmt.Fprintf(&setup, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
 	}
 	fmt.Fprintf(&setup, "rm -rf %s\nmkdir %s\n", shellQuote(tmp), shellQuote(tmp))
-	if _, err := c.run(ctx, setup.String(), nil); err != nil {
-		return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
-	}
 
+	// Each session costs a round trip and a process on the target: the setup goes with the
+	// copy of unchanged files if there are any, else with the tar.
 	skip := map[string]bool{}
+	var unchanged []Entry
 	if p.Manifest != nil && p.Base != nil && validSHA(p.BaseSHA) {
-		if unchanged := p.Manifest.Unchanged(p.Base); len(unchanged) > 0 {
-			n, err := c.copyUnchanged(ctx, tmp, p.BaseSHA, unchanged)
-			sent.Bytes += n
-			if err != nil {
-				if ctx.Err() != nil {
-					return sent, c.fail(ctx.Err())
-				}
-				sent.Fallback = err.Error()
-				if _, err := c.run(ctx, fmt.Sprintf("rm -rf %s && mkdir %s", shellQuote(tmp), shellQuote(tmp)), nil); err != nil {
-					return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
-				}
-			} else {
-				for _, e := range unchanged {
-					skip[e.Path] = true
-				}
-				sent.Copied = len(unchanged)
+		unchanged = p.Manifest.Unchanged(p.Base)
+	}
+	if len(unchanged) > 0 {
+		n, err := c.copyUnchanged(ctx, setup.String(), tmp, p.BaseSHA, unchanged)
+		sent.Bytes += n
+		var se *setupError
+		switch {
+		case errors.As(err, &se):
+			return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], se.err))
+		case err != nil && ctx.Err() != nil:
+			return sent, c.fail(ctx.Err())
+		case err != nil:
+			sent.Fallback = err.Error()
+			if _, err := c.run(ctx, fmt.Sprintf("rm -rf %s && mkdir %s", shellQuote(tmp), shellQuote(tmp)), nil); err != nil {
+				return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
 			}
+		default:
+			for _, e := range unchanged {
+				skip[e.Path] = true
+			}
+			sent.Copied = len(unchanged)
 		}
+		setup.Reset()
+		setup.WriteString("set -e\n")
 	}
 
-	script := fmt.Sprintf("set -e\ntar -x -f - -C %s\nmv %s %s\n", shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
+	script := setup.String() + fmt.Sprintf("tar -x -f - -C %s\nmv %s %s\n", shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
 	pr, pw := io.Pipe()
 	counted := &counter{r: pr}
 	go func() { pw.CloseWithError(writeTar(ctx, pw, dir, skip)) }()
@@ -409,11 +415,12 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 	return sent, nil
 }
 
-// copyUnchanged copies files from releases/<base> into tmp on the target and checks each
-// against its sha256 there: the target's copy of a release may have been written to since
-// it was sent (an app writing into its own directory). It needs GNU cp and sha256sum, as
-// Linux distributions have; anywhere else it fails, and Prepare sends everything.
-func (c *Conn) copyUnchanged(ctx context.Context, tmp, base string, files []Entry) (int64, error) {
+// copyUnchanged runs setup (a script that makes tmp; its failure is a *setupError), then
+// copies files from releases/<base> into tmp on the target and checks each against its
+// sha256 there: the target's copy of a release may have been written to since it was sent
+// (an app writing into its own directory). It needs GNU cp and sha256sum, as Linux
+// distributions have; anywhere else it fails, and Prepare sends everything.
+func (c *Conn) copyUnchanged(ctx context.Context, setup, tmp, base string, files []Entry) (int64, error) {
 	var list, sums bytes.Buffer
 	for _, e := range files {
 		list.WriteString(e.Path)
@@ -421,8 +428,14 @@ func (c *Conn) copyUnchanged(ctx context.Context, tmp, base string, files []Entr
 		fmt.Fprintf(&sums, "%s  %s\n", e.Sum, e.Path)
 	}
 	n := int64(list.Len() + sums.Len())
-	copyScript := fmt.Sprintf("set -e\ncd %s\nxargs -0 cp --reflink=auto -p --parents -t %s --\n", shellQuote(c.release(base)), shellQuote(tmp))
+	const copyFailed = 10
+	copyScript := setup + fmt.Sprintf("(cd %s && xargs -0 cp --reflink=auto -p --parents -t %s --) || exit %d\n",
+		shellQuote(c.release(base)), shellQuote(tmp), copyFailed)
 	if _, err := c.run(ctx, copyScript, &list); err != nil {
+		var ee *ssh.ExitError
+		if !errors.As(err, &ee) || ee.ExitStatus() != copyFailed {
+			return n, &setupError{err}
+		}
 		return n, fmt.Errorf("copy unchanged files: %w", err)
 	}
 	if _, err := c.run(ctx, fmt.Sprintf("cd %s && sha256sum --quiet --strict -c -", shellQuote(tmp)), &sums); err != nil {
@@ -430,6 +443,13 @@ func (c *Conn) copyUnchanged(ctx context.Context, tmp, base string, files []Entr
 	}
 	return n, nil
 }
+
+// setupError is a failure of Prepare's setup (a shared file missing, the disk), which
+// sending everything would not mend.
+type setupError struct{ err error }
+
+func (e *setupError) Error() string { return e.err.Error() }
+func (e *setupError) Unwrap() error { return e.err }
 
 // Activate points current at releases/<sha> on the target with one rename
 // (posix-rename@openssh.com), and returns the release it named before ("" if none).
