@@ -15,7 +15,7 @@
 //	go run ./cmd/slipway-bench                      # full run (about 10-15 minutes on 2 cores)
 //	go run ./cmd/slipway-bench -smoke               # small only, 1 run, no nginx/wrk: < 60 s
 //	go run ./cmd/slipway-bench -sizes medium -runs 3 -out /tmp/b.md
-//	go run ./cmd/slipway-bench -sizes '' -out /tmp/apps.md   # figures 9 and 10: real apps, fleets
+//	go run ./cmd/slipway-bench -sizes '' -fleets=false -out /tmp/apps.md   # figure 9 alone: real apps
 //	go run ./cmd/slipway-bench -sizes '' -apps '' -out /tmp/fleets.md   # figure 10 alone
 //
 // It is not part of `make test`.
