@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -152,6 +153,8 @@ type releaseInfo struct {
 	LastLive   time.Time `json:"last_live,omitzero"`
 	DeployedBy string    `json:"deployed_by,omitempty"`
 	Deploy     int64     `json:"deploy,omitempty"`
+	// LiveOn are the fleet's targets that have it live, as the last deploy to each left them.
+	LiveOn []string `json:"live_on,omitempty"`
 }
 
 func releasesCmd(e *environment, asJSON bool, stdout io.Writer) error {
@@ -163,11 +166,22 @@ func releasesCmd(e *environment, asJSON bool, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s: read history: %w", e.cfg.Repo, err)
 	}
+	var known map[string]releaser.TargetState
+	if e.cfg.Fleet.Remote() {
+		if known, err = e.rel.Targets(); err != nil {
+			return fmt.Errorf("%s: read the targets' record: %w", e.cfg.Repo, err)
+		}
+	}
 	list := []releaseInfo{}
 	for _, r := range rels {
 		ri := releaseInfo{SHA: r.SHA, Live: r.Live, Completed: r.Completed, LastLive: r.LastActivated}
 		if en, ok := byLive[r.SHA]; ok {
 			ri.DeployedBy, ri.Deploy = en.Pusher, en.ID
+		}
+		for _, t := range e.cfg.Fleet.Targets {
+			if known[t.String()].Live == r.SHA {
+				ri.LiveOn = append(ri.LiveOn, t.String())
+			}
 		}
 		list = append(list, ri)
 	}
@@ -175,13 +189,22 @@ func releasesCmd(e *environment, asJSON bool, stdout io.Writer) error {
 		return writeJSON(stdout, list)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\tRELEASE\tLAST LIVE\tBY\tDEPLOY")
+	fleet := e.cfg.Fleet.Remote()
+	if fleet {
+		fmt.Fprintln(tw, "\tRELEASE\tLAST LIVE\tBY\tDEPLOY\tLIVE ON")
+	} else {
+		fmt.Fprintln(tw, "\tRELEASE\tLAST LIVE\tBY\tDEPLOY")
+	}
 	for _, r := range list {
 		mark := ""
 		if r.Live {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", mark, r.SHA, orDash(stamp(r.LastLive)), orDash(r.DeployedBy), orDash(idString(r.Deploy)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", mark, r.SHA, orDash(stamp(r.LastLive)), orDash(r.DeployedBy), orDash(idString(r.Deploy)))
+		if fleet {
+			fmt.Fprintf(tw, "\t%s", orDash(strings.Join(r.LiveOn, ", ")))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }
