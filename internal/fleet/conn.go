@@ -128,6 +128,13 @@ func (d *Dialer) Dial(ctx context.Context, t Target, deployPath string) (*Conn, 
 		client.Close()
 		return nil, &errTarget{t, fmt.Errorf("sftp: %w", err)}
 	}
+	if _, ok := sf.HasExtension("posix-rename@openssh.com"); !ok {
+		// Without it, current cannot be replaced in one step: better no deploy than a
+		// moment with no current, or a half-swapped fleet.
+		sf.Close()
+		client.Close()
+		return nil, &errTarget{t, errors.New("its sftp server lacks posix-rename@openssh.com (OpenSSH's sftp-server has it), so current cannot be swapped atomically there")}
+	}
 	c := &Conn{t: t, path: deployPath, client: client, sftp: sf}
 	go func() { // the connection ends with the deploy that opened it
 		<-ctx.Done()
