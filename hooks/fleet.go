@@ -132,19 +132,11 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Man
 	stop := c.Watchdog(d.e.cfg.CommandTimeout)
 	defer stop()
 	sha := d.entry.SHA
-	kept, err := c.Has(sha)
-	if err != nil {
-		return c, sent, false, err
-	}
-	if kept && d.entry.Kind != kindRedeploy {
-		sent.Kept = true
-		return c, sent, false, nil
-	}
 	live, err := c.Live()
 	if err != nil {
 		return c, sent, false, err
 	}
-	if kept { // a redeploy rebuilt it: the target's old build goes, unless it is live there
+	if d.entry.Kind == kindRedeploy { // it was rebuilt: the target's old build goes, unless it is live there
 		if live == sha {
 			return c, sent, false, fmt.Errorf("releases/%s is live there: a redeploy of the live release is not yet supported with targets", short(sha))
 		}
@@ -162,8 +154,8 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Man
 			plan.Base, plan.BaseSHA = base, live
 		}
 	}
-	sent, err = c.Prepare(ctx, sha, d.e.rel.Dir(sha), plan)
-	return c, sent, true, err
+	sent, err = c.Prepare(ctx, sha, d.e.rel.Dir(sha), plan) // a release the target keeps: sent.Kept
+	return c, sent, !sent.Kept, err
 }
 
 // manifest is the manifest of release sha, made (and kept) if built or if there is none.
@@ -357,38 +349,27 @@ func (d *deploy) fleetCommands(out io.Writer, phase string, cmds []string, sha, 
 	say(out, "%s on %s: %s", phase, targets(len(run.conns)), strings.Join(cmds, "; "))
 	env := append(d.slipwayVars(sha, prev, rollback, revert), d.variables()...)
 	lw := &lockedWriter{w: out}
-	var mu sync.Mutex
-	var failed []string
-	var wg sync.WaitGroup
-	for _, c := range run.conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			who := c.Target().String()
-			for i, cmd := range cmds {
-				name := fmt.Sprintf("%s %d/%d", phase, i+1, len(cmds))
-				start := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), d.e.cfg.CommandTimeout)
-				w := &prefixWriter{w: lw, prefix: who + ": "}
-				err := c.Exec(ctx, c.Release(sha), env, cmd, w)
-				w.Flush()
-				cancel()
-				d.record(who+" "+name, start, err)
-				if err != nil {
-					reason := d.targetReason(context.Background(), c.Target(), err)
-					indent(lw, "%s: %s failed (%s, %s)", who, name, reason, since(start))
-					mu.Lock()
-					failed = append(failed, fmt.Sprintf("%s: %s: %s", who, name, reason))
-					mu.Unlock()
-					return
-				}
-				indent(lw, "%s: %s ok (%s)", who, name, since(start))
+	failed := onEveryTarget(run.conns, func(c *fleet.Conn) string {
+		who := c.Target().String()
+		for i, cmd := range cmds {
+			name := fmt.Sprintf("%s %d/%d", phase, i+1, len(cmds))
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), d.e.cfg.CommandTimeout)
+			w := &prefixWriter{w: lw, prefix: who + ": "}
+			err := c.Exec(ctx, c.Release(sha), env, cmd, w)
+			w.Flush()
+			cancel()
+			d.record(who+" "+name, start, err)
+			if err != nil {
+				reason := d.targetReason(context.Background(), c.Target(), err)
+				indent(lw, "%s: %s failed (%s, %s)", who, name, reason, since(start))
+				return fmt.Sprintf("%s: %s: %s", who, name, reason)
 			}
-		}()
-	}
-	wg.Wait()
+			indent(lw, "%s: %s ok (%s)", who, name, since(start))
+		}
+		return ""
+	})
 	if len(failed) > 0 {
-		slices.Sort(failed)
 		return fmt.Errorf("%s failed on %s", phase, strings.Join(failed, "; "))
 	}
 	return nil
@@ -405,36 +386,48 @@ func (d *deploy) fleetHealth(out io.Writer) error {
 	say(out, "health check on %s: %s (every %s, for up to %s)", targets(len(run.conns)), healthWhat(hc), hc.Interval, hc.Timeout)
 	env := append(d.slipwayVars(d.entry.SHA, d.entry.PreviousSHA, false, false), d.variables()...)
 	lw := &lockedWriter{w: out}
+	failed := onEveryTarget(run.conns, func(c *fleet.Conn) string {
+		client := &http.Client{Transport: &http.Transport{DialContext: c.DialContext, DisableKeepAlives: true}}
+		err := d.healthLoop(lw, c.Target().String()+": ", func(ctx context.Context) error {
+			if hc.Command != "" {
+				if err := c.Exec(ctx, c.Release(d.entry.SHA), env, hc.Command, io.Discard); err != nil {
+					return errors.New(d.targetReason(context.Background(), c.Target(), err))
+				}
+				return nil
+			}
+			return healthHTTP(ctx, client, hc)
+		})
+		if err != nil {
+			return err.Error() // healthLoop's words: the host, what failed, no paths
+		}
+		return ""
+	})
+	if len(failed) > 0 {
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// onEveryTarget runs fn for every target at once and returns the failures it reported
+// (fn returns "" for none), sorted.
+func onEveryTarget(conns []*fleet.Conn, fn func(*fleet.Conn) string) []string {
 	var mu sync.Mutex
 	var failed []string
 	var wg sync.WaitGroup
-	for _, c := range run.conns {
+	for _, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			client := &http.Client{Transport: &http.Transport{DialContext: c.DialContext, DisableKeepAlives: true}}
-			err := d.healthLoop(lw, c.Target().String()+": ", func(ctx context.Context) error {
-				if hc.Command != "" {
-					if err := c.Exec(ctx, c.Release(d.entry.SHA), env, hc.Command, io.Discard); err != nil {
-						return errors.New(d.targetReason(context.Background(), c.Target(), err))
-					}
-					return nil
-				}
-				return healthHTTP(ctx, client, hc)
-			})
-			if err != nil { // healthLoop's words: the host, what failed, no paths
+			if f := fn(c); f != "" {
 				mu.Lock()
-				failed = append(failed, err.Error())
+				failed = append(failed, f)
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	if len(failed) > 0 {
-		slices.Sort(failed)
-		return errors.New(strings.Join(failed, "; "))
-	}
-	return nil
+	slices.Sort(failed)
+	return failed
 }
 
 // lockedWriter serializes writes from a fleet's targets.

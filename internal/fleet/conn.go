@@ -552,41 +552,20 @@ func (c *Conn) Prune(ctx context.Context, keep []string) error {
 // socket a build left) is skipped.
 func writeTar(ctx context.Context, w io.Writer, dir string, skip map[string]bool) error {
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
+	err := walkRelease(dir, func(rel, p string, fi fs.FileInfo, link string) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		var link string
-		switch {
-		case d.Type()&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case d.IsDir():
-		case d.Type().IsRegular():
-			if skip[filepath.ToSlash(rel)] {
-				return nil
-			}
-		default:
+		regular := fi.Mode().IsRegular()
+		if regular && skip[rel] {
 			return nil
 		}
 		h, err := tar.FileInfoHeader(fi, link)
 		if err != nil {
 			return err
 		}
-		h.Name = filepath.ToSlash(rel)
-		if d.IsDir() {
+		h.Name = rel
+		if fi.IsDir() {
 			h.Name += "/"
 		}
 		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
@@ -594,7 +573,7 @@ func writeTar(ctx context.Context, w io.Writer, dir string, skip map[string]bool
 		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
-		if !d.Type().IsRegular() {
+		if !regular {
 			return nil
 		}
 		f, err := os.Open(p)

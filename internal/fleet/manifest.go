@@ -32,32 +32,14 @@ type Entry struct {
 // target, each directory. Other entries (a socket a build left) are not part of a release.
 func BuildManifest(dir string) (*Manifest, error) {
 	m := &Manifest{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		e := Entry{Path: filepath.ToSlash(rel), Mode: fi.Mode()}
-		switch {
-		case d.Type()&fs.ModeSymlink != 0:
-			if e.Link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case d.IsDir():
-		case d.Type().IsRegular():
+	err := walkRelease(dir, func(rel, p string, fi fs.FileInfo, link string) error {
+		e := Entry{Path: rel, Mode: fi.Mode(), Link: link}
+		if fi.Mode().IsRegular() {
 			e.Size = fi.Size()
+			var err error
 			if e.Sum, err = fileSum(p); err != nil {
 				return err
 			}
-		default:
-			return nil
 		}
 		m.Entries = append(m.Entries, e)
 		return nil
@@ -66,6 +48,36 @@ func BuildManifest(dir string) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest of %s: %w", filepath.Base(dir), err)
 	}
 	return m, nil
+}
+
+// walkRelease calls fn for every entry of a release below dir, in walk order, with its
+// slash-separated path relative to dir, its path on disk, its lstat and, for a symlink, its
+// target. What a release cannot hold (a socket, a fifo a build left) is skipped.
+func walkRelease(dir string, fn func(rel, p string, fi fs.FileInfo, link string) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		var link string
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		case d.IsDir(), d.Type().IsRegular():
+		default:
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return fn(filepath.ToSlash(rel), p, fi, link)
+	})
 }
 
 func fileSum(p string) (string, error) {
