@@ -233,6 +233,10 @@ type Fleet struct {
 	KnownHosts  string         // target_known_hosts: the only host keys accepted
 	Parallel    int            // target_parallel: targets prepared at once
 	DialTimeout time.Duration  // connection and handshake, per target
+	// BeforeEach is before_activate_each: run on each target (and here, with "local") in
+	// every copy of a release written there, before any target swaps; a failure on one
+	// host fails the deploy and no target swaps. Only the server's config sets it.
+	BeforeEach []string
 }
 
 // Remote reports whether the environment ships to other hosts.
@@ -646,7 +650,7 @@ func readEnv(t table, resolve func(string) string, keyNames map[string]bool) Env
 	t.only("repo", "path", "branch", "keep_releases", "prune_grace", "release_files", "shared_files", "shared_dirs",
 		"build", "test", "before_activate", "after_activate", "copy_dirs", "command_timeout", "allow", "vars",
 		"writable", "memory_max", "pids_max", "cpu_weight", "on_failure", "health_check", "secrets", "mask_files", "env_file", "seed_shared_files", "cache_max_size",
-		"targets", "target_identity", "target_known_hosts", "target_parallel")
+		"targets", "target_identity", "target_known_hosts", "target_parallel", "before_activate_each")
 	e := Env{
 		Repo:            t.str("repo"),
 		Path:            resolve(t.str("path")),
@@ -738,6 +742,7 @@ func readFleet(t table, resolve func(string) string, e Env) Fleet {
 		KnownHosts:  resolve(t.str("target_known_hosts")),
 		Parallel:    t.integer("target_parallel", DefaultTargetParallel),
 		DialTimeout: 10 * time.Second,
+		BeforeEach:  t.strings("before_activate_each"),
 	}
 	seen := map[string]bool{}
 	for _, s := range t.strings("targets") {
@@ -761,7 +766,7 @@ func readFleet(t table, resolve func(string) string, e Env) Fleet {
 		t.doc.addf(t.key("target_parallel"), "%s must be 1 to 100", t.name("target_parallel"))
 	}
 	if !f.Remote() {
-		for _, k := range []string{"target_identity", "target_known_hosts", "target_parallel"} {
+		for _, k := range []string{"target_identity", "target_known_hosts", "target_parallel", "before_activate_each"} {
 			if t.has(k) {
 				t.doc.addf(t.key(k), "%s is set, but targets names no host", t.name(k))
 			}

@@ -324,6 +324,7 @@ targets = ["deploy@web1"]
 repo = "a/three"
 path = "three"
 target_identity = "id"
+before_activate_each = ["php artisan config:cache"]
 `,
 			want: []string{
 				`slipway.toml:6: env[0].targets: "web3": want user@host or user@host:port`,
@@ -332,6 +333,7 @@ target_identity = "id"
 				`slipway.toml:9: env[0].target_parallel must be 1 to 100`,
 				`slipway.toml:14: env[1].targets: target_identity is required with targets`,
 				`slipway.toml:18: env[2].target_identity is set, but targets names no host`,
+				`slipway.toml:19: env[2].before_activate_each is set, but targets names no host`,
 			},
 		},
 		{

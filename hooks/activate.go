@@ -28,12 +28,18 @@ type activationError struct {
 
 func (e *activationError) Error() string { return e.msg }
 
-// beforeActivate runs the recipe's before_activate commands in the new release, confined
-// like the build: a failure rejects the push as a failed test does.
-func (d *deploy) beforeActivate(ctx context.Context, out io.Writer) error {
+// beforeActivate runs the recipe's before_activate commands (ev BeforeActivate), or, if
+// this host is one of its fleet's targets, before_activate_each (ev BeforeActivateEach,
+// once the release is shipped: what it writes is this host's own), in the new release,
+// confined like the build: a failure rejects the push as a failed test does.
+func (d *deploy) beforeActivate(ctx context.Context, ev Event, out io.Writer) error {
 	steps := d.runner()
 	steps.confined = true
-	return Hooks{BeforeActivate: d.recipe.BeforeActivate}.Fire(ctx, BeforeActivate, steps, out)
+	h := Hooks{BeforeActivate: d.recipe.BeforeActivate}
+	if f := d.e.cfg.Fleet; f.Remote() && f.Local {
+		h.BeforeActivateEach = f.BeforeEach
+	}
+	return h.Fire(ctx, ev, steps, out)
 }
 
 // activate swaps current, runs after_activate and the health check, and prunes; a failure

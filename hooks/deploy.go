@@ -221,13 +221,16 @@ func (d *deploy) build(ctx context.Context, out io.Writer) (err error) {
 		d.log.Warn().Err(err).Msg("check linked files")
 		return shown("check linked files", err)
 	}
-	if err := d.beforeActivate(ctx, out); err != nil {
+	if err := d.beforeActivate(ctx, BeforeActivate, out); err != nil {
 		return err
 	}
 	if ctx.Err() != nil {
 		return errCancelled
 	}
 	if err := d.prepareFleet(ctx, out, true); err != nil {
+		return err
+	}
+	if err := d.beforeActivate(ctx, BeforeActivateEach, out); err != nil {
 		return err
 	}
 	if err := d.e.rel.Complete(d.entry.SHA); err != nil {

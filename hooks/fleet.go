@@ -68,8 +68,15 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 		d.log.Error().Err(err).Msg("manifest of the release")
 		return shown("read the release to ship it", err)
 	}
+	env := append(d.slipwayVars(sha, d.entry.PreviousSHA, false, false), d.variables()...)
+	lw := &lockedWriter{w: out}
 	var mu sync.Mutex
 	var failed []string
+	fail := func(f string) {
+		mu.Lock()
+		failed = append(failed, f)
+		mu.Unlock()
+	}
 	sem := make(chan struct{}, f.Parallel)
 	var wg sync.WaitGroup
 	for _, t := range active {
@@ -80,28 +87,42 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			defer func() { <-sem }()
 			tstart := time.Now()
 			c, sent, wrote, err := d.prepareTarget(ctx, t, manifest)
-			mu.Lock()
-			defer mu.Unlock()
 			if c != nil {
+				mu.Lock()
 				run.conns = append(run.conns, c)
 				run.prepared[c] = wrote
+				mu.Unlock()
 			}
 			if err != nil {
 				d.log.Warn().Err(err).Str("target", t.String()).Msg("prepare target")
-				failed = append(failed, fmt.Sprintf("%s: %s", t, d.targetReason(ctx, t, err)))
-				indent(out, "%s: failed: %s", t, d.targetReason(ctx, t, err))
+				fail(fmt.Sprintf("%s: %s", t, d.targetReason(ctx, t, err)))
+				indent(lw, "%s: failed: %s", t, d.targetReason(ctx, t, err))
 				return
 			}
 			switch {
 			case sent.Kept:
-				indent(out, "%s: kept from before (%s)", t, since(tstart))
+				indent(lw, "%s: kept from before (%s)", t, since(tstart))
 			case sent.Fallback != "":
 				d.log.Warn().Str("target", t.String()).Str("why", sent.Fallback).Msg("unchanged files not copied on the target: sent them all")
-				indent(out, "%s: %s sent, all of it: the unchanged files could not be copied there (%s)", t, humanBytes(sent.Bytes), since(tstart))
-			case sent.Copied > 0:
-				indent(out, "%s: %s sent, %d unchanged files copied there (%s)", t, humanBytes(sent.Bytes), sent.Copied, since(tstart))
+				indent(lw, "%s: %s sent, all of it: the unchanged files could not be copied there (%s)", t, humanBytes(sent.Bytes), since(tstart))
+			case sent.Copied+sent.Changed > 0:
+				how := "copied"
+				if d.e.cfg.LinkFiles {
+					how = "linked"
+				}
+				again := ""
+				if sent.Changed > 0 {
+					again = fmt.Sprintf(", %d sent again: changed there since", sent.Changed)
+				}
+				indent(lw, "%s: %s sent, %d unchanged files %s there%s (%s)", t, humanBytes(sent.Bytes), sent.Copied, how, again, since(tstart))
 			default:
-				indent(out, "%s: %s sent (%s)", t, humanBytes(sent.Bytes), since(tstart))
+				indent(lw, "%s: %s sent (%s)", t, humanBytes(sent.Bytes), since(tstart))
+			}
+			// Once for each copy of the release: a copy the target kept from before ran it then.
+			if wrote {
+				if f := d.targetCommands(ctx, lw, c, string(BeforeActivateEach), f.BeforeEach, sha, env); f != "" {
+					fail(f)
+				}
 			}
 		}()
 	}
@@ -144,7 +165,7 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Man
 			return c, sent, false, err
 		}
 	}
-	plan := fleet.Plan{SharedFiles: d.recipe.SharedFiles, SharedDirs: d.recipe.SharedDirs, Manifest: m}
+	plan := fleet.Plan{SharedFiles: d.recipe.SharedFiles, SharedDirs: d.recipe.SharedDirs, Manifest: m, Link: d.e.cfg.LinkFiles}
 	if live != "" && live != sha {
 		// What the target has live is what this host sent it, as its manifest says; the
 		// target checks each file it copies from it.
@@ -350,29 +371,37 @@ func (d *deploy) fleetCommands(out io.Writer, phase string, cmds []string, sha, 
 	env := append(d.slipwayVars(sha, prev, rollback, revert), d.variables()...)
 	lw := &lockedWriter{w: out}
 	failed := onEveryTarget(run.conns, func(c *fleet.Conn) string {
-		who := c.Target().String()
-		for i, cmd := range cmds {
-			name := fmt.Sprintf("%s %d/%d", phase, i+1, len(cmds))
-			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), d.e.cfg.CommandTimeout)
-			w := &prefixWriter{w: lw, prefix: who + ": "}
-			err := c.Exec(ctx, c.Release(sha), env, cmd, w)
-			w.Flush()
-			cancel()
-			d.record(who+" "+name, start, err)
-			if err != nil {
-				reason := d.targetReason(context.Background(), c.Target(), err)
-				indent(lw, "%s: %s failed (%s, %s)", who, name, reason, since(start))
-				return fmt.Sprintf("%s: %s: %s", who, name, reason)
-			}
-			indent(lw, "%s: %s ok (%s)", who, name, since(start))
-		}
-		return ""
+		return d.targetCommands(context.Background(), lw, c, phase, cmds, sha, env)
 	})
 	if len(failed) > 0 {
 		return fmt.Errorf("%s failed on %s", phase, strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// targetCommands runs cmds on c's target in release sha there, in order, each bounded by
+// command_timeout and by ctx, and stops at the first failure, which it returns as
+// "HOST: PHASE i/n: reason" ("" if every command passed). Each line the target prints
+// begins with its name.
+func (d *deploy) targetCommands(ctx context.Context, out io.Writer, c *fleet.Conn, phase string, cmds []string, sha string, env []string) string {
+	who := c.Target().String()
+	for i, cmd := range cmds {
+		name := fmt.Sprintf("%s %d/%d", phase, i+1, len(cmds))
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, d.e.cfg.CommandTimeout)
+		w := &prefixWriter{w: out, prefix: who + ": "}
+		err := c.Exec(cctx, c.Release(sha), env, cmd, w)
+		w.Flush()
+		cancel()
+		d.record(who+" "+name, start, err)
+		if err != nil {
+			reason := d.targetReason(ctx, c.Target(), err)
+			indent(out, "%s: %s failed (%s, %s)", who, name, reason, since(start))
+			return fmt.Sprintf("%s: %s: %s", who, name, reason)
+		}
+		indent(out, "%s: %s ok (%s)", who, name, since(start))
+	}
+	return ""
 }
 
 // fleetHealth runs the health check on every target at once: a URL is fetched from the

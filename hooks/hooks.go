@@ -4,7 +4,7 @@
 // a deploy:
 //
 //	journal -> recipe (the server's [[env]] over the pushed slipway.toml) -> checkout ->
-//	shared links -> build -> test -> before_activate -> complete -> swap current ->
+//	shared links -> build -> test -> before_activate -> prepare targets -> complete -> swap current ->
 //	after_activate -> health check -> prune, or, when one of the last two fails, on_failure:
 //	revert (current back to the release live before) or keep
 //
@@ -39,6 +39,9 @@ const (
 	// BeforeActivate runs in the new release after its tests, before the swap: a release
 	// phase (migrations, a backup). Its failure rejects the push; nothing changes.
 	BeforeActivate Event = "before_activate"
+	// BeforeActivateEach runs on each host a release goes live on (each target, and this
+	// one if it is a target), in that host's copy of the release, before any host swaps.
+	BeforeActivateEach Event = "before_activate_each"
 	// AfterActivate runs right after current names the new release, on every activation
 	// (rollbacks and reverts included).
 	AfterActivate Event = "after_activate"
@@ -52,8 +55,9 @@ type Runner interface {
 
 // Hooks is the set of commands to run per event.
 type Hooks struct {
-	BeforeActivate []string
-	AfterActivate  []string
+	BeforeActivate     []string
+	BeforeActivateEach []string
+	AfterActivate      []string
 }
 
 // Fire runs the commands of ev in order through r and stops at the first failure, which it
@@ -63,6 +67,8 @@ func (h Hooks) Fire(ctx context.Context, ev Event, r Runner, out io.Writer) erro
 	switch ev {
 	case BeforeActivate:
 		cmds = h.BeforeActivate
+	case BeforeActivateEach:
+		cmds = h.BeforeActivateEach
 	case AfterActivate:
 		cmds = h.AfterActivate
 	default:

@@ -336,17 +336,25 @@ type Plan struct {
 	// Manifest is the new release's; Base, that of BaseSHA, the release the target has
 	// live. With both, the files Base has unchanged are copied on the target from
 	// releases/<BaseSHA> (a reflink where its filesystem can) and checked against their
-	// sha256 there, instead of sent. Without, or if that fails, everything is sent.
+	// sha256 there, instead of sent; those the check finds changed there are sent. Without,
+	// or if the copy fails, everything is sent.
 	Manifest *Manifest
 	Base     *Manifest
 	BaseSHA  string
+	// Link hard-links the unchanged files instead of copying them (release_files =
+	// "link"): the releases on the target then share those inodes, which only their
+	// read-only mode (the release's own, sent with it) protects.
+	Link bool
 }
 
 // Sent is what Prepare did for a target.
 type Sent struct {
 	Bytes  int64 // sent over the connection
-	Copied int   // files copied there from the release it had live, not sent
-	Kept   bool  // the target kept the release from before: nothing was sent
+	Copied int   // files copied (or linked) there from the release it had live, not sent
+	// Changed is how many files of the release it had live differed there from what was
+	// sent (the app wrote into its release): those were sent again.
+	Changed int
+	Kept    bool // the target kept the release from before: nothing was sent
 	// Fallback is why the copy of unchanged files failed and everything was sent; "" if not.
 	Fallback string
 }
@@ -385,8 +393,9 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 	if p.Manifest != nil && p.Base != nil && validSHA(p.BaseSHA) {
 		unchanged = p.Manifest.Unchanged(p.Base)
 	}
+	var resend []string
 	if len(unchanged) > 0 {
-		n, err := c.copyUnchanged(ctx, setup.String(), tmp, p.BaseSHA, unchanged)
+		changed, n, err := c.copyUnchanged(ctx, setup.String(), tmp, p.BaseSHA, unchanged, p.Link)
 		sent.Bytes += n
 		var se *setupError
 		switch {
@@ -401,12 +410,19 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 			}
 		default:
 			for _, e := range unchanged {
-				skip[e.Path] = true
+				skip[e.Path] = !changed[e.Path]
 			}
-			sent.Copied = len(unchanged)
+			for f := range changed {
+				resend = append(resend, shellQuote(path.Join(tmp, f)))
+			}
+			sent.Copied, sent.Changed = len(unchanged)-len(changed), len(changed)
 		}
 		setup.Reset()
 		setup.WriteString("set -e\n")
+	}
+	if len(resend) > 0 { // a copy, or a link to the live release's file: never written through
+		slices.Sort(resend)
+		fmt.Fprintf(&setup, "rm -f -- %s\n", strings.Join(resend, " "))
 	}
 
 	script := setup.String() + fmt.Sprintf("tar -x -f - -C %s\nmv %s %s\n", shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
@@ -423,32 +439,63 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 }
 
 // copyUnchanged runs setup (a script that makes tmp; its failure is a *setupError), then
-// copies files from releases/<base> into tmp on the target and checks each against its
-// sha256 there: the target's copy of a release may have been written to since it was sent
-// (an app writing into its own directory). It needs GNU cp and sha256sum, as Linux
+// copies (or, with link, hard-links) files from releases/<base> into tmp on the target and
+// checks each against its sha256 there. The target's copy of a release may have been
+// written to since it was sent (an app writing into its own directory): changed holds the
+// files that differ, which the caller sends. It needs GNU cp and sha256sum, as Linux
 // distributions have; anywhere else it fails, and Prepare sends everything.
-func (c *Conn) copyUnchanged(ctx context.Context, setup, tmp, base string, files []Entry) (int64, error) {
+func (c *Conn) copyUnchanged(ctx context.Context, setup, tmp, base string, files []Entry, link bool) (changed map[string]bool, sent int64, err error) {
 	var list, sums bytes.Buffer
+	known := make(map[string]bool, len(files))
 	for _, e := range files {
 		list.WriteString(e.Path)
 		list.WriteByte(0)
 		fmt.Fprintf(&sums, "%s  %s\n", e.Sum, e.Path)
+		known[e.Path] = true
 	}
-	n := int64(list.Len() + sums.Len())
+	sent = int64(list.Len() + sums.Len())
 	const copyFailed = 10
-	copyScript := setup + fmt.Sprintf("(cd %s && xargs -0 cp --reflink=auto -p --parents -t %s --) || exit %d\n",
-		shellQuote(c.release(base)), shellQuote(tmp), copyFailed)
+	how := "--reflink=auto"
+	if link {
+		how = "-l"
+	}
+	copyScript := setup + fmt.Sprintf("(cd %s && xargs -0 cp %s -p --parents -t %s --) || exit %d\n",
+		shellQuote(c.release(base)), how, shellQuote(tmp), copyFailed)
 	if _, err := c.run(ctx, copyScript, &list); err != nil {
 		var ee *ssh.ExitError
 		if !errors.As(err, &ee) || ee.ExitStatus() != copyFailed {
-			return n, &setupError{err}
+			return nil, sent, &setupError{err}
 		}
-		return n, fmt.Errorf("copy unchanged files: %w", err)
+		return nil, sent, fmt.Errorf("copy unchanged files: %w", err)
 	}
-	if _, err := c.run(ctx, fmt.Sprintf("cd %s && sha256sum --quiet --strict -c -", shellQuote(tmp)), &sums); err != nil {
-		return n, fmt.Errorf("check the unchanged files copied: %w", err)
+	// sha256sum names each file that differs ("path: FAILED") and exits 1; any other
+	// outcome (no sha256sum, a name it had to escape) is a failed copy.
+	out, err := c.run(ctx, fmt.Sprintf("cd %s && { sha256sum --quiet --strict -c - || echo \"exit $?\"; }", shellQuote(tmp)), &sums)
+	if err != nil {
+		return nil, sent, fmt.Errorf("check the unchanged files copied: %w", err)
 	}
-	return n, nil
+	changed = map[string]bool{}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if out == "" {
+		return changed, sent, nil
+	}
+	if lines[len(lines)-1] != "exit 1" {
+		return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum said %q", telling(out))
+	}
+	for _, l := range lines[:len(lines)-1] {
+		f, ok := strings.CutSuffix(l, ": FAILED")
+		if !ok {
+			f, ok = strings.CutSuffix(l, ": FAILED open or read")
+		}
+		if !ok || !known[f] {
+			return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum said %q", l)
+		}
+		changed[f] = true
+	}
+	if len(changed) == 0 {
+		return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum failed and named no file")
+	}
+	return changed, sent, nil
 }
 
 // setupError is a failure of Prepare's setup (a shared file missing, the disk), which

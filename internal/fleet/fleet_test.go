@@ -7,10 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
@@ -331,7 +333,8 @@ func TestHostKeys(t *testing.T) {
 
 // A release sends only what differs from the one the target has live; the rest is copied
 // there and checked. A file changed there since (the app wrote into its release) fails the
-// check, and everything is sent.
+// check, and is sent. With Link, the unchanged files are hard links. Where the copy fails,
+// everything is sent.
 func TestPrepareDelta(t *testing.T) {
 	k := newKeys(t)
 	h := startHost(t, k, "127.0.0.5", true)
@@ -383,18 +386,56 @@ func TestPrepareDelta(t *testing.T) {
 	}
 
 	// The app wrote into its live release on the target: that file is not what the
-	// manifest says, so the copy is not trusted.
-	if err := os.WriteFile(filepath.Join(h.deploy, "releases", sha1, "lib/app.js"), []byte("changed there\n"), 0o644); err != nil {
+	// manifest says, so it is sent again, over the copy, which is never written through.
+	appJS := filepath.Join(h.deploy, "releases", sha1, "lib/app.js")
+	if err := os.WriteFile(appJS, []byte("changed there\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sha3 := "3333333333333333333333333333333333333333"
 	dir3, m3 := mk("three\n")
 	third, err := c.Prepare(ctx, sha3, dir3, Plan{Manifest: m3, Base: m1, BaseSHA: sha1})
-	if err != nil || third.Fallback == "" || third.Copied != 0 || third.Bytes < 1<<20 {
-		t.Fatalf("Prepare over a changed base = %+v, %v; want everything sent, and why", third, err)
+	if err != nil || third.Fallback != "" || third.Copied != 2 || third.Changed != 1 || third.Bytes > 64<<10 {
+		t.Fatalf("Prepare over a changed base = %+v, %v; want 2 files copied, lib/app.js sent again", third, err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(h.deploy, "releases", sha3, "lib/app.js")); string(b) != "app\n" {
 		t.Errorf("lib/app.js = %q: the target's change was copied", b)
+	}
+
+	// With release_files = "link", the unchanged files are hard links to the live
+	// release's; one the app changed there is sent, and the live one keeps its change.
+	sha4 := "4444444444444444444444444444444444444444"
+	dir4, m4 := mk("four\n")
+	fourth, err := c.Prepare(ctx, sha4, dir4, Plan{Manifest: m4, Base: m1, BaseSHA: sha1, Link: true})
+	if err != nil || fourth.Fallback != "" || fourth.Copied != 2 || fourth.Changed != 1 {
+		t.Fatalf("Prepare with Link = %+v, %v", fourth, err)
+	}
+	same := func(name string) bool {
+		a, err1 := os.Stat(filepath.Join(h.deploy, "releases", sha1, name))
+		b, err2 := os.Stat(filepath.Join(h.deploy, "releases", sha4, name))
+		return err1 == nil && err2 == nil && os.SameFile(a, b)
+	}
+	if !same("lib/big.bin") || !same("bin/run") {
+		t.Errorf("with Link, lib/big.bin and bin/run are not the live release's files")
+	}
+	if same("lib/app.js") {
+		t.Errorf("with Link, lib/app.js, changed there, was linked")
+	}
+	if b, _ := os.ReadFile(appJS); string(b) != "changed there\n" {
+		t.Errorf("the live release's lib/app.js = %q: sending it again wrote through the link", b)
+	}
+
+	// A file of the live release gone there: the copy fails, and everything is sent.
+	if err := os.Remove(filepath.Join(h.deploy, "releases", sha1, "lib/big.bin")); err != nil {
+		t.Fatal(err)
+	}
+	sha5 := "5555555555555555555555555555555555555555"
+	dir5, m5 := mk("five\n")
+	fifth, err := c.Prepare(ctx, sha5, dir5, Plan{Manifest: m5, Base: m1, BaseSHA: sha1})
+	if err != nil || fifth.Fallback == "" || fifth.Copied != 0 || fifth.Bytes < 1<<20 {
+		t.Fatalf("Prepare over a base with a file gone = %+v, %v; want everything sent, and why", fifth, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h.deploy, "releases", sha5, "lib/big.bin")); string(b) != big {
+		t.Errorf("lib/big.bin: %d bytes", len(b))
 	}
 }
 
@@ -439,5 +480,127 @@ func TestExecAndDial(t *testing.T) {
 	n, _ := conn.Read(b)
 	if string(b[:n]) != "hello from the target side\n" {
 		t.Errorf("read %q through the target", b[:n])
+	}
+}
+
+// Dial refuses a target whose SFTP server cannot replace current in one rename (no
+// posix-rename@openssh.com), before anything is sent. OpenSSH's sftp-server has the
+// extension, so the target here is an SSH server in this process serving pkg/sftp's SFTP
+// server, which is told which extensions to offer; with posix-rename, the same server is
+// accepted.
+func TestDialRefusesWithoutPosixRename(t *testing.T) {
+	k := newKeys(t)
+	addr, hostKey := sftpOnlyServer(t, k)
+	if err := os.WriteFile(k.knownHosts, []byte(knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostKey)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	target := Target{User: "deploy", Host: host, Port: n}
+	ctx := context.Background()
+	defer sftp.SetSFTPExtensions("hardlink@openssh.com", "posix-rename@openssh.com", "statvfs@openssh.com")
+
+	if err := sftp.SetSFTPExtensions("statvfs@openssh.com"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := k.dialer(t).Dial(ctx, target, "/srv/app")
+	if err == nil || !strings.Contains(err.Error(), "lacks posix-rename@openssh.com") {
+		t.Fatalf("Dial to an sftp server without posix-rename = %v", err)
+	}
+	if h, ok := HostOf(err); !ok || h != target {
+		t.Errorf("HostOf(%v) = %q, %v: the error must name the host", err, h, ok)
+	}
+
+	if err := sftp.SetSFTPExtensions("posix-rename@openssh.com", "statvfs@openssh.com"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := k.dialer(t).Dial(ctx, target, "/srv/app")
+	if err != nil {
+		t.Fatalf("Dial to the same server with posix-rename = %v", err)
+	}
+	c.Close()
+}
+
+// sftpOnlyServer is an SSH server on 127.0.0.1 that lets k's identity in and serves the
+// sftp subsystem (pkg/sftp's server, read-only, in a temporary directory) and nothing
+// else. It returns its address and host key.
+func sftpOnlyServer(t *testing.T, k *keys) (string, ssh.PublicKey) {
+	t.Helper()
+	dir := t.TempDir()
+	hostPub := writeKey(t, filepath.Join(dir, "host_key"))
+	b, err := os.ReadFile(filepath.Join(dir, "host_key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostSigner, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorized, err := os.ReadFile(k.authorized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed, _, _, _, err := ssh.ParseAuthorizedKey(authorized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+		if string(key.Marshal()) != string(allowed.Marshal()) {
+			return nil, fmt.Errorf("unknown key")
+		}
+		return nil, nil
+	}}
+	cfg.AddHostKey(hostSigner)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go serveSFTPOnly(nc, cfg, dir)
+		}
+	}()
+	return l.Addr().String(), hostPub
+}
+
+func serveSFTPOnly(nc net.Conn, cfg *ssh.ServerConfig, dir string) {
+	defer nc.Close()
+	_, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	if err != nil {
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			nch.Reject(ssh.UnknownChannelType, "sessions only")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			for req := range creqs {
+				ok := req.Type == "subsystem" && len(req.Payload) > 4 && string(req.Payload[4:]) == "sftp"
+				req.Reply(ok, nil)
+				if !ok {
+					continue
+				}
+				srv, err := sftp.NewServer(ch, sftp.WithServerWorkingDirectory(dir), sftp.ReadOnly())
+				if err != nil {
+					ch.Close()
+					return
+				}
+				go func() {
+					srv.Serve()
+					ch.Close()
+				}()
+			}
+		}()
 	}
 }
