@@ -231,27 +231,34 @@ func targets(n int) string {
 // swapTimeout bounds one target's swap (or swap back): a few SFTP requests.
 const swapTimeout = 30 * time.Second
 
-// activateFleet swaps current on every target. If one fails, those swapped are swapped
-// back, and the deploy fails naming the hosts.
+// activateFleet swaps current on every target, all at once, so that the fleet is split
+// between releases for one round of SFTP requests, not one per target. If one fails, those
+// swapped are swapped back, and the deploy fails naming the hosts.
 func (d *deploy) activateFleet(out io.Writer) error {
 	run := d.fleet
 	if run == nil {
 		return nil
 	}
 	start := time.Now()
-	var failed []string
-	for _, c := range run.conns {
+	var mu sync.Mutex
+	failed := onEveryTarget(run.conns, func(c *fleet.Conn) string {
 		stop := c.Watchdog(swapTimeout)
-		prev, err := c.Activate(d.entry.SHA)
+		prev, known, err := c.Activate(d.entry.SHA)
 		stop()
+		mu.Lock()
+		defer mu.Unlock()
+		if known {
+			// Swapped back on failure, even if the swap seemed to fail: its answer may be
+			// what was lost, not the rename.
+			run.previous[c] = prev
+		}
 		if err != nil {
 			d.log.Error().Err(err).Str("target", c.Target().String()).Msg("activate target")
-			failed = append(failed, fmt.Sprintf("%s: %s", c.Target(), d.targetReason(context.Background(), c.Target(), err)))
-			break
+			return fmt.Sprintf("%s: %s", c.Target(), d.targetReason(context.Background(), c.Target(), err))
 		}
-		run.previous[c] = prev
 		run.live[c] = d.entry.SHA
-	}
+		return ""
+	})
 	if len(failed) == 0 {
 		d.record("activate targets", start, nil)
 		names := make([]string, 0, len(run.conns))

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -256,33 +257,27 @@ func (c *Conn) release(sha string) string { return path.Join(c.releases(), sha) 
 // Release is releases/<sha> on the target (the same path as on the slipway host).
 func (c *Conn) Release(sha string) string { return c.release(sha) }
 
-// run runs a POSIX shell script on the target, with stdin, and returns its output; a
-// failure carries the script's last lines of stderr.
+// run runs a POSIX shell script on the target, with stdin, and returns its output (the
+// first 64 KiB); a failure carries the script's telling line of stderr.
 func (c *Conn) run(ctx context.Context, script string, stdin io.Reader) (string, error) {
-	s, err := c.client.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer s.Close()
-	var stdout, stderr bytes.Buffer
-	s.Stdin, s.Stdout, s.Stderr = stdin, &limited{w: &stdout, left: 64 << 10}, &limited{w: &stderr, left: 64 << 10}
-	done := make(chan error, 1)
-	go func() { done <- s.Run("/bin/sh -c " + shellQuote(script)) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		s.Signal(ssh.SIGKILL)
-		s.Close()
-		return "", ctx.Err()
-	}
-	if err != nil {
-		err = lost(err)
-		if msg := telling(stderr.String()); msg != "" {
-			return "", fmt.Errorf("%s (%w)", msg, err)
+	var stdout bytes.Buffer
+	err := c.session(ctx, script, func(w io.Writer, r *bufio.Reader) error {
+		read := make(chan error, 1)
+		go func() { // read while writing: a script that answers as it reads never stalls
+			_, err := io.Copy(&limited{w: &stdout, left: 64 << 10}, r)
+			read <- err
+		}()
+		if stdin != nil {
+			if _, err := io.Copy(w, stdin); err != nil {
+				return err
+			}
 		}
-		return "", err
-	}
-	return stdout.String(), nil
+		if wc, ok := w.(io.Closer); ok {
+			wc.Close()
+		}
+		return <-read
+	})
+	return stdout.String(), err
 }
 
 // telling is the line of a failed command's stderr that says most: one naming a failure
@@ -363,6 +358,10 @@ type Sent struct {
 // directory, renamed into place once whole, so a release the target has is always complete.
 // Shared files must exist in the target's shared/ (as on the slipway host); shared dirs are
 // made there if missing. The release's links into shared/ travel as the symlinks they are.
+//
+// It costs one session on the target: the sha256 of each unchanged file goes ahead over
+// SFTP; the script made of the setup, the copy of unchanged files and their check says
+// which files differ there, and then reads the tar of what is to be sent.
 func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, error) {
 	var sent Sent
 	if !validSHA(sha) {
@@ -375,150 +374,231 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 		return sent, nil
 	}
 	tmp := path.Join(c.releases(), ".tmp-"+sha)
-	var setup strings.Builder
-	fmt.Fprintf(&setup, "set -e\numask 022\nmkdir -p %s\n", shellQuote(c.releases()))
+	var script strings.Builder
+	fmt.Fprintf(&script, "set -e\numask 022\nmkdir -p %s\n", shellQuote(c.releases()))
 	for _, f := range p.SharedFiles {
-		fmt.Fprintf(&setup, "[ -e %s ] || { echo 'shared/%s is missing: create it on this host' >&2; exit 3; }\n",
+		fmt.Fprintf(&script, "[ -e %s ] || { echo 'shared/%s is missing: create it on this host' >&2; exit 3; }\n",
 			shellQuote(path.Join(c.path, "shared", f)), strings.ReplaceAll(f, "'", ""))
 	}
 	for _, d := range p.SharedDirs {
-		fmt.Fprintf(&setup, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
+		fmt.Fprintf(&script, "mkdir -p %s\n", shellQuote(path.Join(c.path, "shared", d)))
 	}
-	fmt.Fprintf(&setup, "rm -rf %s\nmkdir %s\n", shellQuote(tmp), shellQuote(tmp))
+	fmt.Fprintf(&script, "rm -rf %s\nmkdir %s\n", shellQuote(tmp), shellQuote(tmp))
 
-	// Each session costs a round trip and a process on the target: the setup goes with the
-	// copy of unchanged files if there are any, else with the tar.
-	skip := map[string]bool{}
-	var unchanged []Entry
+	var listed map[string]bool // the unchanged files the target copies from its live release
 	if p.Manifest != nil && p.Base != nil && validSHA(p.BaseSHA) {
-		unchanged = p.Manifest.Unchanged(p.Base)
-	}
-	var resend []string
-	if len(unchanged) > 0 {
-		changed, n, err := c.copyUnchanged(ctx, setup.String(), tmp, p.BaseSHA, unchanged, p.Link)
-		sent.Bytes += n
-		var se *setupError
-		switch {
-		case errors.As(err, &se):
-			return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], se.err))
-		case err != nil && ctx.Err() != nil:
-			return sent, c.fail(ctx.Err())
-		case err != nil:
-			sent.Fallback = err.Error()
-			if _, err := c.run(ctx, fmt.Sprintf("rm -rf %s && mkdir %s", shellQuote(tmp), shellQuote(tmp)), nil); err != nil {
-				return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
+		var sums bytes.Buffer
+		listed = map[string]bool{}
+		for _, e := range p.Manifest.Unchanged(p.Base) {
+			if strings.ContainsAny(e.Path, "\n\\") { // sha256sum would escape its name: sent
+				continue
 			}
-		default:
-			for _, e := range unchanged {
-				skip[e.Path] = !changed[e.Path]
-			}
-			for f := range changed {
-				resend = append(resend, shellQuote(path.Join(tmp, f)))
-			}
-			sent.Copied, sent.Changed = len(unchanged)-len(changed), len(changed)
+			fmt.Fprintf(&sums, "%s  %s\n", e.Sum, e.Path)
+			listed[e.Path] = true
 		}
-		setup.Reset()
-		setup.WriteString("set -e\n")
+		if len(listed) > 0 {
+			file := tmp + ".sums"
+			if err := c.upload(file, sums.Bytes()); err != nil {
+				return sent, c.fail(fmt.Errorf("prepare releases/%s: send the unchanged files' sha256: %w", sha[:7], err))
+			}
+			sent.Bytes += int64(sums.Len())
+			script.WriteString(copyScript(c.release(p.BaseSHA), tmp, file, p.Link))
+		}
 	}
-	if len(resend) > 0 { // a copy, or a link to the live release's file: never written through
-		slices.Sort(resend)
-		fmt.Fprintf(&setup, "rm -f -- %s\n", strings.Join(resend, " "))
-	}
+	fmt.Fprintf(&script, "echo %s\ntar -x -f - -C %s\nmv %s %s\n", ready, shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
 
-	script := setup.String() + fmt.Sprintf("tar -x -f - -C %s\nmv %s %s\n", shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
-	pr, pw := io.Pipe()
-	counted := &counter{r: pr}
-	go func() { pw.CloseWithError(writeTar(ctx, pw, dir, skip)) }()
-	_, err := c.run(ctx, script, counted)
-	pr.CloseWithError(errors.New("the target stopped reading"))
-	sent.Bytes += counted.n
+	err := c.session(ctx, script.String(), func(stdin io.Writer, stdout *bufio.Reader) error {
+		skip := map[string]bool{}
+		if len(listed) > 0 {
+			changed, fallback, err := readCopied(stdout, listed)
+			if err != nil {
+				return err
+			}
+			if fallback != "" {
+				sent.Fallback = fallback
+			} else {
+				for f := range listed {
+					skip[f] = !changed[f]
+				}
+				sent.Copied, sent.Changed = len(listed)-len(changed), len(changed)
+			}
+		}
+		if line, err := stdout.ReadString('\n'); err != nil || line != ready+"\n" {
+			return errNotReady
+		}
+		// A file sent over one copied there replaces it (tar unlinks it first): a link to
+		// the live release's file is never written through.
+		counted := &countingWriter{w: stdin}
+		err := writeTar(ctx, counted, dir, skip)
+		sent.Bytes += counted.n
+		return err
+	})
 	if err != nil {
 		return sent, c.fail(fmt.Errorf("prepare releases/%s: %w", sha[:7], err))
 	}
 	return sent, nil
 }
 
-// copyUnchanged runs setup (a script that makes tmp; its failure is a *setupError), then
-// copies (or, with link, hard-links) files from releases/<base> into tmp on the target and
-// checks each against its sha256 there. The target's copy of a release may have been
-// written to since it was sent (an app writing into its own directory): changed holds the
-// files that differ, which the caller sends. It needs GNU cp and sha256sum, as Linux
-// distributions have; anywhere else it fails, and Prepare sends everything.
-func (c *Conn) copyUnchanged(ctx context.Context, setup, tmp, base string, files []Entry, link bool) (changed map[string]bool, sent int64, err error) {
-	var list, sums bytes.Buffer
-	known := make(map[string]bool, len(files))
-	for _, e := range files {
-		list.WriteString(e.Path)
-		list.WriteByte(0)
-		fmt.Fprintf(&sums, "%s  %s\n", e.Sum, e.Path)
-		known[e.Path] = true
-	}
-	sent = int64(list.Len() + sums.Len())
-	const copyFailed = 10
+// ready is what Prepare's script prints when it reads the tar.
+const ready = "SLIPWAY-READY"
+
+// errNotReady is a Prepare script that ended before it read the tar: its stderr says why.
+var errNotReady = errors.New("the target did not take the release")
+
+// copyScript copies (or, with link, hard-links) the files sums (a file on the target,
+// sha256sum's format) lists from the release base into tmp, and checks each against its
+// sha256: the target's copy of a release may have been written to since it was sent (an
+// app writing into its own directory). It prints what sha256sum says of the files that
+// differ, then COPIED; or, if the copy fails (no GNU cp), COPYFAILED and why, and empties
+// tmp. The check needs GNU coreutils' sha256sum; without, it names no file and fails.
+func copyScript(base, tmp, sums string, link bool) string {
 	how := "--reflink=auto"
 	if link {
 		how = "-l"
 	}
-	copyScript := setup + fmt.Sprintf("(cd %s && xargs -0 cp %s -p --parents -t %s --) || exit %d\n",
-		shellQuote(c.release(base)), how, shellQuote(tmp), copyFailed)
-	if _, err := c.run(ctx, copyScript, &list); err != nil {
-		var ee *ssh.ExitError
-		if !errors.As(err, &ee) || ee.ExitStatus() != copyFailed {
-			return nil, sent, &setupError{err}
-		}
-		return nil, sent, fmt.Errorf("copy unchanged files: %w", err)
-	}
-	// sha256sum names each file that differs ("path: FAILED") and exits 1; any other
-	// outcome (no sha256sum, a name it had to escape) is a failed copy.
-	out, err := c.run(ctx, fmt.Sprintf("cd %s && { sha256sum --quiet --strict -c - || echo \"exit $?\"; }", shellQuote(tmp)), &sums)
-	if err != nil {
-		return nil, sent, fmt.Errorf("check the unchanged files copied: %w", err)
-	}
+	return fmt.Sprintf(`s=%[3]s
+if err=$( (cd %[1]s && cut -c67- "$s" | tr '\n' '\000' | xargs -0 cp %[4]s -p --parents -t %[2]s --) 2>&1 ); then
+  (cd %[2]s && sha256sum --quiet --strict -c "$s") || echo "exit $?"
+  echo COPIED
+else
+  printf 'COPYFAILED %%s\n' "$(printf '%%s' "$err" | tail -n 1)"
+  rm -rf %[2]s && mkdir %[2]s
+fi
+rm -f "$s"
+`, shellQuote(base), shellQuote(tmp), shellQuote(sums), how)
+}
+
+// readCopied reads copyScript's report: the files that differ there, or why the copy
+// failed (fallback). Anything else it prints (no sha256sum, a name it had to escape) makes
+// the copy untrusted: fallback.
+func readCopied(r *bufio.Reader, listed map[string]bool) (changed map[string]bool, fallback string, err error) {
 	changed = map[string]bool{}
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if out == "" {
-		return changed, sent, nil
-	}
-	if lines[len(lines)-1] != "exit 1" {
-		return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum said %q", telling(out))
-	}
-	for _, l := range lines[:len(lines)-1] {
-		f, ok := strings.CutSuffix(l, ": FAILED")
-		if !ok {
-			f, ok = strings.CutSuffix(l, ": FAILED open or read")
+	var status string
+	for range len(listed) + 3 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return nil, "", errNotReady
 		}
-		if !ok || !known[f] {
-			return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum said %q", l)
+		line = strings.TrimSuffix(line, "\n")
+		if why, ok := strings.CutPrefix(line, "COPYFAILED "); ok {
+			return nil, "copy unchanged files: " + why, nil
+		}
+		switch {
+		case line == "COPIED" && status == "" && len(changed) == 0:
+			return changed, "", nil
+		case line == "COPIED" && status == "exit 1" && len(changed) > 0:
+			return changed, "", nil
+		case line == "COPIED":
+			return nil, fmt.Sprintf("check the unchanged files copied: sha256sum failed (%s) and named no file", status), nil
+		case strings.HasPrefix(line, "exit "):
+			status = line
+			continue
+		}
+		f, ok := strings.CutSuffix(line, ": FAILED")
+		if !ok {
+			f, ok = strings.CutSuffix(line, ": FAILED open or read")
+		}
+		if !ok || !listed[f] || status != "" {
+			return nil, fmt.Sprintf("check the unchanged files copied: sha256sum said %q", line), drain(r)
 		}
 		changed[f] = true
 	}
-	if len(changed) == 0 {
-		return nil, sent, fmt.Errorf("check the unchanged files copied: sha256sum failed and named no file")
-	}
-	return changed, sent, nil
+	return nil, "check the unchanged files copied: sha256sum said too much", drain(r)
 }
 
-// setupError is a failure of Prepare's setup (a shared file missing, the disk), which
-// sending everything would not mend.
-type setupError struct{ err error }
+// drain reads r to the COPIED line that ends copyScript's report.
+func drain(r *bufio.Reader) error {
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return errNotReady
+		}
+		if line == "COPIED\n" {
+			return nil
+		}
+	}
+}
 
-func (e *setupError) Error() string { return e.err.Error() }
-func (e *setupError) Unwrap() error { return e.err }
+// upload writes b to file on the target (mode 0600: the sha256 of a secret file is
+// nobody else's business).
+func (c *Conn) upload(file string, b []byte) error {
+	f, err := c.sftp.Create(file)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// session runs script with /bin/sh -c on the target and talk, which writes its stdin and
+// reads its stdout, at once; stdin is closed when talk returns. A failure carries the
+// script's telling line of stderr.
+func (c *Conn) session(ctx context.Context, script string, talk func(stdin io.Writer, stdout *bufio.Reader) error) error {
+	s, err := c.client.NewSession()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	var stderr bytes.Buffer
+	s.Stderr = &limited{w: &stderr, left: 64 << 10}
+	stdin, err := s.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := s.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := s.Start("/bin/sh -c " + shellQuote(script)); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		terr := talk(stdin, bufio.NewReaderSize(stdout, 64<<10))
+		stdin.Close()
+		io.Copy(io.Discard, stdout) // what the script prints after: Wait needs it read
+		werr := s.Wait()
+		if werr == nil && terr != nil {
+			werr = terr
+		}
+		done <- werr
+	}()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		s.Signal(ssh.SIGKILL)
+		s.Close()
+		return ctx.Err()
+	}
+	if err != nil {
+		err = lost(err)
+		if msg := telling(stderr.String()); msg != "" {
+			return fmt.Errorf("%s (%w)", msg, err)
+		}
+	}
+	return err
+}
 
 // Activate points current at releases/<sha> on the target with one rename
-// (posix-rename@openssh.com), and returns the release it named before ("" if none).
-func (c *Conn) Activate(sha string) (previous string, err error) {
+// (posix-rename@openssh.com), and returns the release it named before ("" if none); known
+// says whether previous was read, so that a failed Activate (perhaps only its answer was
+// lost) may be undone with Restore(previous).
+func (c *Conn) Activate(sha string) (previous string, known bool, err error) {
 	if !validSHA(sha) {
-		return "", c.fail(fmt.Errorf("%q is not a commit", sha))
+		return "", false, c.fail(fmt.Errorf("%q is not a commit", sha))
 	}
 	previous, err = c.Live()
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
-	if err := c.swap("releases/" + sha); err != nil {
-		return previous, err
-	}
-	return previous, nil
+	return previous, true, c.swap("releases/" + sha)
 }
 
 // Restore points current back at previous ("" removes it: the target had none).
@@ -560,12 +640,14 @@ func (c *Conn) Discard(ctx context.Context, sha string) error {
 	} else if live == sha {
 		return nil
 	}
-	_, err := c.run(ctx, fmt.Sprintf("rm -rf %s %s", shellQuote(c.release(sha)), shellQuote(path.Join(c.releases(), ".tmp-"+sha))), nil)
+	tmp := path.Join(c.releases(), ".tmp-"+sha)
+	_, err := c.run(ctx, fmt.Sprintf("rm -rf %s %s %s", shellQuote(c.release(sha)), shellQuote(tmp), shellQuote(tmp+".sums")), nil)
 	return c.fail(err)
 }
 
 // Prune removes every release of the target that keep does not name and current does not
-// name, and what cut-short prepares left.
+// name, and what cut-short prepares left. It runs under the environment's deploy lock: no
+// Prepare runs beside it.
 func (c *Conn) Prune(ctx context.Context, keep []string) error {
 	live, err := c.Live()
 	if err != nil {
@@ -581,8 +663,11 @@ func (c *Conn) Prune(ctx context.Context, keep []string) error {
 	var gone []string
 	for _, e := range entries {
 		name := e.Name()
-		sha := strings.TrimPrefix(name, ".tmp-")
-		if !validSHA(sha) || sha == live || (name == sha && slices.Contains(keep, sha)) {
+		sha, left := name, false // left: what a cut-short Prepare left, which is never kept
+		if rest, ok := strings.CutPrefix(name, ".tmp-"); ok {
+			sha, left = strings.TrimSuffix(rest, ".sums"), true
+		}
+		if !validSHA(sha) || (!left && (sha == live || slices.Contains(keep, sha))) {
 			continue
 		}
 		gone = append(gone, shellQuote(path.Join(c.releases(), name)))
@@ -616,7 +701,10 @@ func writeTar(ctx context.Context, w io.Writer, dir string, skip map[string]bool
 			h.Name += "/"
 		}
 		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
-		h.Format = tar.FormatPAX
+		// Whole seconds and no atime or ctime: then most entries fit the 512 bytes of a
+		// USTAR header, and only a long name or a huge file needs PAX records.
+		h.ModTime, h.AccessTime, h.ChangeTime = h.ModTime.Truncate(time.Second), time.Time{}, time.Time{}
+		h.Format = tar.FormatUnknown
 		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
@@ -640,14 +728,14 @@ func writeTar(ctx context.Context, w io.Writer, dir string, skip map[string]bool
 	return tw.Close()
 }
 
-// counter counts what is read through it.
-type counter struct {
-	r io.Reader
+// countingWriter counts what is written through it.
+type countingWriter struct {
+	w io.Writer
 	n int64
 }
 
-func (c *counter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
 }

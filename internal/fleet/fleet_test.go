@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -235,9 +236,9 @@ func TestPrepareActivate(t *testing.T) {
 		t.Errorf("Prepare of a release the host keeps = %+v, %v; want nothing sent", sent, err)
 	}
 
-	prev, err := c.Activate(sha1)
-	if err != nil || prev != "" {
-		t.Fatalf("Activate = %q, %v", prev, err)
+	prev, known, err := c.Activate(sha1)
+	if err != nil || prev != "" || !known {
+		t.Fatalf("Activate = %q, %v, %v", prev, known, err)
 	}
 	if l, _ := os.Readlink(filepath.Join(h.deploy, "current")); l != "releases/"+sha1 {
 		t.Errorf("current -> %q", l)
@@ -245,8 +246,8 @@ func TestPrepareActivate(t *testing.T) {
 	if _, err := c.Prepare(ctx, sha2, release(t, "two\n"), Plan{SharedFiles: []string{".env"}}); err != nil {
 		t.Fatal(err)
 	}
-	if prev, err = c.Activate(sha2); err != nil || prev != sha1 {
-		t.Fatalf("Activate 2 = %q, %v", prev, err)
+	if prev, known, err = c.Activate(sha2); err != nil || prev != sha1 || !known {
+		t.Fatalf("Activate 2 = %q, %v, %v", prev, known, err)
 	}
 	if live, _ := c.Live(); live != sha2 {
 		t.Errorf("Live = %q", live)
@@ -361,7 +362,7 @@ func TestPrepareDelta(t *testing.T) {
 	if err != nil || first.Copied != 0 || first.Bytes < 1<<20 {
 		t.Fatalf("first Prepare = %+v, %v", first, err)
 	}
-	if _, err := c.Activate(sha1); err != nil {
+	if _, _, err := c.Activate(sha1); err != nil {
 		t.Fatal(err)
 	}
 	dir2, m2 := mk("two\n")
@@ -602,5 +603,47 @@ func serveSFTPOnly(nc net.Conn, cfg *ssh.ServerConfig, dir string) {
 				}()
 			}
 		}()
+	}
+}
+
+// Prune keeps the live release and those named, and removes every other release and all
+// that cut-short prepares left (their directories and their sha256 lists), also for the
+// live release; a name that is no release is none of its business.
+func TestPrune(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.7", true)
+	ctx := context.Background()
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sha3 := strings.Repeat("3", 40)
+	sha4 := strings.Repeat("4", 40)
+	releases := filepath.Join(h.deploy, "releases")
+	for _, d := range []string{sha1, sha2, sha3, ".tmp-" + sha4, ".tmp-" + sha1, "notasha"} {
+		if err := os.MkdirAll(filepath.Join(releases, d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(releases, ".tmp-"+sha4+".sums"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("releases/"+sha1, filepath.Join(h.deploy, "current")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Prune(ctx, []string{sha2}); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(releases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{sha1, sha2, "notasha"}; !slices.Equal(left, want) {
+		t.Errorf("after Prune: %v, want %v", left, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -139,6 +140,18 @@ func StartHost(name, ip, dir, root, deploy, authorizedKeys string, o HostOptions
 		}
 		fmt.Fprintf(&script, "mount --bind %s %s && ", wrapper, tar)
 	}
+	// Its own empty home, as a machine of its own would have: this machine's root may have
+	// login scripts (bash reads ~/.bashrc for every SSH session) that would weigh on
+	// every session of every target, and of the baselines of the benchmarks too.
+	me, err := user.Current()
+	if err != nil {
+		return nil, err
+	}
+	home := filepath.Join(dir, "home")
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(&script, "mount --bind %s %s && ", home, me.HomeDir) // sshd's, from /etc/passwd
 	fmt.Fprintf(&script, "mount --bind %s %s && exec %s -D -e -f %s", root, deploy, sshd, conf)
 	h.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script.String())
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
