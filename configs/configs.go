@@ -77,6 +77,10 @@ type Server struct {
 	Envs    []Env
 	// Notify are the [[notify]] webhooks (SPEC 7.3).
 	Notify []Notify
+	// Web is the dashboard (SPEC 12); off unless web_listen is set.
+	Web Web
+	// MetricsListen is where /metrics is served (metrics_listen); "" = off.
+	MetricsListen string
 	// Notes are what the operator should know at start (keys skipped, none found).
 	Notes []string
 	// Auto is the embedded default: an environment is created the first time an authorized
@@ -85,6 +89,19 @@ type Server struct {
 	DeployRoot string
 	sshDir     string // the embedded default's ~/.ssh
 }
+
+// Web is the dashboard's configuration (SPEC 12).
+type Web struct {
+	Listen string // web_listen: host:port; "" = no dashboard
+	// URL is what login links begin with (web_url): the dashboard as browsers reach it, a
+	// proxy's https://deploy.example.com; default http://<web_listen>.
+	URL           string
+	SessionTTL    time.Duration // web_session_ttl: how long a login lasts; default 12h
+	SecureCookies bool          // web_secure_cookies: Secure cookies even over plain HTTP (TLS at a proxy)
+}
+
+// DefaultWebSessionTTL is how long a dashboard login lasts unless web_session_ttl says.
+const DefaultWebSessionTTL = 12 * time.Hour
 
 // Limits bound what a push, and the connections before it, may cost the server (SPEC 13).
 // The defaults are far above what a real app needs.
@@ -455,7 +472,8 @@ func Load(file string) (*Server, error) {
 	}
 	root := table{doc: doc, m: doc.data}
 	root.only("listen", "data_dir", "authorized_keys", "host_key", "shutdown_timeout", "env", "sandbox", "notify",
-		"max_push_size", "max_release_size", "max_release_files", "handshake_timeout", "max_unauthenticated")
+		"max_push_size", "max_release_size", "max_release_files", "handshake_timeout", "max_unauthenticated",
+		"web_listen", "web_url", "web_session_ttl", "web_secure_cookies", "metrics_listen")
 	rel := relativeTo(filepath.Dir(abs))
 	cfg := readServer(root, rel)
 	cfg.File = file
@@ -502,6 +520,12 @@ func readServer(root table, resolve func(string) string) *Server {
 	if cfg.HostKey == "" && cfg.DataDir != "" {
 		cfg.HostKey = filepath.Join(cfg.DataDir, "ssh_host_ed25519_key")
 	}
+	cfg.Web = readWeb(root)
+	if cfg.MetricsListen = root.str("metrics_listen"); cfg.MetricsListen != "" {
+		if problem := listenProblem(cfg.MetricsListen); problem != "" {
+			root.doc.addf("metrics_listen", "metrics_listen: %q %s", cfg.MetricsListen, problem)
+		}
+	}
 	switch cfg.Sandbox = root.str("sandbox"); cfg.Sandbox {
 	case "":
 		cfg.Sandbox = SandboxAuto
@@ -510,6 +534,36 @@ func readServer(root table, resolve func(string) string) *Server {
 		root.doc.addf("sandbox", "sandbox: %q is not \"auto\", \"required\" or \"off\"", cfg.Sandbox)
 	}
 	return cfg
+}
+
+// readWeb reads the dashboard's keys (SPEC 12).
+func readWeb(root table) Web {
+	w := Web{
+		Listen:        root.str("web_listen"),
+		URL:           strings.TrimSuffix(root.str("web_url"), "/"),
+		SessionTTL:    root.duration("web_session_ttl", DefaultWebSessionTTL),
+		SecureCookies: root.boolean("web_secure_cookies"),
+	}
+	if w.Listen == "" {
+		for _, k := range []string{"web_url", "web_session_ttl", "web_secure_cookies"} {
+			if root.has(k) {
+				root.doc.addf(k, "%s is set, but web_listen is not: the dashboard is off", k)
+			}
+		}
+		return w
+	}
+	if problem := listenProblem(w.Listen); problem != "" {
+		root.doc.addf("web_listen", "web_listen: %q %s", w.Listen, problem)
+	}
+	if w.SessionTTL < time.Minute || w.SessionTTL > 30*24*time.Hour {
+		root.doc.addf("web_session_ttl", "web_session_ttl must be 1m to 720h")
+	}
+	if w.URL == "" {
+		w.URL = "http://" + w.Listen
+	} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		root.doc.addf("web_url", "web_url: %q is not an http:// or https:// URL", w.URL)
+	}
+	return w
 }
 
 // listenProblem says what is wrong with a listen address, or "".

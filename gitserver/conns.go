@@ -21,6 +21,15 @@ const (
 	refusedHandshake  = "handshake failed"
 )
 
+// refusedStates are the refusals as Observer.Connection names them.
+var refusedStates = map[string]string{
+	refusedTooMany:    "too_many_unauthenticated",
+	refusedPerSource:  "too_many_from_source",
+	refusedTimeout:    "handshake_timeout",
+	refusedUnknownKey: "unknown_key",
+	refusedHandshake:  "handshake_failed",
+}
+
 // gate admits connections while fewer than max of them have not authenticated yet, and
 // fewer than perSource of those come from the same source address, and closes a
 // connection that has not authenticated within timeout. Connections it refuses, and
@@ -146,7 +155,11 @@ type gatedConn struct {
 
 // authenticated takes the connection off the unauthenticated ones: it is one of an
 // authorized key's now, and no deadline but the idle timeout applies.
-func (c *gatedConn) authenticated() { c.gate.leave(c) }
+func (c *gatedConn) authenticated() {
+	if left, _ := c.gate.leave(c); left && c.gate.refusals.observer != nil {
+		c.gate.refusals.observer.Connection("authenticated")
+	}
+}
 
 // keyRefused notes that the client offered a key that is not authorized, so that the
 // connection counts as refused for an unknown key if it closes without authenticating.
@@ -194,7 +207,8 @@ func sourceKey(addr net.Addr) string {
 // second: a line per reason, at warn level, "connections refused" with count and reason.
 // The first refusal after a quiet second is logged at once.
 type refusalLog struct {
-	log zerolog.Logger
+	log      zerolog.Logger
+	observer Observer // nil: none
 
 	mu      sync.Mutex     // guards the fields below
 	counts  map[string]int // refusals not logged yet, by reason
@@ -204,11 +218,14 @@ type refusalLog struct {
 	flushes sync.WaitGroup // the timer's run, if it fired
 }
 
-func newRefusalLog(log zerolog.Logger) *refusalLog {
-	return &refusalLog{log: log, counts: make(map[string]int)}
+func newRefusalLog(log zerolog.Logger, o Observer) *refusalLog {
+	return &refusalLog{log: log, observer: o, counts: make(map[string]int)}
 }
 
 func (l *refusalLog) add(reason string) {
+	if l.observer != nil {
+		l.observer.Connection(refusedStates[reason])
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.counts[reason]++

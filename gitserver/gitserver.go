@@ -82,6 +82,19 @@ type Config struct {
 	// Commands runs every exec request that is not a git command (`ssh git@HOST status`).
 	// Nil: only git is served and any other command is refused.
 	Commands Commander
+	// Observer, if set, is told of every connection and session (metrics).
+	Observer Observer
+}
+
+// Observer is told what the server does, as it happens. Its methods must return at once.
+type Observer interface {
+	// Connection is a connection that authenticated ("authenticated"), or one refused
+	// before that, with why: "too_many_unauthenticated", "too_many_from_source",
+	// "handshake_timeout", "unknown_key", "handshake_failed".
+	Connection(state string)
+	// Session is a session that ended: its service ("receive-pack", "upload-pack",
+	// "command"; "" if refused before one) and its outcome, as the log line has them.
+	Session(service, outcome string)
 }
 
 // Identity is who a session authenticated as.
@@ -137,6 +150,10 @@ type Deployer interface {
 
 // ErrBusy is what Reserve's error wraps when another deploy of the environment is running.
 var ErrBusy = errors.New("busy")
+
+// ErrFrozen is what Reserve's error matches (errors.Is) when the environment is frozen: the
+// push is refused, and its session's outcome is "frozen".
+var ErrFrozen = errors.New("frozen")
 
 // Commander runs the operator commands offered over SSH: `ssh -p PORT git@HOST status`.
 type Commander interface {

@@ -128,6 +128,9 @@ func (r *receiveSession) advertise(ctx context.Context) (code int, done bool) {
 	target, release, busy := r.s.deployer.Reserve(ctx, r.repo, r.who.Name, 0)
 	if busy != nil && !errors.Is(busy, ErrBusy) {
 		r.rec.refused(zerolog.InfoLevel, busy)
+		if errors.Is(busy, ErrFrozen) {
+			r.rec.outcome = "frozen"
+		}
 		sendERR(r.sess, busy.Error())
 		return 1, true
 	}

@@ -119,7 +119,7 @@ func New(cfg Config, d Deployer, log zerolog.Logger) (*Server, error) {
 		signer:    signer,
 		repos:     Repositories{Dir: cfg.ReposDir},
 		listeners: make(map[net.Listener]struct{}),
-		refusals:  newRefusalLog(log),
+		refusals:  newRefusalLog(log, cfg.Observer),
 	}
 	s.gate = newGate(s.refusals)
 	s.SetLimits(Limits{
@@ -344,6 +344,17 @@ func (s *Server) lookupKey(key ssh.PublicKey) (authkeys.Key, bool) {
 	return authkeys.Key{}, false
 }
 
+// Identify is the identity of the authorized key whose SHA256 fingerprint is fp, as the
+// keys are now: false once the key is removed (the dashboard ends its sessions then).
+func (s *Server) Identify(fp string) (Identity, bool) {
+	for _, k := range *s.keys.Load() {
+		if gossh.FingerprintSHA256(k.Key) == fp {
+			return Identity{Name: k.Name, KeyFingerprint: fp}, true
+		}
+	}
+	return Identity{}, false
+}
+
 // handle runs one SSH session: an exec of git-receive-pack or git-upload-pack for a valid
 // environment, or of an operator command, and nothing else.
 func (s *Server) handle(raw ssh.Session) {
@@ -377,6 +388,9 @@ func (s *Server) handle(raw ssh.Session) {
 			}
 		}
 		rec.log(log, time.Since(start))
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.Session(rec.service, rec.outcome)
+		}
 	}()
 
 	// Identity comes from the key that actually authenticated this connection: x/crypto

@@ -163,6 +163,11 @@ func (d *deploy) finish(ctx context.Context, out io.Writer, start time.Time, err
 	}
 	// Queued before the requester hears the outcome, so that it is never lost after it.
 	d.entry.Outcome, d.entry.Reason, d.entry.End = outcome, reason, time.Now().UTC()
+	if o := d.p.cfg.Observer; o != nil {
+		e := d.entry
+		e.Steps = d.steps
+		o.DeployFinished(e)
+	}
 	if err != nil && outcome != releaser.OutcomeUnhealthy {
 		d.discardFleet() // what this deploy wrote on its targets, where it is not live
 	}

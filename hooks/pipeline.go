@@ -45,11 +45,19 @@ type Config struct {
 	Repos Repositories
 	// Notify takes the deploys' notifications; nil: none are sent.
 	Notify Notifier
+	// Observer, if set, is told of every deploy that ends (metrics).
+	Observer Observer
 	// Serving is true in the process that serves pushes. Opening an environment then first
 	// recovers it from whatever a crash left behind: build processes still running are
 	// ended, half-made releases removed, current checked. The CLI, which runs beside a
 	// server, leaves that to the server and only opens.
 	Serving bool
+}
+
+// Observer is told of each deploy, rollback and redeploy as it ends, with its journal
+// entry (outcome, start, end, steps). It must return at once.
+type Observer interface {
+	DeployFinished(e releaser.Entry)
 }
 
 // Pipeline is the deploy pipeline of every environment: the one place that knows the order
@@ -122,6 +130,8 @@ var (
 	ErrUnknownEnvironment = errors.New("unknown environment")
 	// ErrBusy is what Reserve's error wraps when another deploy of the environment runs.
 	ErrBusy = errors.New("busy")
+	// ErrFrozen is what a refusal of a frozen environment matches (errors.Is).
+	ErrFrozen = errors.New("frozen")
 )
 
 // New opens every environment of cfg.Server (and, in the embedded default, every one it
@@ -550,6 +560,12 @@ type busyMark struct{}
 func (busyMark) Error() string        { return "" }
 func (busyMark) Is(target error) bool { return target == ErrBusy }
 
+// frozenMark makes a freeze's refusal match ErrFrozen without changing its text.
+type frozenMark struct{}
+
+func (frozenMark) Error() string        { return "" }
+func (frozenMark) Is(target error) bool { return target == ErrFrozen }
+
 // frozen returns the refusal for a frozen environment, or nil.
 func frozen(e *environment) error {
 	f, err := e.rel.Frozen()
@@ -557,7 +573,7 @@ func frozen(e *environment) error {
 		return shown(e.cfg.Repo+": cannot read its freeze", err)
 	}
 	if f != nil {
-		return fmt.Errorf("%s is frozen by %s since %s: %s", e.cfg.Repo, f.By, f.Since.UTC().Format(time.RFC3339), f.Message)
+		return fmt.Errorf("%s is frozen by %s since %s: %s%w", e.cfg.Repo, f.By, f.Since.UTC().Format(time.RFC3339), f.Message, frozenMark{})
 	}
 	return nil
 }

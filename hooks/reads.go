@@ -17,8 +17,8 @@ import (
 	"github.com/slipway/slipway/releaser"
 )
 
-// envStatus is one line of status.
-type envStatus struct {
+// EnvStatus is one environment as status shows it (status --json).
+type EnvStatus struct {
 	Repo       string           `json:"repo"`
 	Branch     string           `json:"branch"`
 	Live       string           `json:"live"`
@@ -30,12 +30,12 @@ type envStatus struct {
 	Frozen     *releaser.Freeze `json:"frozen,omitempty"`
 	Problem    string           `json:"problem,omitempty"` // why an unavailable environment is
 	Sandbox    string           `json:"sandbox"`           // how its builds are confined (the same for every environment)
-	Targets    []targetStatus   `json:"targets,omitempty"` // a fleet's, in the configuration's order
+	Targets    []TargetStatus   `json:"targets,omitempty"` // a fleet's, in the configuration's order
 }
 
-// targetStatus is one target of a fleet as status shows it: what the last deploy left live
+// TargetStatus is one target of a fleet as status shows it: what the last deploy left live
 // there, and whether an operator paused it.
-type targetStatus struct {
+type TargetStatus struct {
 	Target  string          `json:"target"`
 	Live    string          `json:"live"`
 	LiveAt  time.Time       `json:"live_at,omitzero"`
@@ -43,17 +43,26 @@ type targetStatus struct {
 	Paused  *releaser.Pause `json:"paused,omitempty"`
 }
 
-func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
+// Status is every environment c may use, as status shows them, by name.
+func (p *Pipeline) Status(c Caller) ([]EnvStatus, error) {
 	envs, err := p.list(c.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	list := []envStatus{}
+	list := []EnvStatus{}
 	sandbox := p.sandboxLine()
 	for _, e := range envs {
 		s := e.status()
 		s.Sandbox = sandbox
 		list = append(list, s)
+	}
+	return list, nil
+}
+
+func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
+	list, err := p.Status(c)
+	if err != nil {
+		return err
 	}
 	if asJSON {
 		return writeJSON(stdout, list)
@@ -89,8 +98,8 @@ func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
 	return err
 }
 
-func (e *environment) status() envStatus {
-	s := envStatus{Repo: e.cfg.Repo, Branch: e.cfg.Branch, State: "idle"}
+func (e *environment) status() EnvStatus {
+	s := EnvStatus{Repo: e.cfg.Repo, Branch: e.cfg.Branch, State: "idle"}
 	if e.broken != nil {
 		s.State, s.Problem = "unavailable", unavailable(e.cfg.Repo, e.broken).Error()
 		return s
@@ -120,7 +129,7 @@ func (e *environment) status() envStatus {
 		}
 		for _, t := range f.Targets {
 			st := known[t.String()]
-			s.Targets = append(s.Targets, targetStatus{Target: t.String(), Live: st.Live, LiveAt: st.LiveAt,
+			s.Targets = append(s.Targets, TargetStatus{Target: t.String(), Live: st.Live, LiveAt: st.LiveAt,
 				Differs: st.Live != s.Live, Paused: st.Paused})
 		}
 	}

@@ -99,6 +99,8 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"procfds":    cmdProcFDs,
 			"httpapp":    cmdHTTPApp,
 			"webhook":    cmdWebhook,
+			"metric":     cmdMetric,
+			"waitmetric": cmdWaitMetric,
 		},
 	}
 }

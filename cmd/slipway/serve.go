@@ -20,6 +20,7 @@ import (
 	"github.com/slipway/slipway/gitserver"
 	"github.com/slipway/slipway/hooks"
 	"github.com/slipway/slipway/internal/atomicfile"
+	"github.com/slipway/slipway/internal/metrics"
 	"github.com/slipway/slipway/internal/notify"
 )
 
@@ -57,12 +58,21 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	repos := gitserver.Repositories{Dir: reposDir(cfg)}
 	outbox := notify.NewOutbox(cfg.DataDir, notifyTargets(cfg), log.With().Str("component", "notify").Logger())
-	p, err := hooks.New(hooks.Config{
-		Server:  cfg,
-		Builder: builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
-		Repos:   repos,
-		Notify:  outbox,
-		Serving: true,
+	var p *hooks.Pipeline
+	var m *metrics.Metrics // nil without metrics_listen: nothing is recorded
+	var observer hooks.Observer
+	var gitObserver gitserver.Observer
+	if cfg.MetricsListen != "" {
+		m = metrics.New(func() []metrics.EnvState { return envStates(p) })
+		observer, gitObserver = deployMetrics{m}, m
+	}
+	p, err = hooks.New(hooks.Config{
+		Server:   cfg,
+		Builder:  builder.New(builder.Config{}, log.With().Str("component", "builder").Logger()),
+		Repos:    repos,
+		Notify:   outbox,
+		Observer: observer,
+		Serving:  true,
 	}, log.With().Str("component", "hooks").Logger())
 	if err != nil {
 		return err
@@ -73,7 +83,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
-		notify.NewDeliverer(outbox).Run(deliverCtx)
+		dv := notify.NewDeliverer(outbox)
+		if m != nil {
+			dv.Observe = m.Delivery
+		}
+		dv.Run(deliverCtx)
 	}()
 	defer func() {
 		stopDelivery()
@@ -84,10 +98,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Keys:        cfg.Keys,
 		ReposDir:    repos.Dir,
 		Commands:    gitHooks{p},
+		Observer:    gitObserver,
 	}, gitHooks{p}, log.With().Str("component", "gitserver").Logger())
 	if err != nil {
 		return err
 	}
+	msrv, err := startMetrics(cfg.MetricsListen, cfg.DataDir, m, log.With().Str("component", "metrics").Logger())
+	if err != nil {
+		return err
+	}
+	defer msrv.stop()
 	srv.SetLimits(gitLimits(cfg.Limits))
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -199,8 +219,11 @@ var (
 
 func (g gitHooks) Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (gitserver.Target, func(), error) {
 	t, release, err := g.p.Reserve(ctx, repo, pusher, wait)
-	if errors.Is(err, hooks.ErrBusy) {
+	switch {
+	case errors.Is(err, hooks.ErrBusy):
 		err = busyError{err}
+	case errors.Is(err, hooks.ErrFrozen):
+		err = frozenError{err}
 	}
 	return gitserver.Target(t), release, err
 }
@@ -223,6 +246,12 @@ type busyError struct{ error }
 
 func (e busyError) Unwrap() error      { return e.error }
 func (busyError) Is(target error) bool { return target == gitserver.ErrBusy }
+
+// frozenError is the pipeline's frozen environment as the git server knows it.
+type frozenError struct{ error }
+
+func (e frozenError) Unwrap() error      { return e.error }
+func (frozenError) Is(target error) bool { return target == gitserver.ErrFrozen }
 
 // keyPoll is how often the authorized keys' files are checked for changes.
 const keyPoll = time.Second
@@ -317,8 +346,9 @@ func (w *watcher) reload() {
 	w.srv.SetKeys(cfg.Keys)
 	w.srv.SetLimits(gitLimits(cfg.Limits))
 	w.outbox.SetTargets(notifyTargets(cfg))
-	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout {
-		w.log.Warn().Msg("listen, host_key or shutdown_timeout changed: they take effect when slipway restarts")
+	if cfg.Listen != w.cfg.Listen || cfg.HostKey != w.cfg.HostKey || cfg.ShutdownTimeout != w.cfg.ShutdownTimeout ||
+		cfg.MetricsListen != w.cfg.MetricsListen || cfg.Web != w.cfg.Web {
+		w.log.Warn().Msg("listen, host_key, shutdown_timeout, metrics_listen or a web_ key changed: they take effect when slipway restarts")
 	}
 	w.cfg = cfg
 	w.log.Info().Int("environments", len(cfg.Envs)).Int("keys", len(cfg.Keys)).Msg("configuration reloaded")

@@ -278,6 +278,15 @@ type Deliverer struct {
 	o      *Outbox
 	client *http.Client
 	mu     sync.Mutex // one delivery pass at a time
+	// Observe, if set, is told of each attempt's result: "delivered", "retry" (it will be
+	// tried again) or "given_up". It must return at once.
+	Observe func(event, result string)
+}
+
+func (dv *Deliverer) observe(event, result string) {
+	if dv.Observe != nil {
+		dv.Observe(event, result)
+	}
 }
 
 // NewDeliverer returns the Deliverer of o.
@@ -340,6 +349,7 @@ func (dv *Deliverer) deliver(ctx context.Context, d delivery) time.Time {
 		d.LastError, d.Done = "its URL is no longer configured", o.now().UTC()
 		o.finish(d, o.failedDir())
 		o.log.Warn().Str("delivery", d.ID).Str("url", d.URL).Msg("notification given up: its URL is no longer configured")
+		dv.observe(d.Event, "given_up")
 		return time.Time{}
 	}
 	err := dv.post(ctx, d, t.Secret)
@@ -349,6 +359,7 @@ func (dv *Deliverer) deliver(ctx context.Context, d delivery) time.Time {
 		d.LastError, d.Done = "", o.now().UTC()
 		o.finish(d, o.sentDir())
 		log.Info().Msg("notification delivered")
+		dv.observe(d.Event, "delivered")
 		return time.Time{}
 	}
 	d.LastError = err.Error()
@@ -356,6 +367,7 @@ func (dv *Deliverer) deliver(ctx context.Context, d delivery) time.Time {
 		d.Done = o.now().UTC()
 		o.finish(d, o.failedDir())
 		log.Error().Err(err).Msg("notification given up")
+		dv.observe(d.Event, "given_up")
 		return time.Time{}
 	}
 	backoff := min(firstBackoff<<(d.Attempts-1), maxBackoff)
@@ -364,6 +376,7 @@ func (dv *Deliverer) deliver(ctx context.Context, d delivery) time.Time {
 		log.Error().Err(werr).Msg("record a notification attempt")
 	}
 	log.Warn().Err(err).Dur("retry_in", backoff).Msg("notification not delivered")
+	dv.observe(d.Event, "retry")
 	return d.NextAt
 }
 
