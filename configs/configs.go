@@ -94,7 +94,7 @@ type Server struct {
 type Web struct {
 	Listen string // web_listen: host:port; "" = no dashboard
 	// URL is what login links begin with (web_url): the dashboard as browsers reach it, a
-	// proxy's https://deploy.example.com; default http://<web_listen>.
+	// proxy's https://deploy.example.com; "" for http://<the address web_listen got>.
 	URL           string
 	SessionTTL    time.Duration // web_session_ttl: how long a login lasts; default 12h
 	SecureCookies bool          // web_secure_cookies: Secure cookies even over plain HTTP (TLS at a proxy)
@@ -559,7 +559,7 @@ func readWeb(root table) Web {
 		root.doc.addf("web_session_ttl", "web_session_ttl must be 1m to 720h")
 	}
 	if w.URL == "" {
-		w.URL = "http://" + w.Listen
+		// The server makes it from the address it listens on (a port 0 made real).
 	} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		root.doc.addf("web_url", "web_url: %q is not an http:// or https:// URL", w.URL)
 	}

@@ -149,6 +149,12 @@ var commands = []command{
 		run: func(p *Pipeline, ctx context.Context, c Caller, inv *invocation) error {
 			return p.sharedCmd(ctx, c, inv)
 		}},
+	{name: "web-login", help: "print a one-time URL (2 minutes, single use) that logs this key in to the dashboard (SSH only)",
+		run: func(_ *Pipeline, _ context.Context, _ Caller, _ *invocation) error {
+			// Over SSH the server answers it before it gets here: the URL is the running
+			// server's to make.
+			return errors.New("web-login works over SSH only (ssh -p PORT git@HOST web-login), and only where web_listen is set")
+		}},
 	{name: "help", help: "this list"}, // run by runCommand: it lists commands
 }
 

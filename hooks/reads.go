@@ -13,6 +13,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+
 	"github.com/slipway/slipway/internal/notify"
 	"github.com/slipway/slipway/releaser"
 )
@@ -22,6 +25,7 @@ type EnvStatus struct {
 	Repo       string           `json:"repo"`
 	Branch     string           `json:"branch"`
 	Live       string           `json:"live"`
+	Subject    string           `json:"subject,omitempty"` // the first line of the live commit's message (--json only)
 	LiveSince  time.Time        `json:"live_since,omitzero"`
 	DeployedBy string           `json:"deployed_by,omitempty"`
 	State      string           `json:"state"` // idle, deploying, frozen
@@ -43,8 +47,13 @@ type TargetStatus struct {
 	Paused  *releaser.Pause `json:"paused,omitempty"`
 }
 
-// Status is every environment c may use, as status shows them, by name.
+// Status is every environment c may use, as status shows them, by name, but without the
+// live commits' subjects (which cost a read of each repository).
 func (p *Pipeline) Status(c Caller) ([]EnvStatus, error) {
+	return p.statuses(c, false)
+}
+
+func (p *Pipeline) statuses(c Caller, subjects bool) ([]EnvStatus, error) {
 	envs, err := p.list(c.Name)
 	if err != nil {
 		return nil, err
@@ -54,13 +63,35 @@ func (p *Pipeline) Status(c Caller) ([]EnvStatus, error) {
 	for _, e := range envs {
 		s := e.status()
 		s.Sandbox = sandbox
+		if subjects && s.Live != "" {
+			s.Subject = p.subject(e, s.Live)
+		}
 		list = append(list, s)
 	}
 	return list, nil
 }
 
+// subject is the first line of commit sha's message in e's repository, at most 200 bytes;
+// "" if it cannot be read.
+func (p *Pipeline) subject(e *environment, sha string) string {
+	st, err := p.objects(e)
+	if err != nil {
+		return ""
+	}
+	defer st.Close() // read only: closing it loses nothing
+	c, err := object.GetCommit(st, plumbing.NewHash(sha))
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")
+	if len(line) > 200 {
+		line = line[:200]
+	}
+	return strings.ToValidUTF8(strings.TrimSpace(line), "")
+}
+
 func (p *Pipeline) status(c Caller, asJSON bool, stdout io.Writer) error {
-	list, err := p.Status(c)
+	list, err := p.statuses(c, asJSON)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -10,9 +12,12 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/slipway/slipway/configs"
+	"github.com/slipway/slipway/gitserver"
 	"github.com/slipway/slipway/hooks"
 	"github.com/slipway/slipway/internal/atomicfile"
 	"github.com/slipway/slipway/internal/metrics"
+	"github.com/slipway/slipway/internal/web"
 	"github.com/slipway/slipway/releaser"
 )
 
@@ -21,6 +26,7 @@ import (
 // connection is closed after 2 minutes.
 type httpServer struct {
 	name string
+	addr string // what it listens on
 	srv  *http.Server
 	done chan struct{}
 }
@@ -37,7 +43,7 @@ func startHTTP(name, addr string, h http.Handler, dataDir, addrName string, log 
 		l.Close() // the address file error is the one to report
 		return nil, fmt.Errorf("%s: write address file: %w", name, err)
 	}
-	s := &httpServer{name: name, done: make(chan struct{}), srv: &http.Server{
+	s := &httpServer{name: name, addr: got, done: make(chan struct{}), srv: &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -95,4 +101,37 @@ func (d deployMetrics) DeployFinished(e releaser.Entry) {
 		steps = append(steps, metrics.Step{Name: s.Name, Took: s.Took})
 	}
 	d.m.DeployFinished(e.Repo, e.Kind, e.Outcome, e.End.Sub(e.Start), steps)
+}
+
+// startWeb serves the dashboard on web_listen, if set, and lets gh answer web-login.
+func startWeb(ctx context.Context, cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, gh *gitHooks, log zerolog.Logger) (*httpServer, error) {
+	if cfg.Web.Listen == "" {
+		return nil, nil
+	}
+	wcfg := web.Config{URL: cfg.Web.URL, SessionTTL: cfg.Web.SessionTTL, SecureCookies: cfg.Web.SecureCookies}
+	w := web.New(ctx, wcfg, webBackend{p: p, srv: srv}, log)
+	h, err := startHTTP("web", cfg.Web.Listen, w.Handler(), cfg.DataDir, "web.addr", log)
+	if err != nil {
+		return nil, err
+	}
+	if wcfg.URL == "" {
+		w.SetURL("http://" + h.addr)
+	}
+	gh.web = w
+	return h, nil
+}
+
+// webBackend is the pipeline and the keys as the dashboard takes them.
+type webBackend struct {
+	p   *hooks.Pipeline
+	srv *gitserver.Server
+}
+
+func (b webBackend) RunCommand(ctx context.Context, who web.Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return b.p.RunCommand(ctx, hooks.Caller(who), args, stdin, stdout, stderr)
+}
+
+func (b webBackend) Identify(fp string) (web.Identity, bool) {
+	id, ok := b.srv.Identify(fp)
+	return web.Identity(id), ok
 }

@@ -71,6 +71,12 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 					return false, fmt.Errorf("CI must run as root with sudo and %s (.ci/run installs them)", sudoersRule)
 				}
 				return ok, nil
+			case "chromium": // the dashboard's browser tests
+				_, err := chromium()
+				if err != nil && os.Getenv("CI") != "" {
+					return false, fmt.Errorf("CI must have chromium (.ci/run installs it): %v", err)
+				}
+				return err == nil, nil
 			case "npm", "go": // real builds against the npm registry and the Go module proxy
 				_, err := exec.LookPath(cond)
 				if err != nil && os.Getenv("CI") != "" {
@@ -101,6 +107,7 @@ func scriptParams(t *testing.T, dir string) testscript.Params {
 			"webhook":    cmdWebhook,
 			"metric":     cmdMetric,
 			"waitmetric": cmdWaitMetric,
+			"browser":    cmdBrowser,
 		},
 	}
 }
@@ -376,11 +383,22 @@ func cmdWaitGone(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // setvar VAR: set VAR to the last command's standard output, trimmed.
+// setvar VAR [REGEXP]: VAR is the last command's stdout, trimmed; with REGEXP, what its
+// first group matched there.
 func cmdSetVar(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 1 {
-		ts.Fatalf("usage: setvar VAR")
+	if neg || len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: setvar VAR [REGEXP]")
 	}
-	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
+	out := ts.ReadFile("stdout")
+	if len(args) == 1 {
+		ts.Setenv(args[0], strings.TrimSpace(out))
+		return
+	}
+	m := regexp.MustCompile(args[1]).FindStringSubmatch(out)
+	if len(m) < 2 {
+		ts.Fatalf("setvar %s: %q matches nothing (or has no group) in %q", args[0], args[1], out)
+	}
+	ts.Setenv(args[0], m[1])
 }
 
 // linkto LINK REGEXP: LINK is a symlink whose target matches REGEXP (anchored).
