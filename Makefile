@@ -20,7 +20,7 @@ FUZZ_TARGETS := \
 	./configs:FuzzIndexLines ./configs:FuzzParseRecipe
 FUZZTIME    ?= 3s
 
-.PHONY: help build run test soak bench bench-smoke lint fmt check fuzz
+.PHONY: help build run test soak bench bench-smoke lint fmt check fuzz screenshots
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ run: build ## run slipway on its embedded default (127.0.0.1:2222, keys from ~/.
 
 test: ## run every test, with the race detector (needs git, ssh, ssh-keygen)
 	$(GO) test -race -count=1 ./...
+
+screenshots: ## the README's dashboard screenshots, taken by the web-dashboard test (needs chromium)
+	SLIPWAY_SCREENSHOTS=$(CURDIR)/internal/web/screenshots $(GO) test -count=1 -run 'TestScripts/web-dashboard$$' ./cmd/slipway
 
 soak: ## the long runs (a 1 GiB zip bomb pushed and cloned, ...); they report figures (go test -v)
 	@log=$$(mktemp); $(GO) test -tags soak -count=1 -v -run TestSoak -timeout 60m ./cmd/slipway >$$log 2>&1; \

@@ -8,9 +8,10 @@ import (
 )
 
 // capped keeps at most max bytes of what is written to it: the first ones, or with
-// keepEnd the last ones. total counts everything written.
+// keepEnd the last ones. total counts everything written. (Its buffer is a field, not
+// embedded: io.Copy would use an embedded bytes.Buffer's ReadFrom, past Write.)
 type capped struct {
-	bytes.Buffer
+	buf     bytes.Buffer
 	max     int
 	keepEnd bool
 	total   int
@@ -19,17 +20,20 @@ type capped struct {
 func (c *capped) Write(p []byte) (int, error) {
 	c.total += len(p)
 	if !c.keepEnd {
-		if room := c.max - c.Len(); room > 0 {
-			c.Buffer.Write(p[:min(len(p), room)])
+		if room := c.max - c.buf.Len(); room > 0 {
+			c.buf.Write(p[:min(len(p), room)])
 		}
 		return len(p), nil
 	}
-	c.Buffer.Write(p)
-	if over := c.Len() - c.max; over > 0 {
-		c.Next(over)
+	c.buf.Write(p)
+	if over := c.buf.Len() - c.max; over > 0 {
+		c.buf.Next(over)
 	}
 	return len(p), nil
 }
+
+func (c *capped) Bytes() []byte  { return c.buf.Bytes() }
+func (c *capped) String() string { return c.buf.String() }
 
 // sseWriter turns a log into server-sent events, one "message" event per line, flushed
 // as they come; it drops the first skip bytes.
