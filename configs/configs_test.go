@@ -337,6 +337,36 @@ before_activate_each = ["php artisan config:cache"]
 			},
 		},
 		{
+			name: "web and metrics",
+			toml: `data_dir = "data"
+authorized_keys = "authorized_keys"
+web_listen = "localhost"
+web_url = "ftp://deploy.example.com"
+web_session_ttl = "10s"
+metrics_listen = "127.0.0.1:99999"
+`,
+			want: []string{
+				`slipway.toml: no [[env]] configured`,
+				`slipway.toml:3: web_listen: "localhost" is not host:port`,
+				`slipway.toml:4: web_url: "ftp://deploy.example.com" is not an http:// or https:// URL`,
+				`slipway.toml:5: web_session_ttl must be 1m to 720h`,
+				`slipway.toml:6: metrics_listen: "127.0.0.1:99999" has no valid port (0 to 65535)`,
+			},
+		},
+		{
+			name: "web keys without web_listen",
+			toml: `data_dir = "data"
+authorized_keys = "authorized_keys"
+web_session_ttl = "1h"
+web_secure_cookies = true
+`,
+			want: []string{
+				`slipway.toml: no [[env]] configured`,
+				`slipway.toml:3: web_session_ttl is set, but web_listen is not: the dashboard is off`,
+				`slipway.toml:4: web_secure_cookies is set, but web_listen is not: the dashboard is off`,
+			},
+		},
+		{
 			name: "syntax error",
 			toml: "data_dir = \"data\"\nlisten = = 1\n",
 			want: []string{`slipway.toml:2:`},

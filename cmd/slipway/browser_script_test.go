@@ -21,6 +21,7 @@ import (
 // browser per script, started at its first browser command and closed at its end.
 //
 //	browser open URL              navigate; print the HTTP status and the page's text
+//	! browser open URL            the page must not load (nothing listens): print why
 //	browser click SELECTOR        click (CSS) and wait for the page it loads; print as open
 //	browser fill SELECTOR TEXT    type TEXT into a field
 //	browser text SELECTOR         print the element's text
@@ -87,8 +88,8 @@ func browserOf(ts *testscript.TestScript) context.Context {
 }
 
 func cmdBrowser(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) == 0 {
-		ts.Fatalf("usage: browser open|click|fill|text|waittext|eval|cookies|shot ...")
+	if len(args) == 0 || (neg && args[0] != "open") {
+		ts.Fatalf("usage: browser open|click|fill|text|waittext|eval|cookies|shot ... (only open may be negated)")
 	}
 	bctx := browserOf(ts)
 	ctx, cancel := context.WithTimeout(bctx, waitFor)
@@ -108,7 +109,15 @@ func cmdBrowser(ts *testscript.TestScript, neg bool, args []string) {
 	switch args[0] {
 	case "open":
 		want(1, "open URL")
-		page(chromedp.RunResponse(ctx, chromedp.Navigate(args[1])))
+		resp, err := chromedp.RunResponse(ctx, chromedp.Navigate(args[1]))
+		if neg {
+			if err == nil {
+				ts.Fatalf("browser open %s: status %d; want no page", args[1], resp.Status)
+			}
+			fmt.Fprintf(out, "%v\n", err)
+			return
+		}
+		page(resp, err)
 	case "click":
 		want(1, "click SELECTOR")
 		page(chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS(args[1]))))

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -103,13 +104,21 @@ func (d deployMetrics) DeployFinished(e releaser.Entry) {
 	d.m.DeployFinished(e.Repo, e.Kind, e.Outcome, e.End.Sub(e.Start), steps)
 }
 
-// startWeb serves the dashboard on web_listen, if set, and lets gh answer web-login.
-func startWeb(ctx context.Context, cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, gh *gitHooks, log zerolog.Logger) (*httpServer, error) {
+// dashboard is the dashboard and its listener.
+type dashboard struct {
+	http *httpServer
+	web  *web.Server
+	once sync.Once
+}
+
+// startWeb serves the dashboard on web_listen, if set (nil if not), and lets gh answer
+// web-login.
+func startWeb(cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, gh *gitHooks, log zerolog.Logger) (*dashboard, error) {
 	if cfg.Web.Listen == "" {
 		return nil, nil
 	}
 	wcfg := web.Config{URL: cfg.Web.URL, SessionTTL: cfg.Web.SessionTTL, SecureCookies: cfg.Web.SecureCookies}
-	w := web.New(ctx, wcfg, webBackend{p: p, srv: srv}, log)
+	w := web.New(context.Background(), wcfg, webBackend{p: p, srv: srv}, log)
 	h, err := startHTTP("web", cfg.Web.Listen, w.Handler(), cfg.DataDir, "web.addr", log)
 	if err != nil {
 		return nil, err
@@ -118,7 +127,19 @@ func startWeb(ctx context.Context, cfg *configs.Server, p *hooks.Pipeline, srv *
 		w.SetURL("http://" + h.addr)
 	}
 	gh.web = w
-	return h, nil
+	return &dashboard{http: h, web: w}, nil
+}
+
+// shutdown stops serving pages (and live logs), then lets the rollbacks and redeploys
+// started from them finish until ctx ends, as the git server does with pushes.
+func (d *dashboard) shutdown(ctx context.Context) {
+	if d == nil {
+		return
+	}
+	d.once.Do(func() {
+		d.http.stop()
+		d.web.Shutdown(ctx)
+	})
 }
 
 // webBackend is the pipeline and the keys as the dashboard takes them.

@@ -105,14 +105,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The dashboard's actions run until done, or until the server stops.
-	webCtx, stopWeb := context.WithCancel(context.Background())
-	defer stopWeb()
-	wsrv, err := startWeb(webCtx, cfg, p, srv, gh, log.With().Str("component", "web").Logger())
+	dash, err := startWeb(cfg, p, srv, gh, log.With().Str("component", "web").Logger())
 	if err != nil {
 		return err
 	}
-	defer wsrv.stop()
+	defer dash.shutdown(context.Background()) // at once, if serve returns before the shutdown below
 	msrv, err := startMetrics(cfg.MetricsListen, cfg.DataDir, m, log.With().Str("component", "metrics").Logger())
 	if err != nil {
 		return err
@@ -153,9 +150,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info().Int64("timeout_ms", cfg.ShutdownTimeout.Milliseconds()).Msg("shutting down: waiting for running deploys")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	// The dashboard and the git server wait for the deploys they started, at once.
+	dashDone := make(chan struct{})
+	go func() {
+		defer close(dashDone)
+		dash.shutdown(sctx)
+	}()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn().Err(err).Msg("running deploys were cancelled")
 	}
+	<-dashDone
 	<-served
 	p.Close()
 	log.Info().Msg("stopped")

@@ -437,7 +437,9 @@ func (s *Server) redeployPost(w http.ResponseWriter, r *http.Request, req reques
 func (s *Server) startDeploy(w http.ResponseWriter, r *http.Request, req request, kind string, args []string) {
 	before := s.newest(r.Context(), req.who, req.repo, kind, 0)
 	done := make(chan error, 1)
+	s.actions.Add(1)
 	go func() {
+		defer s.actions.Done()
 		_, err := s.run(s.ctx, req.who, 64<<10, args...)
 		done <- err
 	}()
@@ -448,14 +450,14 @@ func (s *Server) startDeploy(w http.ResponseWriter, r *http.Request, req request
 	for {
 		select {
 		case err := <-done:
-			if err != nil {
-				s.setFlash(req.ss, fmt.Sprintf("%s refused: %v", kind, err))
-				http.Redirect(w, r, envURL, http.StatusSeeOther)
-				return
-			}
+			// One that ran (and perhaps failed: its log says why) has its page; one refused
+			// before it began (frozen, busy) comes back with why.
 			if id := s.newest(r.Context(), req.who, req.repo, kind, before); id > 0 {
 				http.Redirect(w, r, fmt.Sprintf("%s/deploys/%d", envURL, id), http.StatusSeeOther)
 				return
+			}
+			if err != nil {
+				s.setFlash(req.ss, fmt.Sprintf("%s refused: %v", kind, err))
 			}
 			http.Redirect(w, r, envURL, http.StatusSeeOther)
 			return

@@ -64,11 +64,13 @@ const (
 
 // Server is the dashboard.
 type Server struct {
-	cfg Config
-	b   Backend
-	log zerolog.Logger
-	ctx context.Context // the actions' lifetime: they outlive the request, not the server
-	now func() time.Time
+	cfg     Config
+	b       Backend
+	log     zerolog.Logger
+	ctx     context.Context // the actions' lifetime: they outlive the request, not the server
+	cancel  context.CancelFunc
+	actions sync.WaitGroup // rollbacks and redeploys started here, still running
+	now     func() time.Time
 
 	mu       sync.Mutex
 	logins   map[string]login    // by sha256 of the token
@@ -91,8 +93,28 @@ type session struct {
 
 // New returns the dashboard. Actions it starts (a rollback) run until done or ctx ends.
 func New(ctx context.Context, cfg Config, b Backend, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, b: b, log: log, ctx: ctx, now: time.Now,
-		logins: map[string]login{}, sessions: map[string]*session{}}
+	s := &Server{cfg: cfg, b: b, log: log, now: time.Now, logins: map[string]login{}, sessions: map[string]*session{}}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	return s
+}
+
+// Shutdown waits for the rollbacks and redeploys started here until ctx ends, then cancels
+// those still running (a deploy cancelled before its swap changes nothing) and waits for
+// them to return. The caller has stopped serving requests first.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.log.Info().Msg("dashboard closed: waiting for the deploys it started")
+	done := make(chan struct{})
+	go func() {
+		s.actions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn().Msg("dashboard actions still running: cancelled")
+	}
+	s.cancel()
+	<-done
 }
 
 // SetURL sets what login URLs begin with, once the server knows where it listens.

@@ -74,6 +74,18 @@ func client() *http.Client {
 	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
+// withCookie sends req with the session cookie ck and returns the answer's status.
+func withCookie(t *testing.T, req *http.Request, ck *http.Cookie) int {
+	t.Helper()
+	req.AddCookie(&http.Cookie{Name: ck.Name, Value: ck.Value})
+	r, err := client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	return r.StatusCode
+}
+
 // postLogin posts a login URL's form and returns the answer.
 func postLogin(t *testing.T, u string) *http.Response {
 	t.Helper()
@@ -135,13 +147,7 @@ func TestSessionCookieAndTTL(t *testing.T) {
 	}
 	get := func() int {
 		req, _ := http.NewRequest("GET", ts.URL+"/", nil)
-		req.AddCookie(&http.Cookie{Name: ck.Name, Value: ck.Value})
-		r, err := client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Body.Close()
-		return r.StatusCode
+		return withCookie(t, req, ck)
 	}
 	if code := get(); code != http.StatusOK {
 		t.Fatalf("GET / with the session = %d", code)
@@ -200,13 +206,7 @@ func TestCSRF(t *testing.T) {
 		if origin != "" {
 			req.Header.Set("Origin", origin)
 		}
-		req.AddCookie(&http.Cookie{Name: ck.Name, Value: ck.Value})
-		r, err := client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Body.Close()
-		return r.StatusCode
+		return withCookie(t, req, ck)
 	}
 	if code := post(url.Values{}, ""); code != http.StatusForbidden {
 		t.Errorf("POST without a token = %d", code)
