@@ -357,6 +357,9 @@ func (s *Server) liveLog(w http.ResponseWriter, r *http.Request, req request) {
 		return
 	}
 	from, _ := strconv.ParseInt(r.URL.Query().Get("from"), 10, 64)
+	if last, err := strconv.ParseInt(r.Header.Get("Last-Event-ID"), 10, 64); err == nil {
+		from = last // a reconnection: what follows the last line it got
+	}
 	if !s.acquireStream() {
 		http.Error(w, "too many live logs are being followed: try again later", http.StatusServiceUnavailable)
 		return
@@ -366,11 +369,13 @@ func (s *Server) liveLog(w http.ResponseWriter, r *http.Request, req request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no") // a proxy in front must not hold the lines back
 	w.WriteHeader(http.StatusOK)
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w), skip: max(from, 0)}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), skip: max(from, 0), gone: cancel}
 	sw.rc.Flush()
 	var errb capped
 	errb.max = 4096
-	code := s.b.RunCommand(r.Context(), req.who, []string{"logs", req.repo, id, "-f"}, nil, sw, &errb)
+	code := s.b.RunCommand(ctx, req.who, []string{"logs", req.repo, id, "-f"}, nil, sw, &errb)
 	sw.end(code)
 }
 

@@ -24,8 +24,12 @@ type keys struct {
 }
 
 func (k *keys) RunCommand(_ context.Context, _ Identity, args []string, _ io.Reader, stdout, stderr io.Writer) int {
-	if args[0] == "status" {
-		fmt.Fprintln(stdout, "[]")
+	switch {
+	case args[0] == "status":
+		fmt.Fprintln(stdout, `[{"repo": "a/b", "state": "deploying"}]`)
+		return 0
+	case args[0] == "logs" && args[1] == "a/b":
+		io.WriteString(stdout, "shown\nfirst line\nsecond line\n")
 		return 0
 	}
 	fmt.Fprintln(stderr, "slipway: unknown environment")
@@ -239,15 +243,15 @@ func TestTooManyLogins(t *testing.T) {
 	}
 }
 
-// The live log: what the page shows already is skipped; each line is one event; a line
-// cut across writes is whole; carriage returns go.
+// The live log: what the page shows already is skipped; each line is one event, its id
+// the log's offset after it; a line cut across writes is whole; carriage returns go.
 func TestSSEWriter(t *testing.T) {
 	rec := httptest.NewRecorder()
 	w := &sseWriter{w: rec, rc: http.NewResponseController(rec), skip: 6}
 	io.WriteString(w, "shown\nfirst li")
 	io.WriteString(w, "ne\nprogress 50%\rprogress 100%\nlast")
 	w.end(0)
-	want := "data: first line\n\ndata: progress 50%progress 100%\n\ndata: last\n\nevent: end\ndata: 0\n\n"
+	want := "id: 17\ndata: first line\n\nid: 44\ndata: progress 50%progress 100%\n\nid: 48\ndata: last\n\nevent: end\ndata: 0\n\n"
 	if got := rec.Body.String(); got != want {
 		t.Errorf("events:\n%q\nwant\n%q", got, want)
 	}
@@ -263,5 +267,38 @@ func TestCapped(t *testing.T) {
 	io.Copy(tail, strings.NewReader("abcdefgh"))
 	if tail.String() != "efgh" || tail.total != 8 {
 		t.Errorf("tail: %q, %d", tail.String(), tail.total)
+	}
+}
+
+// A browser that reconnects to a live log (EventSource does, by itself, after a proxy
+// closed an idle stream) says where it was with Last-Event-ID, and gets what follows.
+func TestLiveLogResumes(t *testing.T) {
+	s, _, _, ts := newTestServer(t, Config{SessionTTL: time.Hour})
+	u, _ := s.Login(Identity{Name: "alice", KeyFingerprint: "SHA256:alice"})
+	ck := postLogin(t, u).Cookies()[0]
+	get := func(query, lastID string) string {
+		req, _ := http.NewRequest("GET", ts.URL+"/env/a/b/deploys/1/live"+query, nil)
+		req.AddCookie(&http.Cookie{Name: ck.Name, Value: ck.Value})
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("GET live = %s, %s", resp.Status, resp.Header.Get("Content-Type"))
+		}
+		return string(b)
+	}
+	first := "id: 17\ndata: first line\n\nid: 29\ndata: second line\n\nevent: end\ndata: 0\n\n"
+	if got := get("?from=6", ""); got != first {
+		t.Errorf("from=6:\n%q\nwant\n%q", got, first)
+	}
+	resumed := "id: 29\ndata: second line\n\nevent: end\ndata: 0\n\n"
+	if got := get("?from=6", "17"); got != resumed {
+		t.Errorf("Last-Event-ID 17:\n%q\nwant\n%q", got, resumed)
 	}
 }
