@@ -67,11 +67,6 @@ func (p *Pipeline) redeploy(ctx context.Context, e *environment, c Caller, sha s
 	} else if sha, err = resolveSHA(e, sha); err != nil {
 		return err
 	}
-	if live, err := e.rel.Current(); err == nil && live == sha && e.cfg.Fleet.Remote() {
-		// Each target would need its live release set aside while it is rebuilt at its own
-		// path, as this host does; until then, refused before anything is built.
-		return fmt.Errorf("%s: the live release of a fleet cannot be rebuilt in place yet: push a new commit to rebuild it (git commit --allow-empty -m rebuild)", e.cfg.Repo)
-	}
 	objects, err := p.objects(e)
 	if err != nil {
 		return err

@@ -57,6 +57,7 @@ func (d *deploy) activate(out io.Writer) error {
 		d.restoreFleet(out)
 		return shown("activate", err)
 	}
+	d.wentLive = true
 	if f := d.e.cfg.Fleet; f.Remote() && !f.Local {
 		say(out, "recorded live here: .slipway/live -> releases/%s (%s)", sha, since(start))
 	} else {
@@ -112,6 +113,9 @@ func (d *deploy) onFailure() string {
 func (d *deploy) revert(out io.Writer, failure error) error {
 	sha, prev := d.entry.SHA, d.entry.PreviousSHA
 	d.restoreFleet(out) // every target back on what it had live, whatever happens here
+	if d.rebuildsLive {
+		return d.unrebuild(out, failure)
+	}
 	if prev == "" || prev == sha {
 		say(out, "%v; reverting: nothing was live before, so current is removed", failure)
 		if err := d.e.rel.Deactivate(sha); err != nil {
@@ -154,6 +158,35 @@ func (d *deploy) revert(out io.Writer, failure error) error {
 	}
 	d.discardBuilt()
 	return &activationError{outcome: releaser.OutcomeReverted, msg: fmt.Sprintf("%v; reverted to %s", failure, short(prev))}
+}
+
+// unrebuild reverts a redeploy of the live release: the build that was live before,
+// which the rebuild kept aside, goes back (releaser.Unrebuild), and its after_activate runs
+// again with SLIPWAY_REVERT=1.
+func (d *deploy) unrebuild(out io.Writer, failure error) error {
+	sha := d.entry.SHA
+	say(out, "%v; reverting to the build live before", failure)
+	start := time.Now()
+	err := d.e.rel.Unrebuild(sha)
+	d.record("revert", start, err)
+	if err != nil {
+		d.log.Error().Err(err).Msg("revert: put back the build live before")
+		return &activationError{outcome: releaser.OutcomeUnhealthy,
+			msg: fmt.Sprintf("%v; the revert to the build live before failed (%s), so the rebuild stays live", failure, safeReason(context.Background(), err))}
+	}
+	say(out, "live again: the build of %s from before (%s)", short(sha), since(start))
+	if d.runsHere() {
+		steps := d.runnerFor(sha, sha, true, true)
+		if err := (Hooks{AfterActivate: d.recipe.AfterActivate}).Fire(context.Background(), AfterActivate, steps, out); err != nil {
+			d.log.Warn().Err(err).Msg("revert: after_activate of the build live before failed")
+			say(out, "warning: %v (after_activate of the build live before); it stays live", err)
+		}
+	}
+	if err := d.fleetCommands(out, "after_activate", d.recipe.AfterActivate, sha, sha, true, true); err != nil {
+		d.log.Warn().Err(err).Msg("revert: after_activate of the build live before failed on targets")
+		say(out, "warning: %v (after_activate of the build live before); it stays live", err)
+	}
+	return &activationError{outcome: releaser.OutcomeReverted, msg: failure.Error() + "; reverted to the build live before"}
 }
 
 // discardBuilt removes the release this deploy built, now that it is not live.

@@ -49,9 +49,13 @@ type deploy struct {
 	recipe  configs.Recipe
 	steps   []releaser.Step
 	log     zerolog.Logger
-	built   bool       // this deploy wrote the release (a revert removes it again)
-	fleet   *fleetRun  // the targets' connections, once prepareFleet opened them
-	stepsMu sync.Mutex // guards steps: a fleet's targets record theirs at once
+	built   bool      // this deploy wrote the release (a revert removes it again)
+	fleet   *fleetRun // the targets' connections, once prepareFleet opened them
+	// rebuildsLive: a redeploy of the live release, whose build live before is held aside
+	// (releaser.Hold) until the rebuild is healthy.
+	rebuildsLive bool
+	wentLive     bool       // current names the release this deploy made: a failure is activation's to handle
+	stepsMu      sync.Mutex // guards steps: a fleet's targets record theirs at once
 
 	setVars, setSecrets []string // what env set set: "K=V", and the secret values
 }
@@ -272,7 +276,11 @@ func (d *deploy) makeRoom(out io.Writer) (undo func(), err error) {
 		d.log.Error().Err(err).Msg("hold live release")
 		return nil, shown("cannot set the live release aside for the rebuild", err)
 	}
+	d.rebuildsLive = true
 	return func() {
+		if d.wentLive {
+			return // the revert, if any, was activation's (Unrebuild)
+		}
 		if err := rel.Restore(sha); err != nil {
 			d.log.Error().Err(err).Msg("restore held release")
 		}

@@ -28,6 +28,11 @@ type fleetRun struct {
 	live     map[*fleet.Conn]string // what each target has live, as this deploy left it
 	prepared map[*fleet.Conn]bool   // releases/<sha> was written there by this deploy
 	previous map[*fleet.Conn]string // what current named before this deploy swapped it
+	// held are the targets whose live release this deploy rebuilds at its own path (a
+	// redeploy of it), with its old build set aside (fleet.Conn.PrepareRebuild); true until
+	// the old build is put back (Unhold) after a failure.
+	held      map[*fleet.Conn]bool
+	activated map[*fleet.Conn]bool // Activate was called there (perhaps without an answer)
 }
 
 // prepareFleet connects to every target and writes the release there: what differs from
@@ -61,8 +66,18 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 		return nil
 	}
 	say(out, "prepare %s on %s (%d at a time)", short(sha), targets(len(active)), min(f.Parallel, len(active)))
-	run := &fleetRun{prepared: map[*fleet.Conn]bool{}, previous: map[*fleet.Conn]string{}, live: map[*fleet.Conn]string{}}
+	run := &fleetRun{prepared: map[*fleet.Conn]bool{}, previous: map[*fleet.Conn]string{}, live: map[*fleet.Conn]string{},
+		held: map[*fleet.Conn]bool{}, activated: map[*fleet.Conn]bool{}}
 	d.fleet = run
+	// A redeploy's targets that have sha live get only what differs from its old build,
+	// whose manifest the new one replaces.
+	var old *fleet.Manifest
+	if d.entry.Kind == kindRedeploy {
+		if old, err = d.loadManifest(sha); err != nil {
+			d.log.Warn().Err(err).Msg("manifest of the build replaced: sending everything")
+			old = nil
+		}
+	}
 	manifest, err := d.manifest(sha, built)
 	if err != nil {
 		d.log.Error().Err(err).Msg("manifest of the release")
@@ -86,11 +101,12 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			tstart := time.Now()
-			c, sent, wrote, err := d.prepareTarget(ctx, t, manifest)
+			c, sent, how, err := d.prepareTarget(ctx, t, manifest, old)
 			if c != nil {
 				mu.Lock()
 				run.conns = append(run.conns, c)
-				run.prepared[c] = wrote
+				run.prepared[c] = how != keptThere
+				run.held[c] = how == rebuiltThere
 				mu.Unlock()
 			}
 			if err != nil {
@@ -118,8 +134,11 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			default:
 				indent(lw, "%s: %s sent (%s)", t, humanBytes(sent.Bytes), since(tstart))
 			}
+			if how == rebuiltThere {
+				indent(lw, "%s: its live release is set aside while the new build waits beside it", t)
+			}
 			// Once for each copy of the release: a copy the target kept from before ran it then.
-			if wrote {
+			if how != keptThere {
 				if f := d.targetCommands(ctx, lw, c, string(BeforeActivateEach), f.BeforeEach, sha, env); f != "" {
 					fail(f)
 				}
@@ -142,12 +161,21 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	return nil
 }
 
-// prepareTarget connects to t and writes the release there; wrote is whether this deploy
-// (may have) written it there.
-func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Manifest) (c *fleet.Conn, sent fleet.Sent, wrote bool, err error) {
+// How prepareTarget left a target.
+type preparedHow int
+
+const (
+	keptThere    preparedHow = iota // the target kept the release from before: nothing written
+	writtenThere                    // releases/<sha> written there
+	rebuiltThere                    // a redeploy of the release it has live: rebuilt beside it
+)
+
+// prepareTarget connects to t and writes the release there. old is the manifest of the
+// build a redeploy replaces (nil if none or not a redeploy).
+func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m, old *fleet.Manifest) (c *fleet.Conn, sent fleet.Sent, how preparedHow, err error) {
 	c, err = d.e.dialer.Dial(ctx, t, d.e.cfg.Path)
 	if err != nil {
-		return nil, sent, false, err
+		return nil, sent, keptThere, err
 	}
 	// A target that stops answering fails like a command that runs too long.
 	stop := c.Watchdog(d.e.cfg.CommandTimeout)
@@ -155,17 +183,19 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Man
 	sha := d.entry.SHA
 	live, err := c.Live()
 	if err != nil {
-		return c, sent, false, err
-	}
-	if d.entry.Kind == kindRedeploy { // it was rebuilt: the target's old build goes, unless it is live there
-		if live == sha {
-			return c, sent, false, fmt.Errorf("releases/%s is live there: a redeploy of the live release is not yet supported with targets", short(sha))
-		}
-		if err := c.Discard(ctx, sha); err != nil {
-			return c, sent, false, err
-		}
+		return c, sent, keptThere, err
 	}
 	plan := fleet.Plan{SharedFiles: d.recipe.SharedFiles, SharedDirs: d.recipe.SharedDirs, Manifest: m, Link: d.e.cfg.LinkFiles}
+	if d.entry.Kind == kindRedeploy { // it was rebuilt: the target's old build goes
+		if live == sha {
+			plan.Base = old
+			sent, err = c.PrepareRebuild(ctx, sha, d.e.rel.Dir(sha), plan)
+			return c, sent, rebuiltThere, err
+		}
+		if err := c.Discard(ctx, sha); err != nil {
+			return c, sent, keptThere, err
+		}
+	}
 	if live != "" && live != sha {
 		// What the target has live is what this host sent it, as its manifest says; the
 		// target checks each file it copies from it.
@@ -176,7 +206,10 @@ func (d *deploy) prepareTarget(ctx context.Context, t fleet.Target, m *fleet.Man
 		}
 	}
 	sent, err = c.Prepare(ctx, sha, d.e.rel.Dir(sha), plan) // a release the target keeps: sent.Kept
-	return c, sent, !sent.Kept, err
+	if sent.Kept {
+		return c, sent, keptThere, err
+	}
+	return c, sent, writtenThere, err
 }
 
 // manifest is the manifest of release sha, made (and kept) if built or if there is none.
@@ -247,6 +280,7 @@ func (d *deploy) activateFleet(out io.Writer) error {
 		stop()
 		mu.Lock()
 		defer mu.Unlock()
+		run.activated[c] = true
 		if known {
 			// Swapped back on failure, even if the swap seemed to fail: its answer may be
 			// what was lost, not the rename.
@@ -285,7 +319,17 @@ func (d *deploy) restoreFleet(out io.Writer) {
 			continue
 		}
 		stop := c.Watchdog(swapTimeout)
-		err := c.Restore(prev)
+		var err error
+		if run.held[c] { // the old build of the same release goes back to its path
+			ctx, cancel := context.WithTimeout(context.Background(), swapTimeout)
+			err = c.Unhold(ctx, d.entry.SHA, true)
+			cancel()
+			if err == nil {
+				run.held[c] = false
+			}
+		} else {
+			err = c.Restore(prev)
+		}
 		stop()
 		if err != nil {
 			d.log.Error().Err(err).Str("target", c.Target().String()).Msg("swap a target back")
@@ -295,8 +339,11 @@ func (d *deploy) restoreFleet(out io.Writer) {
 		delete(run.previous, c)
 		run.live[c] = prev
 		what := "releases/" + short(prev)
-		if prev == "" {
+		switch {
+		case prev == "":
 			what = "nothing (current removed)"
+		case prev == d.entry.SHA:
+			what += ", the build live before"
 		}
 		indent(out, "%s: back on %s", c.Target(), what)
 	}
@@ -312,10 +359,14 @@ func (d *deploy) discardFleet() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for c, wrote := range run.prepared {
-		if !wrote {
-			continue
+		var err error
+		switch {
+		case run.held[c]: // its old build goes back where it was
+			err = c.Unhold(ctx, d.entry.SHA, run.activated[c])
+		case wrote:
+			err = c.Discard(ctx, d.entry.SHA)
 		}
-		if err := c.Discard(ctx, d.entry.SHA); err != nil {
+		if err != nil {
 			d.log.Error().Err(err).Str("target", c.Target().String()).Msg("remove the release from a target")
 		}
 	}

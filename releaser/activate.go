@@ -113,7 +113,8 @@ func (r *Releaser) Complete(sha string) error {
 // whether sha had been live before (a rollback); a release rebuilt under a hold had not.
 //
 // While the live release is held (Hold), only that sha, rebuilt and completed, may be
-// activated; the hold is removed once current has moved.
+// activated. The held copy stays until Prune (or Recover) removes it, so that Unrebuild
+// can still put the old build back if the rebuild fails its health check.
 //
 // A failure to move current is a *SwapError (see Reason); then the release live before
 // stays live, unless only the final sync of the deploy root failed.
@@ -157,8 +158,10 @@ func (r *Releaser) Activate(sha string) (wasLiveBefore bool, err error) {
 		r.log.Error().Err(err).Str("sha", sha).Msg("record activation")
 		return wasLiveBefore, nil
 	}
-	if err := r.removeHolds(); err != nil {
-		r.log.Error().Err(err).Str("sha", sha).Msg("remove the held copy") // Recover will
+	if !held {
+		if err := r.removeHolds(); err != nil { // leftovers of an earlier rebuild
+			r.log.Error().Err(err).Str("sha", sha).Msg("remove a held copy") // Recover will
+		}
 	}
 	return wasLiveBefore, nil
 }

@@ -130,6 +130,37 @@ func (r *Releaser) Restore(sha string) error {
 	return nil
 }
 
+// Unrebuild puts back the build of sha that was live before its rebuild (Hold) went live
+// (Activate), which kept it aside: for a rebuild that failed its health check. current is
+// swapped back to the held copy, then Restore's steps follow: the copy goes back to
+// releases/<sha>, replacing the rebuild, and current to it. It fails if no copy is kept.
+func (r *Releaser) Unrebuild(sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return fmt.Errorf("unrebuild: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !isDir(r.Dir(holdName(sha))) {
+		return fmt.Errorf("unrebuild %s: the build live before is not kept", sha)
+	}
+	live, held, err := r.target()
+	if err != nil {
+		return fmt.Errorf("unrebuild %s: %w", sha, err)
+	}
+	if live != sha {
+		return fmt.Errorf("unrebuild %s: %s is live", sha, live)
+	}
+	if !held {
+		if err := r.swapCurrent(holdName(sha)); err != nil {
+			return fmt.Errorf("unrebuild %s: %w", sha, err)
+		}
+	}
+	if err := r.restore(sha); err != nil {
+		return fmt.Errorf("unrebuild %s: %w", sha, err)
+	}
+	return nil
+}
+
 // restore is Restore for a caller holding r.mu, with current naming the hold of sha. Each
 // step leaves a state from which restore, run again by Recover, completes.
 func (r *Releaser) restore(sha string) error {

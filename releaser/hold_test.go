@@ -219,7 +219,13 @@ func TestHoldActivate(t *testing.T) {
 	if wasLive {
 		t.Error("Activate of a rebuild says it was live before (a rollback)")
 	}
-	f.assertHealthy(f.s)
+	if got := f.current(); got != "releases/"+f.s {
+		t.Errorf("current -> %q, want releases/s", got)
+	}
+	// The old build stays aside until Prune, in case the rebuild must go back (Unrebuild).
+	if _, err := os.Lstat(f.r.Dir(holdName(f.s))); err != nil {
+		t.Errorf("the held copy is gone at Activate: %v", err)
+	}
 	if got := f.marker(); got != "new" {
 		t.Errorf("live build %q, want new", got)
 	}
@@ -231,6 +237,38 @@ func TestHoldActivate(t *testing.T) {
 	}
 	if removed, err := f.r.Prune(); err != nil || len(removed) != 0 {
 		t.Errorf("Prune() after the rebuild = %v, %v; keep 1 keeps s and p", removed, err)
+	}
+	f.assertHealthy(f.s)
+}
+
+// A rebuild that went live and then failed (its health check) goes back: Unrebuild puts
+// the old build, the very files, back at its path, and current on it; nothing is left aside.
+func TestUnrebuild(t *testing.T) {
+	f := newHoldFixture(t)
+	f.hold()
+	f.tick(time.Minute)
+	f.build(f.s, "new")
+	if _, err := f.r.Activate(f.s); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.marker(); got != "new" {
+		t.Fatalf("live build %q, want new", got)
+	}
+	if err := f.r.Unrebuild(f.s); err != nil {
+		t.Fatal(err)
+	}
+	f.assertHealthy(f.s)
+	if got := f.marker(); got != "old" {
+		t.Errorf("live build %q after Unrebuild, want old", got)
+	}
+	for p, old := range f.oldInodes {
+		if fi, err := os.Lstat(filepath.Join(f.r.Dir(f.s), p)); err != nil || !os.SameFile(fi, old) {
+			t.Errorf("%s is not the original file (%v)", p, err)
+		}
+	}
+	// Nothing is kept aside any more: a second Unrebuild has nothing to put back.
+	if err := f.r.Unrebuild(f.s); err == nil {
+		t.Error("a second Unrebuild succeeded")
 	}
 }
 

@@ -73,15 +73,24 @@ func (r *Releaser) ordered(st *state, live string) []string {
 // just before it (Previous), whatever KeepReleases is, nor one that stopped being live less
 // than PruneGrace ago. Releases being built are not complete, so never touched. It returns
 // the shas removed. With LinkFiles, the live release keeps trusting the inodes it shares
-// with them if they are untouched (see keeper).
+// with them if they are untouched (see keeper). A rebuild's held copy (Hold), which
+// Activate keeps, goes once current no longer names it.
 //
 // Then it prunes the deploy logs: it keeps those of the newest 20 entries that failed or
 // were cancelled, of every entry whose release went live and is still kept, and of a
 // deploy running; it deletes the others (History then reports their Log as "").
 func (r *Releaser) Prune() (removed []string, err error) {
-	live, err := r.Current()
+	live, held, err := r.target()
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
+	}
+	if !held { // a rebuild's held copy, kept by Activate in case it had to go back
+		r.mu.Lock()
+		err := r.removeHolds()
+		r.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("prune: remove a held copy: %w", err)
+		}
 	}
 	now := r.now().UTC()
 	var doomed []string

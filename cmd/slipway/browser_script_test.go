@@ -120,7 +120,20 @@ func cmdBrowser(ts *testscript.TestScript, neg bool, args []string) {
 		page(resp, err)
 	case "click":
 		want(1, "click SELECTOR")
-		page(chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS(args[1]))))
+		// The click is dispatched from the page after the call returns: a click that
+		// navigates at once would otherwise destroy the page's context under the call
+		// ("Cannot find context with specified id").
+		sel, err := json.Marshal(args[1])
+		ts.Check(err)
+		js := fmt.Sprintf(`(() => { const el = document.querySelector(%s); if (!el) return false; setTimeout(() => el.click(), 0); return true; })()`, sel)
+		ts.Check(chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(args[1]))))
+		page(chromedp.RunResponse(ctx, func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+			found, err := chromedp.Evaluate[bool](js)(ctx, t)
+			if err == nil && !found {
+				err = fmt.Errorf("no %s", args[1])
+			}
+			return chromedp.Void{}, err
+		}))
 	case "fill":
 		want(2, "fill SELECTOR TEXT")
 		ts.Check(chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS(args[1]), args[2])))

@@ -295,21 +295,35 @@ func telling(stderr string) string {
 	return strings.TrimSpace(lines[0])
 }
 
-// Live is the release current names on the target, "" if it has none.
+// Live is the release current names on the target, "" if it has none. A release set
+// aside for its rebuild (releases/.hold-<sha>, PrepareRebuild) is still that release.
 func (c *Conn) Live() (string, error) {
+	sha, _, err := c.live()
+	return sha, err
+}
+
+// live is Live, and whether current names the set-aside copy (releases/.hold-<sha>).
+func (c *Conn) live() (sha string, held bool, err error) {
 	l, err := c.sftp.ReadLink(path.Join(c.path, "current"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+		return "", false, nil
 	}
 	if err != nil {
-		return "", c.fail(fmt.Errorf("read current: %w", err))
+		return "", false, c.fail(fmt.Errorf("read current: %w", err))
 	}
-	sha, ok := strings.CutPrefix(l, "releases/")
+	name, ok := strings.CutPrefix(l, "releases/")
+	sha, held = strings.CutPrefix(name, holdPrefix)
 	if !ok || !validSHA(sha) {
-		return "", c.fail(fmt.Errorf("current points to %q, not a release", l))
+		return "", false, c.fail(fmt.Errorf("current points to %q, not a release", l))
 	}
-	return sha, nil
+	return sha, held, nil
 }
+
+// holdPrefix names a live release's copy that serves while the release is rebuilt at its
+// own path: releases/.hold-<sha>, as on the slipway host.
+const holdPrefix = ".hold-"
+
+func (c *Conn) hold(sha string) string { return path.Join(c.releases(), holdPrefix+sha) }
 
 // Has reports whether the target keeps releases/<sha>, complete (a prepared release is
 // renamed there only once whole).
@@ -329,7 +343,7 @@ type Plan struct {
 	SharedFiles []string // must exist in the target's shared/
 	SharedDirs  []string // made in the target's shared/ if missing
 	// Manifest is the new release's; Base, that of BaseSHA, the release the target has
-	// live. With both, the files Base has unchanged are copied on the target from
+	// live (a directory of releases/: a sha, or .hold-<sha>). With both, the files Base has unchanged are copied on the target from
 	// releases/<BaseSHA> (a reflink where its filesystem can) and checked against their
 	// sha256 there, instead of sent; those the check finds changed there are sent. Without,
 	// or if the copy fails, everything is sent.
@@ -363,16 +377,114 @@ type Sent struct {
 // SFTP; the script made of the setup, the copy of unchanged files and their check says
 // which files differ there, and then reads the tar of what is to be sent.
 func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, error) {
-	var sent Sent
 	if !validSHA(sha) {
-		return sent, c.fail(fmt.Errorf("%q is not a commit", sha))
+		return Sent{}, c.fail(fmt.Errorf("%q is not a commit", sha))
 	}
 	if ok, err := c.Has(sha); err != nil {
-		return sent, err
+		return Sent{}, err
 	} else if ok {
-		sent.Kept = true
-		return sent, nil
+		return Sent{Kept: true}, nil
 	}
+	tmp := path.Join(c.releases(), ".tmp-"+sha)
+	return c.prepare(ctx, sha, dir, p, fmt.Sprintf("mv %s %s\n", shellQuote(tmp), shellQuote(c.release(sha))))
+}
+
+// PrepareRebuild writes the local release dir as the new build of sha, the release the
+// target has live, as the slipway host does for a redeploy: the new build is written
+// into releases/.tmp-<sha>; the live build is set aside (releases/.hold-<sha>, a
+// hard-linked copy that current is swapped to with one rename: the same files serve);
+// and the new build takes releases/<sha>, not live yet. Activate(sha) makes it live, and
+// DropHold then removes the copy; Unhold instead puts the old build back. p.Base is the
+// old build's manifest. A target whose current names the copy already (a rebuild cut
+// short) keeps it.
+func (c *Conn) PrepareRebuild(ctx context.Context, sha, dir string, p Plan) (Sent, error) {
+	if !validSHA(sha) {
+		return Sent{}, c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	live, held, err := c.live()
+	if err != nil {
+		return Sent{}, err
+	}
+	if live != sha {
+		return Sent{}, c.fail(fmt.Errorf("releases/%s is not live there", sha[:7]))
+	}
+	p.BaseSHA = sha
+	if held {
+		p.BaseSHA = holdPrefix + sha // the old build is there
+	}
+	tmp, hold := path.Join(c.releases(), ".tmp-"+sha), c.hold(sha)
+	var finish string
+	if !held {
+		// cp -al: new directories, every file a hard link (GNU and BusyBox cp have it).
+		finish = fmt.Sprintf("rm -rf %[1]s\ncp -al %[2]s %[1]s\n", shellQuote(hold), shellQuote(c.release(sha)))
+	}
+	sent, err := c.prepare(ctx, sha, dir, p, finish)
+	if err != nil {
+		return sent, err
+	}
+	if !held {
+		if err := c.swap("releases/" + holdPrefix + sha); err != nil {
+			return sent, err
+		}
+	}
+	_, err = c.run(ctx, fmt.Sprintf("set -e\nrm -rf %[1]s\nmv %[2]s %[1]s\n", shellQuote(c.release(sha)), shellQuote(tmp)), nil)
+	return sent, c.fail(err)
+}
+
+// Unhold undoes PrepareRebuild: the old build of sha goes back to releases/<sha>, live,
+// and releases/.hold-<sha> goes. activated: Activate(sha) was called since (perhaps
+// without an answer), so current is swapped back to the copy first.
+//
+// Which build releases/<sha> holds follows from what current names: once PrepareRebuild
+// swapped current to the copy, the copy is the old build and whole; before, releases/<sha>
+// still is the old build, and a copy is a leftover.
+func (c *Conn) Unhold(ctx context.Context, sha string, activated bool) error {
+	if !validSHA(sha) {
+		return c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	tmp, hold := path.Join(c.releases(), ".tmp-"+sha), c.hold(sha)
+	if activated {
+		if err := c.swap("releases/" + holdPrefix + sha); err != nil {
+			return err
+		}
+	}
+	live, held, err := c.live()
+	if err != nil {
+		return err
+	}
+	if !held || live != sha {
+		_, err := c.run(ctx, fmt.Sprintf("rm -rf %s %s", shellQuote(hold), shellQuote(tmp)), nil)
+		return c.fail(err)
+	}
+	// current serves the old build from the copy while releases/<sha> is made of it again.
+	if _, err := c.run(ctx, fmt.Sprintf("set -e\nrm -rf %[1]s\ncp -al %[2]s %[1]s\nrm -rf %[3]s\nmv %[1]s %[3]s\n",
+		shellQuote(tmp), shellQuote(hold), shellQuote(c.release(sha))), nil); err != nil {
+		return c.fail(fmt.Errorf("put back releases/%s: %w", sha[:7], err))
+	}
+	if err := c.swap("releases/" + sha); err != nil {
+		return err
+	}
+	return c.DropHold(ctx, sha)
+}
+
+// DropHold removes releases/.hold-<sha>, unless current names it.
+func (c *Conn) DropHold(ctx context.Context, sha string) error {
+	if !validSHA(sha) {
+		return c.fail(fmt.Errorf("%q is not a commit", sha))
+	}
+	if live, held, err := c.live(); err != nil {
+		return err
+	} else if held && live == sha {
+		return nil
+	}
+	_, err := c.run(ctx, "rm -rf "+shellQuote(c.hold(sha)), nil)
+	return c.fail(err)
+}
+
+// prepare writes dir into releases/.tmp-<sha> on the target and runs finish, a shell
+// script, once it is whole.
+func (c *Conn) prepare(ctx context.Context, sha, dir string, p Plan, finish string) (Sent, error) {
+	var sent Sent
 	tmp := path.Join(c.releases(), ".tmp-"+sha)
 	var script strings.Builder
 	fmt.Fprintf(&script, "set -e\numask 022\nmkdir -p %s\n", shellQuote(c.releases()))
@@ -386,7 +498,7 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 	fmt.Fprintf(&script, "rm -rf %s\nmkdir %s\n", shellQuote(tmp), shellQuote(tmp))
 
 	var listed map[string]bool // the unchanged files the target copies from its live release
-	if p.Manifest != nil && p.Base != nil && validSHA(p.BaseSHA) {
+	if p.Manifest != nil && p.Base != nil && validSHA(strings.TrimPrefix(p.BaseSHA, holdPrefix)) {
 		var sums bytes.Buffer
 		listed = map[string]bool{}
 		for _, e := range p.Manifest.Unchanged(p.Base) {
@@ -405,7 +517,7 @@ func (c *Conn) Prepare(ctx context.Context, sha, dir string, p Plan) (Sent, erro
 			script.WriteString(copyScript(c.release(p.BaseSHA), tmp, file, p.Link))
 		}
 	}
-	fmt.Fprintf(&script, "echo %s\ntar -x -f - -C %s\nmv %s %s\n", ready, shellQuote(tmp), shellQuote(tmp), shellQuote(c.release(sha)))
+	fmt.Fprintf(&script, "echo %s\ntar -x -f - -C %s\n%s", ready, shellQuote(tmp), finish)
 
 	err := c.session(ctx, script.String(), func(stdin io.Writer, stdout *bufio.Reader) error {
 		skip := map[string]bool{}
@@ -649,7 +761,7 @@ func (c *Conn) Discard(ctx context.Context, sha string) error {
 // name, and what cut-short prepares left. It runs under the environment's deploy lock: no
 // Prepare runs beside it.
 func (c *Conn) Prune(ctx context.Context, keep []string) error {
-	live, err := c.Live()
+	live, held, err := c.live()
 	if err != nil {
 		return err
 	}
@@ -666,6 +778,9 @@ func (c *Conn) Prune(ctx context.Context, keep []string) error {
 		sha, left := name, false // left: what a cut-short Prepare left, which is never kept
 		if rest, ok := strings.CutPrefix(name, ".tmp-"); ok {
 			sha, left = strings.TrimSuffix(rest, ".sums"), true
+		}
+		if rest, ok := strings.CutPrefix(name, holdPrefix); ok {
+			sha, left = rest, !(held && rest == live) // the copy current serves from is kept
 		}
 		if !validSHA(sha) || (!left && (sha == live || slices.Contains(keep, sha))) {
 			continue

@@ -647,3 +647,106 @@ func TestPrune(t *testing.T) {
 		t.Errorf("after Prune: %v, want %v", left, want)
 	}
 }
+
+// A rebuild of the live release: the live build is set aside (current names a hard-linked
+// copy, the same files) while the new one takes the release's path; Activate makes it
+// live. Unhold puts the old build back, before or after Activate, and after a rebuild cut
+// short with the copy live.
+func TestPrepareRebuild(t *testing.T) {
+	k := newKeys(t)
+	h := startHost(t, k, "127.0.0.8", true)
+	ctx := context.Background()
+	c, err := k.dialer(t).Dial(ctx, h.t, h.deploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	build := func(body string) (string, *Manifest) {
+		dir := release(t, body)
+		m, err := BuildManifest(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, m
+	}
+	served := func() (link, index string) {
+		link, _ = os.Readlink(filepath.Join(h.deploy, "current"))
+		b, _ := os.ReadFile(filepath.Join(h.deploy, "current", "index.html"))
+		return link, string(b)
+	}
+	left := func() []string {
+		entries, _ := os.ReadDir(filepath.Join(h.deploy, "releases"))
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	hold := ".hold-" + sha1
+	dir1, m1 := build("old\n")
+	if _, err := c.Prepare(ctx, sha1, dir1, Plan{Manifest: m1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Activate(sha1); err != nil {
+		t.Fatal(err)
+	}
+
+	dir2, m2 := build("new\n")
+	sent, err := c.PrepareRebuild(ctx, sha1, dir2, Plan{Manifest: m2, Base: m1})
+	if err != nil || sent.Copied != 2 {
+		t.Fatalf("PrepareRebuild = %+v, %v; want app.js and run copied from the old build", sent, err)
+	}
+	if link, index := served(); link != "releases/"+hold || index != "old\n" {
+		t.Errorf("while rebuilt: current -> %s serving %q; want the copy of the old build", link, index)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h.deploy, "releases", sha1, "index.html")); string(b) != "new\n" {
+		t.Errorf("releases/<sha>/index.html = %q, want the new build", b)
+	}
+	if live, _ := c.Live(); live != sha1 {
+		t.Errorf("Live = %q while held", live)
+	}
+	if _, _, err := c.Activate(sha1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DropHold(ctx, sha1); err != nil {
+		t.Fatal(err)
+	}
+	if link, index := served(); link != "releases/"+sha1 || index != "new\n" {
+		t.Errorf("activated: current -> %s serving %q", link, index)
+	}
+	if names := left(); !slices.Equal(names, []string{sha1}) {
+		t.Errorf("after DropHold: %v", names)
+	}
+
+	// Undone before Activate, after Activate, and after a rebuild cut short with the copy
+	// live: the build live before is back, whole, at its path.
+	for _, tc := range []struct {
+		name      string
+		activated bool
+		cutShort  bool
+	}{{"before activate", false, false}, {"after activate", true, false}, {"cut short", false, true}} {
+		dir3, m3 := build("newer\n")
+		if _, err := c.PrepareRebuild(ctx, sha1, dir3, Plan{Manifest: m3, Base: m2}); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if tc.cutShort { // the next rebuild finds the copy live, and keeps it
+			if _, err := c.PrepareRebuild(ctx, sha1, dir3, Plan{Manifest: m3, Base: m2}); err != nil {
+				t.Fatalf("%s: again: %v", tc.name, err)
+			}
+		}
+		if tc.activated {
+			if _, _, err := c.Activate(sha1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Unhold(ctx, sha1, tc.activated); err != nil {
+			t.Fatalf("%s: Unhold: %v", tc.name, err)
+		}
+		if link, index := served(); link != "releases/"+sha1 || index != "new\n" {
+			t.Errorf("%s: current -> %s serving %q; want the build live before", tc.name, link, index)
+		}
+		if names := left(); !slices.Equal(names, []string{sha1}) {
+			t.Errorf("%s: left %v", tc.name, names)
+		}
+	}
+}
