@@ -33,6 +33,9 @@ type fleetRun struct {
 	// the old build is put back (Unhold) after a failure.
 	held      map[*fleet.Conn]bool
 	activated map[*fleet.Conn]bool // Activate was called there (perhaps without an answer)
+	// replaced is the manifest of the build a redeploy replaces, put back if it fails: the
+	// targets and this host have that build again.
+	replaced *fleet.Manifest
 }
 
 // prepareFleet connects to every target and writes the release there: what differs from
@@ -78,6 +81,7 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			old = nil
 		}
 	}
+	run.replaced = old
 	manifest, err := d.manifest(sha, built)
 	if err != nil {
 		d.log.Error().Err(err).Msg("manifest of the release")
@@ -355,6 +359,11 @@ func (d *deploy) discardFleet() {
 	run := d.fleet
 	if run == nil {
 		return
+	}
+	if run.replaced != nil && d.entry.SHA == d.entry.PreviousSHA { // the build live before is back
+		if file, err := d.e.rel.ManifestPath(d.entry.SHA); err != nil || run.replaced.Save(file) != nil {
+			d.log.Warn().Msg("the manifest of the build live before could not be put back: the next deploy may send more than it must")
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
