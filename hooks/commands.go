@@ -153,7 +153,7 @@ var commands = []command{
 		run: func(_ *Pipeline, _ context.Context, _ Caller, _ *invocation) error {
 			// Over SSH the server answers it before it gets here: the URL is the running
 			// server's to make.
-			return errors.New("web-login works over SSH only (ssh -p PORT git@HOST web-login), and only where web_listen is set")
+			return errors.New("web-login works over SSH only (ssh -p PORT git@HOST web-login): the URL is the running server's to make")
 		}},
 	{name: "help", help: "this list"}, // run by runCommand: it lists commands
 }

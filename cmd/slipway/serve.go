@@ -256,7 +256,15 @@ func (g *gitHooks) Deploy(ctx context.Context, push gitserver.Push, out io.Write
 }
 
 func (g *gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 1 && args[0] == "web-login" && g.web != nil {
+	if len(args) >= 1 && args[0] == "web-login" {
+		if len(args) > 1 {
+			fmt.Fprintln(stderr, "slipway: usage: web-login")
+			return 2
+		}
+		if g.web == nil {
+			fmt.Fprintln(stderr, "slipway: the dashboard is off on this server (web_listen is not set)")
+			return 1
+		}
 		url, err := g.web.Login(web.Identity(who))
 		if err != nil {
 			fmt.Fprintf(stderr, "slipway: %v\n", err)
