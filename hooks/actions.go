@@ -115,24 +115,26 @@ func resolveSHA(e *environment, s string) (string, error) {
 }
 
 // lockCmd freezes e: pushes and redeploys are refused with message until unlockCmd.
-func lockCmd(e *environment, c Caller, message string, stdout io.Writer) error {
+func (p *Pipeline) lockCmd(e *environment, c Caller, message string, stdout io.Writer) error {
 	if strings.TrimSpace(message) == "" {
 		return errors.New("lock needs -m MESSAGE: say why, pushers will read it")
 	}
 	if err := e.rel.Freeze(c.label(), message); err != nil {
 		return fmt.Errorf("freeze %s: %w", e.cfg.Repo, err)
 	}
+	p.noteChange(e, c, "froze: "+message)
 	fmt.Fprintf(stdout, "%s is frozen: pushes are refused with %q\n", e.cfg.Repo, message)
 	return nil
 }
 
 // unlockCmd ends e's freeze.
-func unlockCmd(e *environment, stdout io.Writer) error {
+func (p *Pipeline) unlockCmd(e *environment, c Caller, stdout io.Writer) error {
 	if err := e.rel.Unfreeze(); errors.Is(err, releaser.ErrNotFrozen) {
 		return fmt.Errorf("%s is not frozen", e.cfg.Repo)
 	} else if err != nil {
 		return fmt.Errorf("unfreeze %s: %w", e.cfg.Repo, err)
 	}
+	p.noteChange(e, c, "unfroze")
 	fmt.Fprintf(stdout, "%s is no longer frozen\n", e.cfg.Repo)
 	return nil
 }

@@ -94,7 +94,7 @@ var commands = []command{
 		flags: func(fs *flag.FlagSet, inv *invocation) {
 			fs.StringVar(&inv.message, "m", "", "why the environment is frozen")
 		},
-		run: func(_ *Pipeline, _ context.Context, c Caller, inv *invocation) error {
+		run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
 			msg := inv.message
 			if len(inv.args) > 1 {
 				if msg == "" {
@@ -102,11 +102,11 @@ var commands = []command{
 				}
 				msg = strings.Join(append([]string{msg}, inv.args[1:]...), " ")
 			}
-			return lockCmd(inv.env, c, msg, inv.stdout)
+			return p.lockCmd(inv.env, c, msg, inv.stdout)
 		}},
 	{name: "unlock", args: "REPO", help: "end a freeze",
-		repo: true, nargs: [2]int{1, 1}, run: func(_ *Pipeline, _ context.Context, _ Caller, inv *invocation) error {
-			return unlockCmd(inv.env, inv.stdout)
+		repo: true, nargs: [2]int{1, 1}, run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
+			return p.unlockCmd(inv.env, c, inv.stdout)
 		}},
 	{name: "target", args: "pause REPO HOST -m MESSAGE | resume REPO HOST",
 		help: "pause one target of a fleet (deploys skip it, and say so) or resume it",
