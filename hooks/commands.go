@@ -150,10 +150,8 @@ var commands = []command{
 			return p.sharedCmd(ctx, c, inv)
 		}},
 	{name: "web-login", help: "print a one-time URL (2 minutes, single use) that logs this key in to the dashboard (SSH only)",
-		run: func(_ *Pipeline, _ context.Context, _ Caller, _ *invocation) error {
-			// Over SSH the server answers it before it gets here: the URL is the running
-			// server's to make.
-			return errors.New("web-login works over SSH only (ssh -p PORT git@HOST web-login): the URL is the running server's to make")
+		run: func(p *Pipeline, _ context.Context, c Caller, inv *invocation) error {
+			return p.webLoginCmd(c, inv.stdout)
 		}},
 	{name: "help", help: "this list"}, // run by runCommand: it lists commands
 }
@@ -278,4 +276,21 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// webLoginCmd prints a dashboard login URL for c's key. The URL is the running server's to
+// make, for a key: the local operator, who has none, is told to use SSH.
+func (p *Pipeline) webLoginCmd(c Caller, stdout io.Writer) error {
+	switch {
+	case c.KeyFingerprint == "":
+		return errors.New("web-login works over SSH only (ssh -p PORT git@HOST web-login): the URL is the running server's to make")
+	case p.webLogin == nil:
+		return errors.New("the dashboard is off on this server (web_listen is not set)")
+	}
+	url, err := p.webLogin(c)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "Open this URL within 2 minutes to log in as %s (it works once):\n%s\n", c.Name, url)
+	return err
 }

@@ -74,14 +74,12 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 	d.fleet = run
 	// A redeploy's targets that have sha live get only what differs from its old build,
 	// whose manifest the new one replaces.
-	var old *fleet.Manifest
 	if d.entry.Kind == kindRedeploy {
-		if old, err = d.loadManifest(sha); err != nil {
+		if run.replaced, err = d.loadManifest(sha); err != nil {
 			d.log.Warn().Err(err).Msg("manifest of the build replaced: sending everything")
-			old = nil
+			run.replaced = nil
 		}
 	}
-	run.replaced = old
 	manifest, err := d.manifest(sha, built)
 	if err != nil {
 		d.log.Error().Err(err).Msg("manifest of the release")
@@ -105,7 +103,7 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			tstart := time.Now()
-			c, sent, how, err := d.prepareTarget(ctx, t, manifest, old)
+			c, sent, how, err := d.prepareTarget(ctx, t, manifest, run.replaced)
 			if c != nil {
 				mu.Lock()
 				run.conns = append(run.conns, c)
@@ -126,15 +124,15 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 				d.log.Warn().Str("target", t.String()).Str("why", sent.Fallback).Msg("unchanged files not copied on the target: sent them all")
 				indent(lw, "%s: %s sent, all of it: the unchanged files could not be copied there (%s)", t, humanBytes(sent.Bytes), since(tstart))
 			case sent.Copied+sent.Changed > 0:
-				how := "copied"
+				verb := "copied"
 				if d.e.cfg.LinkFiles {
-					how = "linked"
+					verb = "linked"
 				}
 				again := ""
 				if sent.Changed > 0 {
 					again = fmt.Sprintf(", %d sent again: changed there since", sent.Changed)
 				}
-				indent(lw, "%s: %s sent, %d unchanged files %s there%s (%s)", t, humanBytes(sent.Bytes), sent.Copied, how, again, since(tstart))
+				indent(lw, "%s: %s sent, %d unchanged files %s there%s (%s)", t, humanBytes(sent.Bytes), sent.Copied, verb, again, since(tstart))
 			default:
 				indent(lw, "%s: %s sent (%s)", t, humanBytes(sent.Bytes), since(tstart))
 			}
@@ -143,8 +141,8 @@ func (d *deploy) prepareFleet(ctx context.Context, out io.Writer, built bool) er
 			}
 			// Once for each copy of the release: a copy the target kept from before ran it then.
 			if how != keptThere {
-				if f := d.targetCommands(ctx, lw, c, string(BeforeActivateEach), f.BeforeEach, sha, env); f != "" {
-					fail(f)
+				if failure := d.targetCommands(ctx, lw, c, string(BeforeActivateEach), f.BeforeEach, sha, env); failure != "" {
+					fail(failure)
 				}
 			}
 		}()

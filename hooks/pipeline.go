@@ -77,7 +77,14 @@ type Pipeline struct {
 	bgMu     sync.Mutex // orders bg.Add after Close
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
+
+	// webLogin makes a dashboard login URL for a key (web-login); nil: no dashboard.
+	webLogin func(Caller) (string, error)
 }
+
+// SetWebLogin gives web-login the dashboard's login URLs. It is called once, before the
+// server serves.
+func (p *Pipeline) SetWebLogin(fn func(Caller) (string, error)) { p.webLogin = fn }
 
 // environment is one configured (or, in the embedded default, created) environment.
 type environment struct {

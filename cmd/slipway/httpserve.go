@@ -111,9 +111,9 @@ type dashboard struct {
 	once sync.Once
 }
 
-// startWeb serves the dashboard on web_listen, if set (nil if not), and lets gh answer
-// web-login.
-func startWeb(cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, gh *gitHooks, log zerolog.Logger) (*dashboard, error) {
+// startWeb serves the dashboard on web_listen, if set (nil if not), and gives the
+// pipeline's web-login its login URLs.
+func startWeb(cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, log zerolog.Logger) (*dashboard, error) {
 	if cfg.Web.Listen == "" {
 		return nil, nil
 	}
@@ -126,7 +126,7 @@ func startWeb(cfg *configs.Server, p *hooks.Pipeline, srv *gitserver.Server, gh 
 	if wcfg.URL == "" {
 		w.SetURL("http://" + h.addr)
 	}
-	gh.web = w
+	p.SetWebLogin(func(c hooks.Caller) (string, error) { return w.Login(web.Identity(c)) })
 	return &dashboard{http: h, web: w}, nil
 }
 

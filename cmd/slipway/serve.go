@@ -22,7 +22,6 @@ import (
 	"github.com/slipway/slipway/internal/atomicfile"
 	"github.com/slipway/slipway/internal/metrics"
 	"github.com/slipway/slipway/internal/notify"
-	"github.com/slipway/slipway/internal/web"
 )
 
 // addrFile is written in data_dir once the server listens: its address, for scripts and
@@ -94,7 +93,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		stopDelivery()
 		<-delivered
 	}()
-	gh := &gitHooks{p: p}
+	gh := gitHooks{p}
 	srv, err := gitserver.New(gitserver.Config{
 		HostKeyPath: cfg.HostKey,
 		Keys:        cfg.Keys,
@@ -105,7 +104,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dash, err := startWeb(cfg, p, srv, gh, log.With().Str("component", "web").Logger())
+	dash, err := startWeb(cfg, p, srv, log.With().Str("component", "web").Logger())
 	if err != nil {
 		return err
 	}
@@ -224,18 +223,14 @@ func gitLimits(l configs.Limits) gitserver.Limits {
 
 // gitHooks hands the git server's pushes and commands to the deploy pipeline. The two
 // packages share no types, so that neither imports the other; their types convert 1:1.
-// web-login is answered here, by the dashboard (nil without web_listen).
-type gitHooks struct {
-	p   *hooks.Pipeline
-	web *web.Server
-}
+type gitHooks struct{ p *hooks.Pipeline }
 
 var (
-	_ gitserver.Deployer  = (*gitHooks)(nil)
-	_ gitserver.Commander = (*gitHooks)(nil)
+	_ gitserver.Deployer  = gitHooks{}
+	_ gitserver.Commander = gitHooks{}
 )
 
-func (g *gitHooks) Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (gitserver.Target, func(), error) {
+func (g gitHooks) Reserve(ctx context.Context, repo, pusher string, wait time.Duration) (gitserver.Target, func(), error) {
 	t, release, err := g.p.Reserve(ctx, repo, pusher, wait)
 	switch {
 	case errors.Is(err, hooks.ErrBusy):
@@ -246,33 +241,16 @@ func (g *gitHooks) Reserve(ctx context.Context, repo, pusher string, wait time.D
 	return gitserver.Target(t), release, err
 }
 
-func (g *gitHooks) Inspect(repo, who string) (gitserver.Target, error) {
+func (g gitHooks) Inspect(repo, who string) (gitserver.Target, error) {
 	t, err := g.p.Inspect(repo, who)
 	return gitserver.Target(t), err
 }
 
-func (g *gitHooks) Deploy(ctx context.Context, push gitserver.Push, out io.Writer) error {
+func (g gitHooks) Deploy(ctx context.Context, push gitserver.Push, out io.Writer) error {
 	return g.p.Deploy(ctx, hooks.Push(push), out)
 }
 
-func (g *gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) >= 1 && args[0] == "web-login" {
-		if len(args) > 1 {
-			fmt.Fprintln(stderr, "slipway: usage: web-login")
-			return 2
-		}
-		if g.web == nil {
-			fmt.Fprintln(stderr, "slipway: the dashboard is off on this server (web_listen is not set)")
-			return 1
-		}
-		url, err := g.web.Login(web.Identity(who))
-		if err != nil {
-			fmt.Fprintf(stderr, "slipway: %v\n", err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "Open this URL within 2 minutes to log in as %s (it works once):\n%s\n", who.Name, url)
-		return 0
-	}
+func (g gitHooks) RunCommand(ctx context.Context, who gitserver.Identity, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return g.p.RunCommand(ctx, hooks.Caller(who), args, stdin, stdout, stderr)
 }
 

@@ -535,7 +535,7 @@ func (c *Conn) prepare(ctx context.Context, sha, dir string, p Plan, finish stri
 				sent.Copied, sent.Changed = len(listed)-len(changed), len(changed)
 			}
 		}
-		if line, err := stdout.ReadString('\n'); err != nil || line != ready+"\n" {
+		if line, err := readLine(stdout); err != nil || line != ready {
 			return errNotReady
 		}
 		// A file sent over one copied there replaces it (tar unlinks it first): a link to
@@ -587,11 +587,10 @@ func readCopied(r *bufio.Reader, listed map[string]bool) (changed map[string]boo
 	changed = map[string]bool{}
 	var status string
 	for range len(listed) + 3 {
-		line, err := r.ReadString('\n')
+		line, err := readLine(r)
 		if err != nil {
 			return nil, "", errNotReady
 		}
-		line = strings.TrimSuffix(line, "\n")
 		if why, ok := strings.CutPrefix(line, "COPYFAILED "); ok {
 			return nil, "copy unchanged files: " + why, nil
 		}
@@ -621,14 +620,25 @@ func readCopied(r *bufio.Reader, listed map[string]bool) (changed map[string]boo
 // drain reads r to the COPIED line that ends copyScript's report.
 func drain(r *bufio.Reader) error {
 	for {
-		line, err := r.ReadString('\n')
+		line, err := readLine(r)
 		if err != nil {
 			return errNotReady
 		}
-		if line == "COPIED\n" {
+		if line == "COPIED" {
 			return nil
 		}
 	}
+}
+
+// readLine reads one line of what a Prepare script prints, without its newline. A line
+// longer than r's buffer (64 KiB: a path is at most 4 KiB) is an error, not a growing
+// string: the target's output is bounded like any input.
+func readLine(r *bufio.Reader) (string, error) {
+	b, err := r.ReadSlice('\n')
+	if err != nil {
+		return "", err
+	}
+	return string(b[:len(b)-1]), nil
 }
 
 // upload writes b to file on the target (mode 0600: the sha256 of a secret file is

@@ -145,11 +145,13 @@ type request struct {
 	ss   *session
 	who  Identity
 	repo string
+	env  *envStatus // repo's status; authed checked that who may use it
 }
 
 // authed gives h the request's session, or answers with why there is none. A POST must
 // carry the session's CSRF token. A URL of an environment the key may not use is not
-// found, as one that does not exist.
+// found, as one that does not exist: this is the one place that checks, for every page
+// and action of an environment.
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ss, who, why, ok := s.sessionOf(r)
@@ -175,6 +177,10 @@ func (s *Server) authed(h func(http.ResponseWriter, *http.Request, request)) htt
 		req := request{ss: ss, who: who}
 		if app := r.PathValue("app"); app != "" {
 			req.repo = app + "/" + r.PathValue("env")
+			if req.env, ok = s.env(r.Context(), who, req.repo); !ok {
+				s.notFound(w)
+				return
+			}
 		}
 		h(w, r, req)
 	}
@@ -218,8 +224,7 @@ func (s *Server) notFound(w http.ResponseWriter) {
 // failed, its first line of stderr.
 func (s *Server) run(ctx context.Context, who Identity, max int, args ...string) ([]byte, error) {
 	out := &capped{max: max}
-	var errb capped
-	errb.max = 4096
+	errb := capped{max: 4096}
 	if code := s.b.RunCommand(ctx, who, args, nil, out, &errb); code != 0 {
 		line, _, _ := strings.Cut(strings.TrimSpace(errb.String()), "\n")
 		return out.Bytes(), errors.New(strings.TrimPrefix(line, "slipway: "))
@@ -260,11 +265,7 @@ func (s *Server) envsPage(w http.ResponseWriter, r *http.Request, req request) {
 }
 
 func (s *Server) envPage(w http.ResponseWriter, r *http.Request, req request) {
-	e, ok := s.env(r.Context(), req.who, req.repo)
-	if !ok {
-		s.notFound(w)
-		return
-	}
+	e := req.env
 	data := struct {
 		Env      *envStatus
 		History  []entry
@@ -313,10 +314,6 @@ func (s *Server) deployPage(w http.ResponseWriter, r *http.Request, req request)
 		s.notFound(w)
 		return
 	}
-	if _, ok := s.env(r.Context(), req.who, req.repo); !ok {
-		s.notFound(w)
-		return
-	}
 	e, ok := s.entry(r.Context(), req.who, req.repo, id)
 	if !ok {
 		s.notFound(w)
@@ -331,8 +328,7 @@ func (s *Server) deployPage(w http.ResponseWriter, r *http.Request, req request)
 		From    int
 	}{Repo: req.repo, Entry: e, Running: e.Outcome == "running"}
 	out := &capped{max: maxLog, keepEnd: true}
-	var errb capped
-	errb.max = 4096
+	errb := capped{max: 4096}
 	if code := s.b.RunCommand(r.Context(), req.who, []string{"logs", req.repo, strconv.FormatInt(id, 10)}, nil, out, &errb); code != 0 {
 		data.LogNote = strings.TrimPrefix(strings.TrimSpace(errb.String()), "slipway: ")
 	}
@@ -349,10 +345,6 @@ func (s *Server) deployPage(w http.ResponseWriter, r *http.Request, req request)
 func (s *Server) liveLog(w http.ResponseWriter, r *http.Request, req request) {
 	id := r.PathValue("id")
 	if _, err := strconv.ParseInt(id, 10, 64); err != nil {
-		s.notFound(w)
-		return
-	}
-	if _, ok := s.env(r.Context(), req.who, req.repo); !ok {
 		s.notFound(w)
 		return
 	}
@@ -373,8 +365,7 @@ func (s *Server) liveLog(w http.ResponseWriter, r *http.Request, req request) {
 	defer cancel()
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), skip: max(from, 0), gone: cancel}
 	sw.rc.Flush()
-	var errb capped
-	errb.max = 4096
+	errb := capped{max: 4096}
 	code := s.b.RunCommand(ctx, req.who, []string{"logs", req.repo, id, "-f"}, nil, sw, &errb)
 	sw.end(code)
 }
@@ -399,11 +390,6 @@ func (s *Server) kept(ctx context.Context, who Identity, repo, sha string) (*rel
 
 // rollbackPage asks to confirm a rollback, naming the release and who is live now.
 func (s *Server) rollbackPage(w http.ResponseWriter, r *http.Request, req request) {
-	e, ok := s.env(r.Context(), req.who, req.repo)
-	if !ok {
-		s.notFound(w)
-		return
-	}
 	rel, ok := s.kept(r.Context(), req.who, req.repo, r.URL.Query().Get("sha"))
 	if !ok {
 		s.notFound(w)
@@ -412,14 +398,10 @@ func (s *Server) rollbackPage(w http.ResponseWriter, r *http.Request, req reques
 	s.render(w, req, http.StatusOK, "rollback.html", "Roll back "+req.repo, struct {
 		Env     *envStatus
 		Release *release
-	}{e, rel})
+	}{req.env, rel})
 }
 
 func (s *Server) rollbackPost(w http.ResponseWriter, r *http.Request, req request) {
-	if _, ok := s.env(r.Context(), req.who, req.repo); !ok {
-		s.notFound(w)
-		return
-	}
 	sha := r.PostFormValue("sha")
 	if _, ok := s.kept(r.Context(), req.who, req.repo, sha); !ok {
 		s.notFound(w)
@@ -429,10 +411,6 @@ func (s *Server) rollbackPost(w http.ResponseWriter, r *http.Request, req reques
 }
 
 func (s *Server) redeployPost(w http.ResponseWriter, r *http.Request, req request) {
-	if _, ok := s.env(r.Context(), req.who, req.repo); !ok {
-		s.notFound(w)
-		return
-	}
 	s.startDeploy(w, r, req, "redeploy", []string{"redeploy", req.repo})
 }
 
@@ -519,10 +497,6 @@ func (s *Server) unfreezePost(w http.ResponseWriter, r *http.Request, req reques
 // simpleAction runs a command that ends at once and shows its answer on the
 // environment's page.
 func (s *Server) simpleAction(w http.ResponseWriter, r *http.Request, req request, args ...string) {
-	if _, ok := s.env(r.Context(), req.who, req.repo); !ok {
-		s.notFound(w)
-		return
-	}
 	out, err := s.run(r.Context(), req.who, 4096, args...)
 	if err != nil {
 		s.setFlash(req.ss, err.Error())
